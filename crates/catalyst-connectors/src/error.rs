@@ -1,0 +1,180 @@
+//! The crate's typed errors. Every message names the connector, says what failed and what to do;
+//! none ever contains a secret.
+
+use crate::config::ConfigErrors;
+use crate::store::StoreError;
+use std::time::Duration;
+
+/// Why a transient failure happened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum TransientKind {
+    /// The token endpoint could not be reached (DNS, connect, reset).
+    Network,
+    /// The request did not complete within the configured timeout.
+    Timeout,
+    /// The endpoint answered with a server error (5xx).
+    ServerError(u16),
+}
+
+impl std::fmt::Display for TransientKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Network => f.write_str("network error"),
+            Self::Timeout => f.write_str("timed out"),
+            Self::ServerError(s) => write!(f, "HTTP {s}"),
+        }
+    }
+}
+
+/// Errors returned by connections and connectors.
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The configuration is invalid; every problem is listed.
+    #[error(transparent)]
+    Config(#[from] ConfigErrors),
+
+    /// No connector of that name exists in the connection.
+    #[error("no connector named `{name}` in this connection (configured: {known})")]
+    UnknownConnector {
+        /// The name asked for.
+        name: String,
+        /// The configured names, comma-separated.
+        known: String,
+    },
+
+    /// The connector has no refresh token yet.
+    #[error(
+        "connector `{connector}` has no refresh token: set `refresh_token` in its config or exchange a grant code with generate_access_token"
+    )]
+    MissingRefreshToken {
+        /// The connector.
+        connector: String,
+    },
+
+    /// The refresh token or grant code was rejected: a person must authorize again.
+    #[error(
+        "connector `{connector}`: the token endpoint rejected the {grant} ({code}{}): re-authorize connector `{connector}`",
+        description.as_deref().map(|d| format!(": {d}")).unwrap_or_default()
+    )]
+    ReauthorizationRequired {
+        /// The connector.
+        connector: String,
+        /// Which credential was rejected: "refresh token" or "grant code".
+        grant: &'static str,
+        /// Zoho's error code, e.g. `invalid_code`.
+        code: String,
+        /// Zoho's description, if any.
+        description: Option<String>,
+    },
+
+    /// The client configuration is wrong (client id, secret, redirect URL or data centre).
+    #[error(
+        "connector `{connector}`: the token endpoint rejected the client ({code}{}): check client_id, client_secret, redirect_url and the data centre in its config",
+        description.as_deref().map(|d| format!(": {d}")).unwrap_or_default()
+    )]
+    InvalidClient {
+        /// The connector.
+        connector: String,
+        /// Zoho's error code, e.g. `invalid_client_secret`.
+        code: String,
+        /// Zoho's description, if any.
+        description: Option<String>,
+    },
+
+    /// Zoho is throttling token requests for this refresh token.
+    #[error(
+        "connector `{connector}`: token requests are throttled ({code}{}): wait{} and reuse the tokens you have",
+        description.as_deref().map(|d| format!(": {d}")).unwrap_or_default(),
+        retry_after.map(|d| format!(" {}s", d.as_secs())).unwrap_or_else(|| " for Zoho's 10-minute window".into())
+    )]
+    Throttled {
+        /// The connector.
+        connector: String,
+        /// Zoho's error code (`Access Denied`, `access_denied`) or `HTTP 429`.
+        code: String,
+        /// Zoho's description, if any.
+        description: Option<String>,
+        /// How long to wait, when known.
+        retry_after: Option<Duration>,
+    },
+
+    /// A failure that may pass: network error, timeout, server error.
+    #[error("connector `{connector}`: token endpoint failed ({kind}): {detail}; retry later")]
+    Transient {
+        /// The connector.
+        connector: String,
+        /// What kind of failure.
+        kind: TransientKind,
+        /// A description without secrets.
+        detail: String,
+    },
+
+    /// The token endpoint answered something that is not a valid token response.
+    #[error(
+        "connector `{connector}`: unexpected answer from the token endpoint: {detail}; check that the token URL points at Zoho Accounts"
+    )]
+    MalformedResponse {
+        /// The connector.
+        connector: String,
+        /// What was wrong, never the body itself.
+        detail: String,
+    },
+
+    /// The token endpoint refused the request with an error code we do not recognise.
+    #[error(
+        "connector `{connector}`: the token endpoint refused the request ({code}{}); check the connector's config",
+        description.as_deref().map(|d| format!(": {d}")).unwrap_or_default()
+    )]
+    Rejected {
+        /// The connector.
+        connector: String,
+        /// The provider's error code.
+        code: String,
+        /// The provider's description, if any.
+        description: Option<String>,
+    },
+
+    /// The token store failed in a way the connector could not work around.
+    #[error("connector `{connector}`: token store failed: {source}")]
+    Store {
+        /// The connector.
+        connector: String,
+        /// The store's error.
+        #[source]
+        source: StoreError,
+    },
+
+    /// The HTTP client could not be built (TLS set-up).
+    #[error("cannot build the HTTP client for token requests: {0}")]
+    HttpClient(String),
+
+    /// The background task minting the token ended unexpectedly.
+    #[error("connector `{connector}`: the token request task ended unexpectedly; retry")]
+    TaskFailed {
+        /// The connector.
+        connector: String,
+    },
+}
+
+impl Error {
+    /// Whether retrying later may succeed without anyone changing anything.
+    pub fn is_transient(&self) -> bool {
+        matches!(
+            self,
+            Self::Transient { .. } | Self::Throttled { .. } | Self::TaskFailed { .. } | Self::Store { .. }
+        )
+    }
+
+    /// Whether a person must authorize the connector again.
+    pub fn needs_reauthorization(&self) -> bool {
+        matches!(
+            self,
+            Self::ReauthorizationRequired { .. } | Self::MissingRefreshToken { .. }
+        )
+    }
+}
+
+/// Shorthand for results of this crate.
+pub type Result<T, E = Error> = std::result::Result<T, E>;

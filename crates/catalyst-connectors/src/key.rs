@@ -1,0 +1,99 @@
+//! Cache keys compatible with the official Catalyst SDKs, and the credential fingerprint that makes
+//! their weak 20-bit hash safe to share.
+
+use sha2::{Digest, Sha256};
+
+/// Prefix of every connector key, as in the SDKs.
+pub const KEY_PREFIX: &str = "ZC_CONN_";
+
+/// The SDKs' 20-bit hash of the connector's credentials, as five lowercase hex digits.
+///
+/// Non-empty values of `[refresh_token, client_id, client_secret, auth_url, refresh_url,
+/// redirect_url]` are joined with `:`; the Java `String.hashCode` of that string (over UTF-16 code
+/// units, wrapping `i32`) is taken, then `(31 + h) & 0xFFFFF` — which equals Java's
+/// `Objects.hash(str) & 0xFFFFF`.
+pub fn sdk_hash(fields: &[&str]) -> String {
+    let mut h: i32 = 0;
+    let mut first = true;
+    for field in fields.iter().filter(|f| !f.is_empty()) {
+        if !first {
+            h = h.wrapping_mul(31).wrapping_add(i32::from(b':'));
+        }
+        first = false;
+        for unit in field.encode_utf16() {
+            h = h.wrapping_mul(31).wrapping_add(i32::from(unit));
+        }
+    }
+    format!("{:05x}", 31i32.wrapping_add(h) & 0xFFFFF)
+}
+
+/// The SDK cache key `ZC_CONN_<name>:<h5>`.
+pub fn sdk_key(name: &str, fields: &[&str]) -> String {
+    format!("{KEY_PREFIX}{name}:{}", sdk_hash(fields))
+}
+
+/// A strong fingerprint of the credentials a token was minted with: SHA-256 over the client id, the
+/// refresh token and the refresh URL, each length-prefixed, as lowercase hex.
+///
+/// It is stored in each record so a record written for other credentials is never served, whatever
+/// the key. It reveals nothing usable about the refresh token.
+pub fn fingerprint(client_id: &str, refresh_token: &str, refresh_url: &str) -> String {
+    let mut hasher = Sha256::new();
+    hasher.update(b"catalyst-connectors/fingerprint/v1");
+    for part in [client_id, refresh_token, refresh_url] {
+        hasher.update((part.len() as u64).to_be_bytes());
+        hasher.update(part.as_bytes());
+    }
+    to_hex(&hasher.finalize())
+}
+
+pub(crate) fn to_hex(bytes: &[u8]) -> String {
+    use std::fmt::Write as _;
+    bytes.iter().fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
+        let _ = write!(s, "{b:02x}");
+        s
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const AUTH: &str = "https://accounts.zoho.com/oauth/v2/auth";
+    const TOKEN: &str = "https://accounts.zoho.com/oauth/v2/token";
+
+    /// Golden vectors computed by the official Node SDK 3.4.0 (reference section 9).
+    #[test]
+    fn golden_sdk_keys() {
+        assert_eq!(
+            sdk_key("zohocrm", &["1000.refresh", "1000.ABC", "secret", AUTH, TOKEN, ""]),
+            "ZC_CONN_zohocrm:c2d33"
+        );
+        assert_eq!(
+            sdk_key(
+                "zohocrm",
+                &["1000.refresh", "1000.ABC", "secret", AUTH, TOKEN, "https://example.com/cb"]
+            ),
+            "ZC_CONN_zohocrm:47285"
+        );
+        assert_eq!(
+            sdk_key("zohocrm", &["", "1000.ABC", "secret", AUTH, TOKEN, ""]),
+            "ZC_CONN_zohocrm:a1fc5"
+        );
+        assert_eq!(
+            sdk_key("conn-é", &["r", "id", "sécret-😀", "https://a/x", "https://a/y", ""]),
+            "ZC_CONN_conn-é:a1fe7"
+        );
+        assert_eq!(sdk_key("x", &["", "a", "b", "c", "d", ""]), "ZC_CONN_x:65fbb");
+        assert_eq!(sdk_hash(&["1000.rt", "1000.cid", "secret", TOKEN, TOKEN]), "ea111");
+    }
+
+    #[test]
+    fn fingerprint_separates_fields() {
+        let a = fingerprint("ab", "c", "u");
+        let b = fingerprint("a", "bc", "u");
+        assert_ne!(a, b);
+        assert_eq!(a.len(), 64);
+        assert_eq!(a, fingerprint("ab", "c", "u"));
+    }
+}

@@ -1,0 +1,54 @@
+//! # catalyst-connectors
+//!
+//! Always hold a valid OAuth access token for a Zoho service (CRM, WorkDrive, …), the way Zoho
+//! Catalyst's connectors promise — without their stampedes and cache-key collisions.
+//!
+//! A [`Connection`] is a set of named connectors, configured like the official SDKs
+//! (`{"crm": {"client_id", "client_secret", "auth_url", "refresh_url", "refresh_token"}}`).
+//! [`Connector::access_token`] returns a valid token: from memory (a lock-free read), else from the
+//! shared [`TokenStore`], else by minting one — once, however many callers ask at the same time.
+//!
+//! ```no_run
+//! # async fn run() -> Result<(), catalyst_connectors::Error> {
+//! use catalyst_connectors::{Connection, ConnectorConfig, DataCenter};
+//!
+//! let connection = Connection::builder()
+//!     .connector(
+//!         ConnectorConfig::builder("crm")
+//!             .client_id("1000.XXXX")
+//!             .client_secret(std::env::var("CRM_CLIENT_SECRET").unwrap_or_default())
+//!             .refresh_token(std::env::var("CRM_REFRESH_TOKEN").unwrap_or_default())
+//!             .data_center(DataCenter::Eu)
+//!             .build()?,
+//!     )
+//!     .build()?;
+//! let crm = connection.connector("crm")?;
+//! let token = crm.access_token().await?;
+//! // e.g. reqwest: .header("Authorization", token.authorization_header())
+//! # let _ = token;
+//! # Ok(()) }
+//! ```
+//!
+//! Secrets (client secret, refresh token, access token, grant code) live in redacting types:
+//! `Debug` and error messages never show them; [`ExposeSecret`] is the only way to read one.
+#![warn(missing_docs)]
+
+mod clock;
+mod config;
+mod connection;
+mod connector;
+mod dc;
+mod error;
+pub mod key;
+mod oauth;
+mod secret;
+pub mod store;
+
+pub use clock::{Clock, EpochMillis, ManualClock, SystemClock, millis_to_system_time, system_time_to_millis};
+pub use config::{ConfigErrors, ConfigIssue, ConnectorConfig, ConnectorConfigBuilder};
+pub use connection::{Connection, ConnectionBuilder};
+pub use connector::{AccessToken, Connector, GeneratedTokens, TokenSource};
+pub use dc::{DataCenter, UnknownDataCenter};
+pub use error::{Error, Result, TransientKind};
+pub use secret::{AccessTokenSecret, ClientSecret, ExposeSecret, GrantCode, RefreshToken};
+pub use store::{CasOutcome, MemoryStore, StoreError, StoreErrorKind, StoredValue, TokenRecord, TokenStore};
