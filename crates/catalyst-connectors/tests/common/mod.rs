@@ -1,0 +1,60 @@
+//! Shared set-up for the integration tests: an emulator with one client and refresh token, and a
+//! connection to it on a manual clock.
+#![allow(dead_code)]
+
+use catalyst_connectors::{Connection, ConnectionBuilder, ManualClock};
+use serde_json::json;
+use zoho_emulator::Emulator;
+
+pub const CLIENT_ID: &str = "1000.TESTCLIENT";
+pub const CLIENT_SECRET: &str = "client-secret-value-7f3a";
+
+pub struct Setup {
+    pub emulator: Emulator,
+    pub refresh_token: String,
+    pub clock: ManualClock,
+}
+
+impl Setup {
+    pub async fn new() -> Self {
+        let emulator = zoho_emulator::start().await.expect("start emulator");
+        emulator.add_client(CLIENT_ID, CLIENT_SECRET);
+        let refresh_token = emulator.add_refresh_token(CLIENT_ID, "ZohoCRM.users.READ");
+        Self {
+            emulator,
+            refresh_token,
+            clock: ManualClock::starting_now(),
+        }
+    }
+
+    /// The SDK-shaped config of connector `crm`.
+    pub fn config(&self) -> serde_json::Value {
+        json!({
+            "crm": {
+                "client_id": CLIENT_ID,
+                "client_secret": CLIENT_SECRET,
+                "auth_url": self.emulator.token_url(),
+                "refresh_url": self.emulator.token_url(),
+                "refresh_token": self.refresh_token,
+            }
+        })
+    }
+
+    pub fn builder(&self) -> ConnectionBuilder {
+        Connection::builder().json(self.config()).clock(self.clock.clone())
+    }
+
+    pub fn connection(&self) -> Connection {
+        self.builder().build().expect("valid config")
+    }
+
+    /// Moves both the connector's clock and the emulator's.
+    pub fn advance(&self, by: std::time::Duration) {
+        self.clock.advance(by);
+        self.emulator.advance(by);
+    }
+
+    pub fn token_requests(&self) -> u64 {
+        self.emulator.stats().token_requests
+    }
+}
