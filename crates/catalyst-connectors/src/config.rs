@@ -217,7 +217,11 @@ impl fmt::Display for ConfigErrors {
         match self.0.as_slice() {
             [one] => write!(f, "invalid connector configuration: {one}"),
             many => {
-                write!(f, "invalid connector configuration ({} problems):", many.len())?;
+                write!(
+                    f,
+                    "invalid connector configuration ({} problems):",
+                    many.len()
+                )?;
                 for issue in many {
                     write!(f, "\n  - {issue}")?;
                 }
@@ -248,6 +252,8 @@ struct RawConnector {
     refresh_in: Option<Number>,
     dc: Option<String>,
     api_domain: Option<String>,
+    /// Fields present with the wrong type (already reported; not to be reported missing too).
+    mistyped: Vec<String>,
 }
 
 const KNOWN_FIELDS: &[&str] = &[
@@ -312,12 +318,17 @@ pub(crate) fn parse_value(
     out
 }
 
-fn read_raw(name: &str, fields: &Map<String, Value>, issues: &mut Vec<ConfigIssue>) -> RawConnector {
+fn read_raw(
+    name: &str,
+    fields: &Map<String, Value>,
+    issues: &mut Vec<ConfigIssue>,
+) -> RawConnector {
     for key in fields.keys() {
         if !KNOWN_FIELDS.contains(&key.as_str()) {
             tracing::warn!(connector = %name, field = %key, "ignoring unknown connector setting");
         }
     }
+    let mut mistyped = Vec::new();
     let mut string = |field: &str| -> Option<String> {
         match fields.get(field) {
             None | Some(Value::Null) => None,
@@ -329,6 +340,7 @@ fn read_raw(name: &str, fields: &Map<String, Value>, issues: &mut Vec<ConfigIssu
                     field: Some(field.to_owned()),
                     problem: format!("expected a string, found {}", kind_of(other)),
                 });
+                mistyped.push(field.to_owned());
                 None
             }
         }
@@ -344,6 +356,7 @@ fn read_raw(name: &str, fields: &Map<String, Value>, issues: &mut Vec<ConfigIssu
         api_domain: string("api_domain"),
         ..RawConnector::default()
     };
+    raw.mistyped = mistyped;
     let number = |field: &str| -> Option<Number> {
         match fields.get(field) {
             None | Some(Value::Null) => None,
@@ -417,8 +430,13 @@ pub(crate) fn check_url(raw: &str) -> Result<Url, String> {
     }
 }
 
-fn validate(name: &str, raw: RawConnector, issues: &mut Vec<ConfigIssue>) -> Option<ConnectorConfig> {
+fn validate(
+    name: &str,
+    mut raw: RawConnector,
+    issues: &mut Vec<ConfigIssue>,
+) -> Option<ConnectorConfig> {
     let start = issues.len();
+    let mistyped = std::mem::take(&mut raw.mistyped);
     let mut push = |field: Option<&str>, problem: String| {
         issues.push(ConfigIssue {
             source: None,
@@ -445,6 +463,7 @@ fn validate(name: &str, raw: RawConnector, issues: &mut Vec<ConfigIssue>) -> Opt
                 push(Some(field), "is empty".into());
                 None
             }
+            None if mistyped.iter().any(|m| m == field) => None,
             None => {
                 push(Some(field), "is missing".into());
                 None
@@ -458,12 +477,15 @@ fn validate(name: &str, raw: RawConnector, issues: &mut Vec<ConfigIssue>) -> Opt
             push(Some("client_secret"), "is empty".into());
             None
         }
+        None if mistyped.iter().any(|m| m == "client_secret") => None,
         None => {
             push(Some("client_secret"), "is missing".into());
             None
         }
     };
     let dc_url = dc.map(DataCenter::token_url);
+    // A `dc` that failed to parse was meant to fill the URLs: do not also report them missing.
+    let dc_given = raw.dc.is_some();
     let mut url_field = |field: &str, v: Option<String>, needed: bool| -> Option<String> {
         let v = match v {
             Some(s) if s.trim().is_empty() => {
@@ -473,6 +495,7 @@ fn validate(name: &str, raw: RawConnector, issues: &mut Vec<ConfigIssue>) -> Opt
             Some(s) => s,
             None if needed => match &dc_url {
                 Some(u) => u.clone(),
+                None if dc_given || mistyped.iter().any(|m| m == field) => return None,
                 None => {
                     push(
                         Some(field),
@@ -500,14 +523,19 @@ fn validate(name: &str, raw: RawConnector, issues: &mut Vec<ConfigIssue>) -> Opt
         match v {
             None => None,
             Some(Number::Seconds(0)) => {
-                push(Some(field), "must be a positive number of seconds, found 0".into());
+                push(
+                    Some(field),
+                    "must be a positive number of seconds, found 0".into(),
+                );
                 None
             }
             Some(Number::Seconds(s)) => Some(Duration::from_secs(s)),
             Some(Number::Invalid(found)) => {
                 push(
                     Some(field),
-                    format!("must be a whole number of seconds (a number or numeric string), found {found}"),
+                    format!(
+                        "must be a whole number of seconds (a number or numeric string), found {found}"
+                    ),
                 );
                 None
             }

@@ -66,7 +66,12 @@ impl Connection {
             .cloned()
             .ok_or_else(|| Error::UnknownConnector {
                 name: name.to_owned(),
-                known: self.connectors.keys().map(String::as_str).collect::<Vec<_>>().join(", "),
+                known: self
+                    .connectors
+                    .keys()
+                    .map(String::as_str)
+                    .collect::<Vec<_>>()
+                    .join(", "),
             })
     }
 
@@ -185,7 +190,10 @@ impl ConnectionBuilder {
         let mut configs: Vec<(ConnectorConfig, String)> = Vec::new();
         for (i, source) in self.sources.into_iter().enumerate() {
             let (found, origin) = match source {
-                Source::Json(v) => (config::parse_value(&v, None, &mut issues), format!("source #{}", i + 1)),
+                Source::Json(v) => (
+                    config::parse_value(&v, None, &mut issues),
+                    format!("source #{}", i + 1),
+                ),
                 Source::File(p) => (config::parse_file(&p, &mut issues), p.display().to_string()),
                 Source::Toml(t) => {
                     let found = match config::parse_toml_text(&t) {

@@ -150,7 +150,10 @@ struct Credentials {
 
 impl Credentials {
     fn new(config: &ConnectorConfig, refresh_token: Option<RefreshToken>) -> Self {
-        let rt = refresh_token.as_ref().map(|t| t.expose_secret()).unwrap_or("");
+        let rt = refresh_token
+            .as_ref()
+            .map(|t| t.expose_secret())
+            .unwrap_or("");
         let key = key::sdk_key(
             &config.name,
             &[
@@ -290,7 +293,9 @@ impl Connector {
                 },
             )
             .await
-            .inspect_err(|e| tracing::warn!(connector = %config.name, error = %e, "code exchange failed"))?;
+            .inspect_err(
+                |e| tracing::warn!(connector = %config.name, error = %e, "code exchange failed"),
+            )?;
         let refresh_token = response.refresh_token.clone();
         let creds = match &refresh_token {
             Some(rt) => {
@@ -307,7 +312,9 @@ impl Connector {
                 None
             }
         };
-        let access_token = self.save_minted(&creds, response, issued_at, expected).await;
+        let access_token = self
+            .save_minted(&creds, response, issued_at, expected)
+            .await;
         tracing::info!(connector = %config.name, got_refresh_token = refresh_token.is_some(), "grant code exchanged");
         Ok(GeneratedTokens {
             access_token,
@@ -318,7 +325,8 @@ impl Connector {
     fn fresh_in_memory(&self) -> Option<AccessToken> {
         let guard = self.inner.current.load();
         let token = guard.as_ref()?;
-        (self.inner.runtime.clock.now_millis() < token.refresh_at).then(|| AccessToken(Arc::clone(token)))
+        (self.inner.runtime.clock.now_millis() < token.refresh_at)
+            .then(|| AccessToken(Arc::clone(token)))
     }
 
     async fn join_flight(&self, force: bool) -> Result<AccessToken> {
@@ -408,7 +416,9 @@ impl Connector {
         let outcome = match result {
             Ok(response) => {
                 tracing::info!(connector = %name, lifetime_secs = response.lifetime.as_secs(), "token minted");
-                Ok(self.save_minted(&creds, response, issued_at, expected).await)
+                Ok(self
+                    .save_minted(&creds, response, issued_at, expected)
+                    .await)
             }
             Err(e) => {
                 tracing::warn!(connector = %name, error = %e, "token mint failed");
@@ -453,7 +463,11 @@ impl Connector {
             return StoreRead::Miss(Some(stored.generation));
         }
         tracing::debug!(connector = %name, "token hit in store");
-        StoreRead::Fresh(self.token_from_record(record, Some(stored.generation), TokenSource::Store))
+        StoreRead::Fresh(self.token_from_record(
+            record,
+            Some(stored.generation),
+            TokenSource::Store,
+        ))
     }
 
     async fn wait_for_lease(&self, creds: &Credentials, owner: &str, force: bool) -> LeaseWait {
@@ -462,7 +476,11 @@ impl Connector {
         let ttl = runtime.options.lease_ttl;
         let mut delay = Duration::from_millis(10);
         loop {
-            match runtime.store.try_acquire_lease(&creds.key, owner, ttl).await {
+            match runtime
+                .store
+                .try_acquire_lease(&creds.key, owner, ttl)
+                .await
+            {
                 Ok(true) => {
                     // Someone may have written between our read and the lease: read again.
                     return match self.read_store(creds).await {
@@ -536,7 +554,12 @@ impl Connector {
         self.install(creds, token)
     }
 
-    fn token_from_record(&self, record: TokenRecord, generation: Option<u64>, source: TokenSource) -> AccessToken {
+    fn token_from_record(
+        &self,
+        record: TokenRecord,
+        generation: Option<u64>,
+        source: TokenSource,
+    ) -> AccessToken {
         let header = format!("Zoho-oauthtoken {}", record.access_token.expose_secret());
         AccessToken(Arc::new(TokenInner {
             secret: record.access_token,
@@ -593,7 +616,9 @@ mod tests {
 
     #[test]
     fn schedule_margins() {
-        let s = |l, r: Option<u64>| refresh_schedule(0, Duration::from_secs(l), r.map(Duration::from_secs));
+        let s = |l, r: Option<u64>| {
+            refresh_schedule(0, Duration::from_secs(l), r.map(Duration::from_secs))
+        };
         assert_eq!(s(3600, None), (2_700_000, 3_600_000));
         assert_eq!(s(600, None), (450_000, 600_000));
         assert_eq!(s(60, None), (45_000, 60_000));

@@ -135,6 +135,9 @@ mod tests {
         }
         assert_eq!("EU".parse::<DataCenter>(), Ok(DataCenter::Eu));
         assert!("mars".parse::<DataCenter>().is_err());
-        assert_eq!(DataCenter::Eu.token_url(), "https://accounts.zoho.eu/oauth/v2/token");
+        assert_eq!(
+            DataCenter::Eu.token_url(),
+            "https://accounts.zoho.eu/oauth/v2/token"
+        );
     }
 }

@@ -163,7 +163,10 @@ impl Error {
     pub fn is_transient(&self) -> bool {
         matches!(
             self,
-            Self::Transient { .. } | Self::Throttled { .. } | Self::TaskFailed { .. } | Self::Store { .. }
+            Self::Transient { .. }
+                | Self::Throttled { .. }
+                | Self::TaskFailed { .. }
+                | Self::Store { .. }
         )
     }
 

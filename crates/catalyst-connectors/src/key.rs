@@ -49,10 +49,12 @@ pub fn fingerprint(client_id: &str, refresh_token: &str, refresh_url: &str) -> S
 
 pub(crate) fn to_hex(bytes: &[u8]) -> String {
     use std::fmt::Write as _;
-    bytes.iter().fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
-        let _ = write!(s, "{b:02x}");
-        s
-    })
+    bytes
+        .iter()
+        .fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
+            let _ = write!(s, "{b:02x}");
+            s
+        })
 }
 
 #[cfg(test)]
@@ -66,13 +68,23 @@ mod tests {
     #[test]
     fn golden_sdk_keys() {
         assert_eq!(
-            sdk_key("zohocrm", &["1000.refresh", "1000.ABC", "secret", AUTH, TOKEN, ""]),
+            sdk_key(
+                "zohocrm",
+                &["1000.refresh", "1000.ABC", "secret", AUTH, TOKEN, ""]
+            ),
             "ZC_CONN_zohocrm:c2d33"
         );
         assert_eq!(
             sdk_key(
                 "zohocrm",
-                &["1000.refresh", "1000.ABC", "secret", AUTH, TOKEN, "https://example.com/cb"]
+                &[
+                    "1000.refresh",
+                    "1000.ABC",
+                    "secret",
+                    AUTH,
+                    TOKEN,
+                    "https://example.com/cb"
+                ]
             ),
             "ZC_CONN_zohocrm:47285"
         );
@@ -81,11 +93,20 @@ mod tests {
             "ZC_CONN_zohocrm:a1fc5"
         );
         assert_eq!(
-            sdk_key("conn-é", &["r", "id", "sécret-😀", "https://a/x", "https://a/y", ""]),
+            sdk_key(
+                "conn-é",
+                &["r", "id", "sécret-😀", "https://a/x", "https://a/y", ""]
+            ),
             "ZC_CONN_conn-é:a1fe7"
         );
-        assert_eq!(sdk_key("x", &["", "a", "b", "c", "d", ""]), "ZC_CONN_x:65fbb");
-        assert_eq!(sdk_hash(&["1000.rt", "1000.cid", "secret", TOKEN, TOKEN]), "ea111");
+        assert_eq!(
+            sdk_key("x", &["", "a", "b", "c", "d", ""]),
+            "ZC_CONN_x:65fbb"
+        );
+        assert_eq!(
+            sdk_hash(&["1000.rt", "1000.cid", "secret", TOKEN, TOKEN]),
+            "ea111"
+        );
     }
 
     #[test]

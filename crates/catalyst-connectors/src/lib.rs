@@ -44,11 +44,15 @@ mod oauth;
 mod secret;
 pub mod store;
 
-pub use clock::{Clock, EpochMillis, ManualClock, SystemClock, millis_to_system_time, system_time_to_millis};
+pub use clock::{
+    Clock, EpochMillis, ManualClock, SystemClock, millis_to_system_time, system_time_to_millis,
+};
 pub use config::{ConfigErrors, ConfigIssue, ConnectorConfig, ConnectorConfigBuilder};
 pub use connection::{Connection, ConnectionBuilder};
 pub use connector::{AccessToken, Connector, GeneratedTokens, TokenSource};
 pub use dc::{DataCenter, UnknownDataCenter};
 pub use error::{Error, Result, TransientKind};
 pub use secret::{AccessTokenSecret, ClientSecret, ExposeSecret, GrantCode, RefreshToken};
-pub use store::{CasOutcome, MemoryStore, StoreError, StoreErrorKind, StoredValue, TokenRecord, TokenStore};
+pub use store::{
+    CasOutcome, MemoryStore, StoreError, StoreErrorKind, StoredValue, TokenRecord, TokenStore,
+};

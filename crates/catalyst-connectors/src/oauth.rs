@@ -195,7 +195,14 @@ pub(crate) fn parse_token_response(
             .and_then(|o| o.get("error_description"))
             .and_then(Value::as_str)
             .map(|d| scrub(d, secrets));
-        return Err(classify_code(connector, grant, code, description, status, retry_after));
+        return Err(classify_code(
+            connector,
+            grant,
+            code,
+            description,
+            status,
+            retry_after,
+        ));
     }
     if status == StatusCode::TOO_MANY_REQUESTS {
         return Err(Error::Throttled {
@@ -276,7 +283,10 @@ fn classify_code(
                 description,
             }
         }
-        "invalid_client" | "invalid_client_secret" | "invalid_redirect_uri" | "redirect_uri_mismatch"
+        "invalid_client"
+        | "invalid_client_secret"
+        | "invalid_redirect_uri"
+        | "redirect_uri_mismatch"
         | "unauthorized_client" => Error::InvalidClient {
             connector,
             code,
@@ -327,15 +337,25 @@ mod tests {
 
     #[test]
     fn legacy_milliseconds() {
-        let r = parse(200, r#"{"access_token":"a","expires_in_sec":3600,"expires_in":3600000}"#).unwrap();
+        let r = parse(
+            200,
+            r#"{"access_token":"a","expires_in_sec":3600,"expires_in":3600000}"#,
+        )
+        .unwrap();
         assert_eq!(r.lifetime, Duration::from_secs(3600));
     }
 
     #[test]
     fn errors_with_http_200_are_classified() {
         let e = parse(200, r#"{"error":"invalid_code"}"#).unwrap_err();
-        assert!(matches!(&e, Error::ReauthorizationRequired { code, .. } if code == "invalid_code"), "{e:?}");
-        assert!(e.to_string().contains("re-authorize connector `crm`"), "{e}");
+        assert!(
+            matches!(&e, Error::ReauthorizationRequired { code, .. } if code == "invalid_code"),
+            "{e:?}"
+        );
+        assert!(
+            e.to_string().contains("re-authorize connector `crm`"),
+            "{e}"
+        );
         let e = parse(200, r#"{"error":"Access Denied","error_description":"You have made too many requests continuously. Please try again after some time.","status":"failure"}"#).unwrap_err();
         assert!(matches!(e, Error::Throttled { .. }), "{e:?}");
         let e = parse(200, r#"{"error":"invalid_client_secret"}"#).unwrap_err();
@@ -346,12 +366,33 @@ mod tests {
 
     #[test]
     fn status_classes() {
-        assert!(matches!(parse(503, "oops").unwrap_err(), Error::Transient { kind: TransientKind::ServerError(503), .. }));
-        assert!(matches!(parse(429, "").unwrap_err(), Error::Throttled { .. }));
-        assert!(matches!(parse(404, "<html>").unwrap_err(), Error::Rejected { .. }));
-        assert!(matches!(parse(200, "<html>").unwrap_err(), Error::MalformedResponse { .. }));
-        assert!(matches!(parse(200, r#"{"access_token":"a"}"#).unwrap_err(), Error::MalformedResponse { .. }));
-        assert!(matches!(parse(200, r#"{"access_token":"a","expires_in":"x"}"#).unwrap_err(), Error::MalformedResponse { .. }));
+        assert!(matches!(
+            parse(503, "oops").unwrap_err(),
+            Error::Transient {
+                kind: TransientKind::ServerError(503),
+                ..
+            }
+        ));
+        assert!(matches!(
+            parse(429, "").unwrap_err(),
+            Error::Throttled { .. }
+        ));
+        assert!(matches!(
+            parse(404, "<html>").unwrap_err(),
+            Error::Rejected { .. }
+        ));
+        assert!(matches!(
+            parse(200, "<html>").unwrap_err(),
+            Error::MalformedResponse { .. }
+        ));
+        assert!(matches!(
+            parse(200, r#"{"access_token":"a"}"#).unwrap_err(),
+            Error::MalformedResponse { .. }
+        ));
+        assert!(matches!(
+            parse(200, r#"{"access_token":"a","expires_in":"x"}"#).unwrap_err(),
+            Error::MalformedResponse { .. }
+        ));
     }
 
     #[test]
@@ -362,7 +403,11 @@ mod tests {
 
     #[test]
     fn provider_text_is_scrubbed() {
-        let e = parse(200, r#"{"error":"invalid_code","error_description":"bad token 1000.refresh-secret"}"#).unwrap_err();
+        let e = parse(
+            200,
+            r#"{"error":"invalid_code","error_description":"bad token 1000.refresh-secret"}"#,
+        )
+        .unwrap_err();
         assert!(!e.to_string().contains("1000.refresh-secret"), "{e}");
     }
 }

@@ -28,7 +28,10 @@ impl fmt::Debug for StoredValue {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("StoredValue")
             .field("generation", &self.generation)
-            .field("data", &format_args!("[redacted; {} bytes]", self.data.len()))
+            .field(
+                "data",
+                &format_args!("[redacted; {} bytes]", self.data.len()),
+            )
             .finish()
     }
 }
@@ -108,7 +111,12 @@ pub trait TokenStore: Send + Sync + fmt::Debug + 'static {
 
     /// Tries to take the mint lease for `key` for `ttl`. True if `owner` now holds it (also when it
     /// already did: the lease is then extended).
-    async fn try_acquire_lease(&self, key: &str, owner: &str, ttl: Duration) -> Result<bool, StoreError>;
+    async fn try_acquire_lease(
+        &self,
+        key: &str,
+        owner: &str,
+        ttl: Duration,
+    ) -> Result<bool, StoreError>;
 
     /// Releases the lease if `owner` still holds it.
     async fn release_lease(&self, key: &str, owner: &str) -> Result<(), StoreError>;
@@ -228,7 +236,12 @@ impl TokenStore for MemoryStore {
         }
     }
 
-    async fn try_acquire_lease(&self, key: &str, owner: &str, ttl: Duration) -> Result<bool, StoreError> {
+    async fn try_acquire_lease(
+        &self,
+        key: &str,
+        owner: &str,
+        ttl: Duration,
+    ) -> Result<bool, StoreError> {
         let now = self.clock.now_millis();
         let mut inner = self.lock();
         let free = match inner.leases.get(key) {
@@ -236,16 +249,21 @@ impl TokenStore for MemoryStore {
             Some((holder, until)) => holder == owner || *until <= now,
         };
         if free {
-            inner
-                .leases
-                .insert(key.to_owned(), (owner.to_owned(), now.saturating_add(ttl_millis(ttl))));
+            inner.leases.insert(
+                key.to_owned(),
+                (owner.to_owned(), now.saturating_add(ttl_millis(ttl))),
+            );
         }
         Ok(free)
     }
 
     async fn release_lease(&self, key: &str, owner: &str) -> Result<(), StoreError> {
         let mut inner = self.lock();
-        if inner.leases.get(key).is_some_and(|(holder, _)| holder == owner) {
+        if inner
+            .leases
+            .get(key)
+            .is_some_and(|(holder, _)| holder == owner)
+        {
             inner.leases.remove(key);
         }
         Ok(())
@@ -343,9 +361,11 @@ impl TokenRecord {
             .unwrap_or(0);
         let issued_at = obj.get("issued_at").and_then(as_i64);
         let expires_at = match issued_at {
-            Some(at) if lifetime_secs > 0 => {
-                at.saturating_add(i64::try_from(lifetime_secs).unwrap_or(i64::MAX).saturating_mul(1000))
-            }
+            Some(at) if lifetime_secs > 0 => at.saturating_add(
+                i64::try_from(lifetime_secs)
+                    .unwrap_or(i64::MAX)
+                    .saturating_mul(1000),
+            ),
             // SDK records carry only the refresh point: treat it as the end of life too.
             _ => refresh_at,
         };
@@ -387,7 +407,10 @@ mod tests {
         };
         let back = TokenRecord::from_json(&r.to_json()).unwrap();
         assert_eq!(back.access_token.expose_secret(), "1000.tok");
-        assert_eq!((back.refresh_at, back.expires_at, back.lifetime_secs), (2_000, 3_601_000, 3600));
+        assert_eq!(
+            (back.refresh_at, back.expires_at, back.lifetime_secs),
+            (2_000, 3_601_000, 3600)
+        );
         assert_eq!(back.fingerprint.as_deref(), Some("ab"));
 
         // Node SDK: a JSON string holding the record.
@@ -396,15 +419,25 @@ mod tests {
         )
         .unwrap();
         let n = TokenRecord::from_json(&node).unwrap();
-        assert_eq!((n.refresh_at, n.expires_at, n.fingerprint), (5000, 5000, None));
+        assert_eq!(
+            (n.refresh_at, n.expires_at, n.fingerprint),
+            (5000, 5000, None)
+        );
         // Python SDK: an object with `expires_in`.
-        let p = TokenRecord::from_json(r#"{"access_token":"t","expires_in":3600,"expires_at":7}"#).unwrap();
+        let p = TokenRecord::from_json(r#"{"access_token":"t","expires_in":3600,"expires_at":7}"#)
+            .unwrap();
         assert_eq!(p.lifetime_secs, 3600);
     }
 
     #[test]
     fn corrupt_records_are_errors_without_content() {
-        for bad in ["", "{", "[]", r#"{"access_token":5}"#, r#"{"access_token":"secret-x"}"#] {
+        for bad in [
+            "",
+            "{",
+            "[]",
+            r#"{"access_token":5}"#,
+            r#"{"access_token":"secret-x"}"#,
+        ] {
             let e = TokenRecord::from_json(bad).unwrap_err();
             assert!(!e.to_string().contains("secret-x"));
         }

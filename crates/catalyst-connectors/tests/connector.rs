@@ -4,8 +4,8 @@ mod common;
 
 use catalyst_connectors::store::TokenStore;
 use catalyst_connectors::{
-    Connection, ConnectorConfig, Error, ExposeSecret, GrantCode, MemoryStore, TokenRecord, TokenSource,
-    TransientKind,
+    Connection, ConnectorConfig, Error, ExposeSecret, GrantCode, MemoryStore, TokenRecord,
+    TokenSource, TransientKind,
 };
 use common::{CLIENT_ID, CLIENT_SECRET, Setup};
 use std::sync::Arc;
@@ -35,7 +35,13 @@ async fn thousand_concurrent_callers_cause_one_token_request() {
 async fn concurrent_callers_share_one_failure() {
     let s = Setup::new().await;
     s.emulator.set_latency(Duration::from_millis(100));
-    s.emulator.inject_faults(Fault::ErrorWith200 { error: "invalid_code".into(), description: None }, 1);
+    s.emulator.inject_faults(
+        Fault::ErrorWith200 {
+            error: "invalid_code".into(),
+            description: None,
+        },
+        1,
+    );
     let connection = s.connection();
     let mut tasks = Vec::new();
     for _ in 0..200 {
@@ -44,7 +50,10 @@ async fn concurrent_callers_share_one_failure() {
     }
     for t in tasks {
         let err = t.await.unwrap().expect_err("the one mint failed");
-        assert!(matches!(err, Error::ReauthorizationRequired { .. }), "{err:?}");
+        assert!(
+            matches!(err, Error::ReauthorizationRequired { .. }),
+            "{err:?}"
+        );
     }
     assert_eq!(s.token_requests(), 1);
 }
@@ -52,13 +61,28 @@ async fn concurrent_callers_share_one_failure() {
 #[tokio::test]
 async fn token_carries_header_api_domain_and_times() {
     let s = Setup::new().await;
-    let token = s.connection().connector("crm").unwrap().access_token().await.unwrap();
-    assert_eq!(token.authorization_header(), format!("Zoho-oauthtoken {}", token.expose_secret()));
+    let token = s
+        .connection()
+        .connector("crm")
+        .unwrap()
+        .access_token()
+        .await
+        .unwrap();
+    assert_eq!(
+        token.authorization_header(),
+        format!("Zoho-oauthtoken {}", token.expose_secret())
+    );
     assert_eq!(token.api_domain(), Some(s.emulator.url()));
     assert_eq!(token.source(), TokenSource::Minted);
-    let lifetime = token.expires_at().duration_since(token.issued_at().unwrap()).unwrap();
+    let lifetime = token
+        .expires_at()
+        .duration_since(token.issued_at().unwrap())
+        .unwrap();
     assert_eq!(lifetime, Duration::from_secs(3600));
-    let until_refresh = token.refresh_at().duration_since(token.issued_at().unwrap()).unwrap();
+    let until_refresh = token
+        .refresh_at()
+        .duration_since(token.issued_at().unwrap())
+        .unwrap();
     assert_eq!(until_refresh, Duration::from_secs(45 * 60));
     // The token works against the protected API.
     let users = reqwest::Client::new()
@@ -82,7 +106,10 @@ async fn an_expired_token_is_refreshed_exactly_once() {
     s.advance(Duration::from_secs(3600));
     let second = crm.access_token().await.unwrap();
     for _ in 0..10 {
-        assert_eq!(crm.access_token().await.unwrap().expose_secret(), second.expose_secret());
+        assert_eq!(
+            crm.access_token().await.unwrap().expose_secret(),
+            second.expose_secret()
+        );
     }
     assert_eq!(s.token_requests(), 2, "exactly one refresh after expiry");
     assert_ne!(first.expose_secret(), second.expose_secret());
@@ -109,7 +136,13 @@ async fn refresh_in_moves_the_refresh_point() {
     let s = Setup::new().await;
     let mut config = s.config();
     config["crm"]["refresh_in"] = "60".into();
-    let crm = Connection::builder().json(config).clock(s.clock.clone()).build().unwrap().connector("crm").unwrap();
+    let crm = Connection::builder()
+        .json(config)
+        .clock(s.clock.clone())
+        .build()
+        .unwrap()
+        .connector("crm")
+        .unwrap();
     crm.access_token().await.unwrap();
     s.advance(Duration::from_secs(59));
     crm.access_token().await.unwrap();
@@ -123,13 +156,20 @@ async fn refresh_in_moves_the_refresh_point() {
 async fn http_200_with_error_is_a_typed_error_with_zohos_code() {
     let s = Setup::new().await;
     s.emulator.inject_faults(
-        Fault::ErrorWith200 { error: "invalid_client_secret".into(), description: Some("bad secret".into()) },
+        Fault::ErrorWith200 {
+            error: "invalid_client_secret".into(),
+            description: Some("bad secret".into()),
+        },
         1,
     );
     let crm = s.connection().connector("crm").unwrap();
     let err = crm.access_token().await.unwrap_err();
     match &err {
-        Error::InvalidClient { connector, code, description } => {
+        Error::InvalidClient {
+            connector,
+            code,
+            description,
+        } => {
             assert_eq!(connector, "crm");
             assert_eq!(code, "invalid_client_secret");
             assert_eq!(description.as_deref(), Some("bad secret"));
@@ -143,9 +183,18 @@ async fn http_200_with_error_is_a_typed_error_with_zohos_code() {
 async fn revoked_refresh_token_needs_reauthorization() {
     let s = Setup::new().await;
     assert!(s.emulator.revoke(&s.refresh_token));
-    let err = s.connection().connector("crm").unwrap().access_token().await.unwrap_err();
+    let err = s
+        .connection()
+        .connector("crm")
+        .unwrap()
+        .access_token()
+        .await
+        .unwrap_err();
     assert!(err.needs_reauthorization(), "{err:?}");
-    assert!(err.to_string().contains("re-authorize connector `crm`"), "{err}");
+    assert!(
+        err.to_string().contains("re-authorize connector `crm`"),
+        "{err}"
+    );
 }
 
 #[tokio::test]
@@ -156,7 +205,10 @@ async fn throttling_is_reported_as_throttled() {
         crm.force_refresh().await.unwrap();
     }
     let err = crm.force_refresh().await.unwrap_err();
-    assert!(matches!(err, Error::Throttled { ref code, .. } if code == "Access Denied"), "{err:?}");
+    assert!(
+        matches!(err, Error::Throttled { ref code, .. } if code == "Access Denied"),
+        "{err:?}"
+    );
     assert_eq!(s.emulator.stats().throttled, 1);
 }
 
@@ -164,9 +216,22 @@ async fn throttling_is_reported_as_throttled() {
 async fn legacy_expires_in_sec_answer_is_understood() {
     let s = Setup::new().await;
     s.emulator.inject_faults(Fault::LegacyExpiry, 1);
-    let token = s.connection().connector("crm").unwrap().access_token().await.unwrap();
-    let lifetime = token.expires_at().duration_since(token.issued_at().unwrap()).unwrap();
-    assert_eq!(lifetime, Duration::from_secs(3600), "expires_in read as milliseconds");
+    let token = s
+        .connection()
+        .connector("crm")
+        .unwrap()
+        .access_token()
+        .await
+        .unwrap();
+    let lifetime = token
+        .expires_at()
+        .duration_since(token.issued_at().unwrap())
+        .unwrap();
+    assert_eq!(
+        lifetime,
+        Duration::from_secs(3600),
+        "expires_in read as milliseconds"
+    );
 }
 
 #[tokio::test]
@@ -175,7 +240,16 @@ async fn server_errors_and_unreachable_endpoints_are_transient() {
     s.emulator.inject_faults(Fault::Http500, 1);
     let crm = s.connection().connector("crm").unwrap();
     let err = crm.access_token().await.unwrap_err();
-    assert!(matches!(err, Error::Transient { kind: TransientKind::ServerError(500), .. }), "{err:?}");
+    assert!(
+        matches!(
+            err,
+            Error::Transient {
+                kind: TransientKind::ServerError(500),
+                ..
+            }
+        ),
+        "{err:?}"
+    );
     assert!(err.is_transient());
     // The next call tries again and succeeds.
     crm.access_token().await.unwrap();
@@ -185,17 +259,46 @@ async fn server_errors_and_unreachable_endpoints_are_transient() {
         "auth_url": "http://127.0.0.1:9/oauth/v2/token", "refresh_url": "http://127.0.0.1:9/oauth/v2/token",
         "refresh_token": "r"}}))
     .unwrap();
-    let err = dead.connector("x").unwrap().access_token().await.unwrap_err();
-    assert!(matches!(err, Error::Transient { kind: TransientKind::Network, .. }), "{err:?}");
+    let err = dead
+        .connector("x")
+        .unwrap()
+        .access_token()
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::Transient {
+                kind: TransientKind::Network,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
 }
 
 #[tokio::test]
 async fn a_hung_endpoint_times_out() {
     let s = Setup::new().await;
     s.emulator.inject_faults(Fault::Hang { millis: 5_000 }, 1);
-    let crm = s.builder().request_timeout(Duration::from_millis(300)).build().unwrap().connector("crm").unwrap();
+    let crm = s
+        .builder()
+        .request_timeout(Duration::from_millis(300))
+        .build()
+        .unwrap()
+        .connector("crm")
+        .unwrap();
     let err = crm.access_token().await.unwrap_err();
-    assert!(matches!(err, Error::Transient { kind: TransientKind::Timeout, .. }), "{err:?}");
+    assert!(
+        matches!(
+            err,
+            Error::Transient {
+                kind: TransientKind::Timeout,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
     assert_eq!(s.token_requests(), 1, "a timed-out request is not re-sent");
 }
 
@@ -209,15 +312,30 @@ async fn clones_and_lookups_share_one_token() {
     let tb = b.clone().access_token().await.unwrap();
     assert_eq!(ta.expose_secret(), tb.expose_secret());
     assert_eq!(s.token_requests(), 1);
-    assert!(matches!(connection.connector("nope"), Err(Error::UnknownConnector { .. })));
+    assert!(matches!(
+        connection.connector("nope"),
+        Err(Error::UnknownConnector { .. })
+    ));
 }
 
 #[tokio::test]
 async fn two_connections_share_through_a_store() {
     let s = Setup::new().await;
     let store = Arc::new(MemoryStore::new());
-    let one = s.builder().shared_store(store.clone()).build().unwrap().connector("crm").unwrap();
-    let two = s.builder().shared_store(store.clone()).build().unwrap().connector("crm").unwrap();
+    let one = s
+        .builder()
+        .shared_store(store.clone())
+        .build()
+        .unwrap()
+        .connector("crm")
+        .unwrap();
+    let two = s
+        .builder()
+        .shared_store(store.clone())
+        .build()
+        .unwrap()
+        .connector("crm")
+        .unwrap();
     let t1 = one.access_token().await.unwrap();
     let t2 = two.access_token().await.unwrap();
     assert_eq!(t1.expose_secret(), t2.expose_secret());
@@ -226,7 +344,15 @@ async fn two_connections_share_through_a_store() {
     // The record is in the SDK format under the SDK key.
     let stored = store.get(&one.cache_key()).await.unwrap().unwrap();
     let json: serde_json::Value = serde_json::from_str(&stored.data).unwrap();
-    for field in ["access_token", "expires_at", "expiry_in_seconds", "expires_in", "api_domain", "issued_at", "fingerprint"] {
+    for field in [
+        "access_token",
+        "expires_at",
+        "expiry_in_seconds",
+        "expires_in",
+        "api_domain",
+        "issued_at",
+        "fingerprint",
+    ] {
         assert!(json.get(field).is_some(), "record lacks {field}");
     }
     assert!(one.cache_key().starts_with("ZC_CONN_crm:"));
@@ -236,7 +362,13 @@ async fn two_connections_share_through_a_store() {
 async fn a_record_for_other_credentials_is_a_miss() {
     let s = Setup::new().await;
     let store = Arc::new(MemoryStore::new());
-    let crm = s.builder().shared_store(store.clone()).build().unwrap().connector("crm").unwrap();
+    let crm = s
+        .builder()
+        .shared_store(store.clone())
+        .build()
+        .unwrap()
+        .connector("crm")
+        .unwrap();
     // Plant a fresh record under this connector's key, minted for another refresh token (as a
     // 20-bit hash collision would).
     let now = catalyst_connectors::system_time_to_millis(std::time::SystemTime::now());
@@ -247,43 +379,88 @@ async fn a_record_for_other_credentials_is_a_miss() {
         lifetime_secs: 3600,
         api_domain: None,
         issued_at: Some(now),
-        fingerprint: Some(catalyst_connectors::key::fingerprint(CLIENT_ID, "1000.other-user", "x")),
+        fingerprint: Some(catalyst_connectors::key::fingerprint(
+            CLIENT_ID,
+            "1000.other-user",
+            "x",
+        )),
     };
-    store.compare_and_set(&crm.cache_key(), None, &planted.to_json(), Duration::from_secs(3600)).await.unwrap();
+    store
+        .compare_and_set(
+            &crm.cache_key(),
+            None,
+            &planted.to_json(),
+            Duration::from_secs(3600),
+        )
+        .await
+        .unwrap();
     let token = crm.access_token().await.unwrap();
     assert_ne!(token.expose_secret(), "1000.someone-elses-token");
     assert_eq!(token.source(), TokenSource::Minted);
     assert_eq!(s.token_requests(), 1);
     // Our record replaced it.
     let stored = store.get(&crm.cache_key()).await.unwrap().unwrap();
-    assert_eq!(TokenRecord::from_json(&stored.data).unwrap().access_token.expose_secret(), token.expose_secret());
+    assert_eq!(
+        TokenRecord::from_json(&stored.data)
+            .unwrap()
+            .access_token
+            .expose_secret(),
+        token.expose_secret()
+    );
 }
 
 #[tokio::test]
 async fn a_damaged_record_is_a_miss_and_is_overwritten() {
     let s = Setup::new().await;
     let store = Arc::new(MemoryStore::new());
-    let crm = s.builder().shared_store(store.clone()).build().unwrap().connector("crm").unwrap();
-    store.compare_and_set(&crm.cache_key(), None, "{not json", Duration::from_secs(60)).await.unwrap();
+    let crm = s
+        .builder()
+        .shared_store(store.clone())
+        .build()
+        .unwrap()
+        .connector("crm")
+        .unwrap();
+    store
+        .compare_and_set(&crm.cache_key(), None, "{not json", Duration::from_secs(60))
+        .await
+        .unwrap();
     let token = crm.access_token().await.unwrap();
     let stored = store.get(&crm.cache_key()).await.unwrap().unwrap();
     assert_eq!(stored.generation, 2);
-    assert_eq!(TokenRecord::from_json(&stored.data).unwrap().access_token.expose_secret(), token.expose_secret());
+    assert_eq!(
+        TokenRecord::from_json(&stored.data)
+            .unwrap()
+            .access_token
+            .expose_secret(),
+        token.expose_secret()
+    );
 }
 
 #[tokio::test]
 async fn invalidate_and_force_refresh_mint_new_tokens() {
     let s = Setup::new().await;
     let store = Arc::new(MemoryStore::new());
-    let crm = s.builder().shared_store(store.clone()).build().unwrap().connector("crm").unwrap();
+    let crm = s
+        .builder()
+        .shared_store(store.clone())
+        .build()
+        .unwrap()
+        .connector("crm")
+        .unwrap();
     let first = crm.access_token().await.unwrap();
     crm.invalidate().await.unwrap();
-    assert!(store.get(&crm.cache_key()).await.unwrap().is_none(), "invalidate removes the stored record");
+    assert!(
+        store.get(&crm.cache_key()).await.unwrap().is_none(),
+        "invalidate removes the stored record"
+    );
     let second = crm.access_token().await.unwrap();
     assert_ne!(first.expose_secret(), second.expose_secret());
     let third = crm.force_refresh().await.unwrap();
     assert_ne!(second.expose_secret(), third.expose_secret());
-    assert_eq!(crm.access_token().await.unwrap().expose_secret(), third.expose_secret());
+    assert_eq!(
+        crm.access_token().await.unwrap().expose_secret(),
+        third.expose_secret()
+    );
     assert_eq!(s.token_requests(), 3);
 }
 
@@ -296,16 +473,34 @@ async fn generate_access_token_exchanges_a_code_and_adopts_the_refresh_token() {
         .token_url(s.emulator.token_url())
         .build()
         .unwrap();
-    let crm = Connection::builder().connector(config).clock(s.clock.clone()).build().unwrap().connector("crm").unwrap();
+    let crm = Connection::builder()
+        .connector(config)
+        .clock(s.clock.clone())
+        .build()
+        .unwrap()
+        .connector("crm")
+        .unwrap();
     let err = crm.access_token().await.unwrap_err();
     assert!(matches!(err, Error::MissingRefreshToken { .. }), "{err:?}");
     let key_before = crm.cache_key();
 
-    let code = GrantCode::new(s.emulator.add_grant_code(CLIENT_ID, "ZohoCRM.users.READ", None));
+    let code = GrantCode::new(
+        s.emulator
+            .add_grant_code(CLIENT_ID, "ZohoCRM.users.READ", None),
+    );
     let generated = crm.generate_access_token(&code).await.unwrap();
-    let refresh_token = generated.refresh_token.expect("offline exchange returns a refresh token");
-    assert_ne!(crm.cache_key(), key_before, "the key covers the refresh token");
-    assert_eq!(crm.access_token().await.unwrap().expose_secret(), generated.access_token.expose_secret());
+    let refresh_token = generated
+        .refresh_token
+        .expect("offline exchange returns a refresh token");
+    assert_ne!(
+        crm.cache_key(),
+        key_before,
+        "the key covers the refresh token"
+    );
+    assert_eq!(
+        crm.access_token().await.unwrap().expose_secret(),
+        generated.access_token.expose_secret()
+    );
     // After expiry the adopted refresh token mints.
     s.advance(Duration::from_secs(3600));
     crm.access_token().await.unwrap();
@@ -314,7 +509,16 @@ async fn generate_access_token_exchanges_a_code_and_adopts_the_refresh_token() {
     assert_eq!(stats.by_grant["refresh_token"]["ok"], 1);
     // A code is single-use.
     let err = crm.generate_access_token(&code).await.unwrap_err();
-    assert!(matches!(err, Error::ReauthorizationRequired { grant: "grant code", .. }), "{err:?}");
+    assert!(
+        matches!(
+            err,
+            Error::ReauthorizationRequired {
+                grant: "grant code",
+                ..
+            }
+        ),
+        "{err:?}"
+    );
     let _ = refresh_token;
 }
 
@@ -329,8 +533,17 @@ async fn code_exchange_sends_the_redirect_uri_when_configured() {
         .redirect_url(redirect)
         .build()
         .unwrap();
-    let crm = Connection::builder().connector(crm).build().unwrap().connector("crm").unwrap();
-    let code = GrantCode::new(s.emulator.add_grant_code(CLIENT_ID, "ZohoCRM.users.READ", Some(redirect)));
+    let crm = Connection::builder()
+        .connector(crm)
+        .build()
+        .unwrap()
+        .connector("crm")
+        .unwrap();
+    let code = GrantCode::new(s.emulator.add_grant_code(
+        CLIENT_ID,
+        "ZohoCRM.users.READ",
+        Some(redirect),
+    ));
     crm.generate_access_token(&code).await.unwrap();
 }
 
@@ -339,8 +552,17 @@ async fn expires_in_in_config_caps_the_lifetime() {
     let s = Setup::new().await;
     let mut config = s.config();
     config["crm"]["expires_in"] = 1200.into();
-    let crm = Connection::builder().json(config).clock(s.clock.clone()).build().unwrap().connector("crm").unwrap();
+    let crm = Connection::builder()
+        .json(config)
+        .clock(s.clock.clone())
+        .build()
+        .unwrap()
+        .connector("crm")
+        .unwrap();
     let token = crm.access_token().await.unwrap();
-    let lifetime = token.expires_at().duration_since(token.issued_at().unwrap()).unwrap();
+    let lifetime = token
+        .expires_at()
+        .duration_since(token.issued_at().unwrap())
+        .unwrap();
     assert_eq!(lifetime, Duration::from_secs(1200));
 }

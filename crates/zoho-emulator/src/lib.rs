@@ -165,7 +165,13 @@ impl Inner {
         real.saturating_add(self.offset_ms)
     }
 
-    fn add_refresh_token(&mut self, client_id: &str, refresh_token: &str, scope: &str, label: &str) {
+    fn add_refresh_token(
+        &mut self,
+        client_id: &str,
+        refresh_token: &str,
+        scope: &str,
+        label: &str,
+    ) {
         self.refresh_tokens.insert(
             refresh_token.to_owned(),
             RefreshTokenEntry {
@@ -179,7 +185,12 @@ impl Inner {
         );
     }
 
-    fn add_grant_code(&mut self, client_id: &str, scope: &str, redirect_uri: Option<&str>) -> String {
+    fn add_grant_code(
+        &mut self,
+        client_id: &str,
+        scope: &str,
+        redirect_uri: Option<&str>,
+    ) -> String {
         let code = random_token("1000.");
         let expires_at = self.now() + 120_000;
         self.grant_codes.insert(
@@ -232,7 +243,9 @@ pub struct Emulator {
 
 impl std::fmt::Debug for Emulator {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Emulator").field("url", &self.url).finish_non_exhaustive()
+        f.debug_struct("Emulator")
+            .field("url", &self.url)
+            .finish_non_exhaustive()
     }
 }
 
@@ -302,14 +315,25 @@ impl Emulator {
 
     /// Registers a given refresh token for `client_id`, with a label under which its mints are
     /// counted in [`Stats::mints_by_label`] (empty: not counted by label).
-    pub fn add_refresh_token_labeled(&self, client_id: &str, refresh_token: &str, scope: &str, label: &str) {
+    pub fn add_refresh_token_labeled(
+        &self,
+        client_id: &str,
+        refresh_token: &str,
+        scope: &str,
+        label: &str,
+    ) {
         lock(&self.state).add_refresh_token(client_id, refresh_token, scope, label);
     }
 
     /// Creates a one-time grant code for `client_id`, valid two minutes, and returns it. When
     /// `redirect_uri` is given, the exchange must send the same `redirect_uri` (server-based
     /// clients); without it, none may be required (Self Client).
-    pub fn add_grant_code(&self, client_id: &str, scope: &str, redirect_uri: Option<&str>) -> String {
+    pub fn add_grant_code(
+        &self,
+        client_id: &str,
+        scope: &str,
+        redirect_uri: Option<&str>,
+    ) -> String {
         lock(&self.state).add_grant_code(client_id, scope, redirect_uri)
     }
 
@@ -336,7 +360,8 @@ impl Emulator {
 
     /// Delays every token answer by `latency`.
     pub fn set_latency(&self, latency: Duration) {
-        lock(&self.state).settings.latency_ms = u64::try_from(latency.as_millis()).unwrap_or(u64::MAX);
+        lock(&self.state).settings.latency_ms =
+            u64::try_from(latency.as_millis()).unwrap_or(u64::MAX);
     }
 
     /// Applies `fault` to every token request until cleared with `None`.
@@ -347,7 +372,9 @@ impl Emulator {
     /// Applies `fault` to the next `count` token requests (before any persistent fault).
     pub fn inject_faults(&self, fault: Fault, count: usize) {
         let mut inner = lock(&self.state);
-        inner.one_shot_faults.extend(std::iter::repeat_n(fault, count));
+        inner
+            .one_shot_faults
+            .extend(std::iter::repeat_n(fault, count));
     }
 
     /// Moves the emulator's clock forward (token expiry, grant-code expiry, throttle window).
@@ -389,7 +416,10 @@ fn router(state: Shared) -> Router {
         .route("/__emulator/clients", post(admin_client))
         .route("/__emulator/refresh_tokens", post(admin_refresh_token))
         .route("/__emulator/grant_codes", post(admin_grant_code))
-        .route("/__emulator/settings", get(get_settings).post(post_settings))
+        .route(
+            "/__emulator/settings",
+            get(get_settings).post(post_settings),
+        )
         .route("/__emulator/advance", post(admin_advance))
         .with_state(state)
 }
@@ -418,7 +448,11 @@ enum Decision {
     Hang(Duration),
 }
 
-async fn token(AxumState(state): AxumState<Shared>, RawQuery(query): RawQuery, body: Bytes) -> Response {
+async fn token(
+    AxumState(state): AxumState<Shared>,
+    RawQuery(query): RawQuery,
+    body: Bytes,
+) -> Response {
     let p = params(query, &body);
     let latency = Duration::from_millis(lock(&state).settings.latency_ms);
     if !latency.is_zero() {
@@ -447,7 +481,11 @@ fn decide_token(state: &Shared, p: &HashMap<String, String>) -> Decision {
             inner.stats.faults_injected += 1;
             inner.count(&grant, "http_500");
             return Decision::Respond(
-                (StatusCode::INTERNAL_SERVER_ERROR, axum::Json(json!({"error": "internal"}))).into_response(),
+                (
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    axum::Json(json!({"error": "internal"})),
+                )
+                    .into_response(),
             );
         }
         Some(Fault::Hang { millis }) => {
@@ -503,22 +541,35 @@ fn decide_token(state: &Shared, p: &HashMap<String, String>) -> Decision {
 
 type GrantResult = Result<(String, Option<String>, String), (&'static str, Option<&'static str>)>;
 
-fn check_client(inner: &Inner, p: &HashMap<String, String>) -> Result<String, (&'static str, Option<&'static str>)> {
+fn check_client(
+    inner: &Inner,
+    p: &HashMap<String, String>,
+) -> Result<String, (&'static str, Option<&'static str>)> {
     let client_id = p.get("client_id").cloned().unwrap_or_default();
     match inner.clients.get(&client_id) {
         None => Err(("invalid_client", None)),
-        Some(secret) if Some(secret) != p.get("client_secret") => Err(("invalid_client_secret", None)),
+        Some(secret) if Some(secret) != p.get("client_secret") => {
+            Err(("invalid_client_secret", None))
+        }
         Some(_) => Ok(client_id),
     }
 }
 
-const THROTTLE_DESCRIPTION: &str = "You have made too many requests continuously. Please try again after some time.";
+const THROTTLE_DESCRIPTION: &str =
+    "You have made too many requests continuously. Please try again after some time.";
 
-fn mint(inner: &mut Inner, refresh_token: &str) -> Result<String, (&'static str, Option<&'static str>)> {
+fn mint(
+    inner: &mut Inner,
+    refresh_token: &str,
+) -> Result<String, (&'static str, Option<&'static str>)> {
     let now = inner.now();
     let settings = inner.settings.clone();
-    let window = i64::try_from(settings.mint_window_secs).unwrap_or(i64::MAX).saturating_mul(1000);
-    let lifetime_ms = i64::try_from(settings.token_lifetime_secs).unwrap_or(i64::MAX).saturating_mul(1000);
+    let window = i64::try_from(settings.mint_window_secs)
+        .unwrap_or(i64::MAX)
+        .saturating_mul(1000);
+    let lifetime_ms = i64::try_from(settings.token_lifetime_secs)
+        .unwrap_or(i64::MAX)
+        .saturating_mul(1000);
     let access_token = random_token("1000.");
     let mut evicted = Vec::new();
     let label;
@@ -613,7 +664,11 @@ fn code_grant(inner: &mut Inner, p: &HashMap<String, String>) -> GrantResult {
 fn revoke_token(inner: &mut Inner, token: &str) -> bool {
     if let Some(entry) = inner.refresh_tokens.get_mut(token) {
         entry.revoked = true;
-        for a in inner.access_tokens.values_mut().filter(|a| a.refresh_token == token) {
+        for a in inner
+            .access_tokens
+            .values_mut()
+            .filter(|a| a.refresh_token == token)
+        {
             a.revoked = true;
         }
         inner.stats.revocations += 1;
@@ -627,13 +682,21 @@ fn revoke_token(inner: &mut Inner, token: &str) -> bool {
     false
 }
 
-async fn revoke(AxumState(state): AxumState<Shared>, RawQuery(query): RawQuery, body: Bytes) -> Response {
+async fn revoke(
+    AxumState(state): AxumState<Shared>,
+    RawQuery(query): RawQuery,
+    body: Bytes,
+) -> Response {
     let p = params(query, &body);
     let token = p.get("token").cloned().unwrap_or_default();
     if revoke_token(&mut lock(&state), &token) {
         axum::Json(json!({"status": "success"})).into_response()
     } else {
-        (StatusCode::BAD_REQUEST, axum::Json(json!({"status": "failure", "error": "invalid_token"}))).into_response()
+        (
+            StatusCode::BAD_REQUEST,
+            axum::Json(json!({"status": "failure", "error": "invalid_token"})),
+        )
+            .into_response()
     }
 }
 
@@ -681,7 +744,10 @@ async fn get_settings(AxumState(state): AxumState<Shared>) -> Response {
     axum::Json(lock(&state).settings.clone()).into_response()
 }
 
-async fn post_settings(AxumState(state): AxumState<Shared>, axum::Json(s): axum::Json<Settings>) -> Response {
+async fn post_settings(
+    AxumState(state): AxumState<Shared>,
+    axum::Json(s): axum::Json<Settings>,
+) -> Response {
     lock(&state).settings = s.clone();
     axum::Json(s).into_response()
 }
@@ -692,8 +758,13 @@ struct NewClient {
     client_secret: String,
 }
 
-async fn admin_client(AxumState(state): AxumState<Shared>, axum::Json(c): axum::Json<NewClient>) -> Response {
-    lock(&state).clients.insert(c.client_id.clone(), c.client_secret);
+async fn admin_client(
+    AxumState(state): AxumState<Shared>,
+    axum::Json(c): axum::Json<NewClient>,
+) -> Response {
+    lock(&state)
+        .clients
+        .insert(c.client_id.clone(), c.client_secret);
     axum::Json(json!({"client_id": c.client_id})).into_response()
 }
 
@@ -724,7 +795,10 @@ struct NewGrantCode {
     redirect_uri: Option<String>,
 }
 
-async fn admin_grant_code(AxumState(state): AxumState<Shared>, axum::Json(g): axum::Json<NewGrantCode>) -> Response {
+async fn admin_grant_code(
+    AxumState(state): AxumState<Shared>,
+    axum::Json(g): axum::Json<NewGrantCode>,
+) -> Response {
     let code = lock(&state).add_grant_code(&g.client_id, &g.scope, g.redirect_uri.as_deref());
     axum::Json(json!({"code": code})).into_response()
 }
@@ -734,11 +808,15 @@ struct Advance {
     seconds: u64,
 }
 
-async fn admin_advance(AxumState(state): AxumState<Shared>, axum::Json(a): axum::Json<Advance>) -> Response {
+async fn admin_advance(
+    AxumState(state): AxumState<Shared>,
+    axum::Json(a): axum::Json<Advance>,
+) -> Response {
     let mut inner = lock(&state);
-    inner.offset_ms = inner
-        .offset_ms
-        .saturating_add(i64::try_from(a.seconds).unwrap_or(i64::MAX).saturating_mul(1000));
+    inner.offset_ms = inner.offset_ms.saturating_add(
+        i64::try_from(a.seconds)
+            .unwrap_or(i64::MAX)
+            .saturating_mul(1000),
+    );
     axum::Json(json!({"advanced_seconds": a.seconds})).into_response()
 }
-

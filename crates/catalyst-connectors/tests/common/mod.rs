@@ -41,7 +41,9 @@ impl Setup {
     }
 
     pub fn builder(&self) -> ConnectionBuilder {
-        Connection::builder().json(self.config()).clock(self.clock.clone())
+        Connection::builder()
+            .json(self.config())
+            .clock(self.clock.clone())
     }
 
     pub fn connection(&self) -> Connection {

@@ -1,0 +1,192 @@
+//! Configuration is validated when the connection is built; every problem is reported at once,
+//! naming the connector and the field.
+
+use catalyst_connectors::{Connection, ConnectorConfig, DataCenter, Error};
+use serde_json::json;
+use std::io::Write as _;
+
+fn problems(result: Result<Connection, Error>) -> Vec<String> {
+    match result {
+        Err(Error::Config(errors)) => errors.issues().iter().map(|i| i.to_string()).collect(),
+        Err(other) => panic!("expected a config error, got {other:?}"),
+        Ok(_) => panic!("expected a config error, got a connection"),
+    }
+}
+
+fn has(problems: &[String], needle: &str) -> bool {
+    problems.iter().any(|p| p.contains(needle))
+}
+
+#[test]
+fn every_problem_is_reported_at_once() {
+    let p = problems(Connection::from_json(&json!({
+        "crm": {"client_secret": "", "auth_url": "not a url", "refresh_url": "http://accounts.zoho.com/oauth/v2/token",
+                "expires_in": "an hour", "refresh_in": -5},
+        "bad name": {"client_id": "a", "client_secret": "b", "dc": "us"},
+        "desk": {"client_id": "a", "client_secret": "b", "dc": "mars"},
+        "books": "not an object",
+        "people": {"client_id": 42, "client_secret": "b", "dc": "eu", "redirect_url": "ftp://x/cb"},
+        "drive": {"client_id": "a", "client_secret": "b"},
+    })));
+    let expected = [
+        "connector `crm`, field `client_id`: is missing",
+        "connector `crm`, field `client_secret`: is empty",
+        "connector `crm`, field `auth_url`: not a valid URL",
+        "connector `crm`, field `refresh_url`: plain http is allowed only for loopback hosts",
+        "connector `crm`, field `expires_in`: must be a whole number of seconds (a number or numeric string), found \"an hour\"",
+        "connector `crm`, field `refresh_in`: must be a whole number of seconds",
+        "connector `bad name`: connector name contains ' ', which cannot appear in a cache key",
+        "connector `desk`, field `dc`: unknown data centre `mars`",
+        "connector `books`: expected an object of settings, found a string",
+        "connector `people`, field `client_id`: expected a string, found a number",
+        "connector `people`, field `redirect_url`: unsupported URL scheme `ftp`",
+        "connector `drive`, field `auth_url`: is missing (set it, or set `dc`",
+        "connector `drive`, field `refresh_url`: is missing",
+    ];
+    for e in expected {
+        assert!(has(&p, e), "missing {e:?} in {p:#?}");
+    }
+    assert_eq!(p.len(), expected.len(), "{p:#?}");
+}
+
+#[test]
+fn the_error_message_lists_every_problem() {
+    let err = Connection::from_json(
+        &json!({"a": {"client_id": "x"}, "b": {"client_secret": "y", "dc": "us"}}),
+    )
+    .unwrap_err();
+    let msg = err.to_string();
+    assert!(
+        msg.starts_with("invalid connector configuration (4 problems):"),
+        "{msg}"
+    );
+    assert!(
+        msg.contains("connector `b`, field `client_id`: is missing"),
+        "{msg}"
+    );
+}
+
+#[test]
+fn duplicate_names_across_sources_are_rejected() {
+    let one = json!({"crm": {"client_id": "a", "client_secret": "b", "dc": "us"}});
+    let p = problems(Connection::builder().json(one.clone()).json(one).build());
+    assert!(
+        has(
+            &p,
+            "connector `crm`: defined more than once (source #1 and source #2)"
+        ),
+        "{p:?}"
+    );
+}
+
+#[test]
+fn http_is_allowed_for_loopback_only() {
+    for host in ["127.0.0.1:8080", "localhost", "[::1]:9"] {
+        let url = format!("http://{host}/oauth/v2/token");
+        Connection::from_json(&json!({"c": {"client_id": "a", "client_secret": "b", "auth_url": url, "refresh_url": url}}))
+            .unwrap_or_else(|e| panic!("{host}: {e}"));
+    }
+}
+
+#[test]
+fn a_root_that_is_not_an_object_is_reported() {
+    let p = problems(Connection::from_json(&json!(["crm"])));
+    assert!(
+        has(
+            &p,
+            "expected an object mapping connector names to their settings, found an array"
+        ),
+        "{p:?}"
+    );
+}
+
+#[test]
+fn json_and_toml_files_load() {
+    let dir = tempfile::tempdir().unwrap();
+    let json_path = dir.path().join("connectors.json");
+    std::fs::write(&json_path, r#"{"crm": {"client_id": "a", "client_secret": "b", "dc": "in", "refresh_token": "r", "expires_in": 3600}}"#).unwrap();
+    let toml_path = dir.path().join("connectors.toml");
+    let mut f = std::fs::File::create(&toml_path).unwrap();
+    writeln!(
+        f,
+        "[desk]\nclient_id = \"a\"\nclient_secret = \"b\"\ndc = \"au\"\nrefresh_in = \"1800\""
+    )
+    .unwrap();
+    let connection = Connection::builder()
+        .file(&json_path)
+        .file(&toml_path)
+        .build()
+        .unwrap();
+    assert_eq!(
+        connection.connector_names().collect::<Vec<_>>(),
+        ["crm", "desk"]
+    );
+    let desk = connection.connector("desk").unwrap();
+    assert_eq!(
+        desk.config().refresh_url(),
+        "https://accounts.zoho.com.au/oauth/v2/token"
+    );
+    assert_eq!(
+        desk.config().default_api_domain(),
+        Some("https://www.zohoapis.com.au")
+    );
+}
+
+#[test]
+fn file_errors_name_the_file_and_never_quote_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad_toml = dir.path().join("bad.toml");
+    std::fs::write(
+        &bad_toml,
+        "[crm]\nclient_secret = \"top-secret-value\" oops\n",
+    )
+    .unwrap();
+    let bad_json = dir.path().join("bad.json");
+    std::fs::write(
+        &bad_json,
+        "{\"crm\": {\"client_secret\": \"top-secret-value\",}",
+    )
+    .unwrap();
+    let missing = dir.path().join("missing.json");
+    let p = problems(
+        Connection::builder()
+            .file(&bad_toml)
+            .file(&bad_json)
+            .file(&missing)
+            .build(),
+    );
+    assert!(
+        has(
+            &p,
+            &format!("{}: not valid TOML at line 2", bad_toml.display())
+        ),
+        "{p:?}"
+    );
+    assert!(
+        has(&p, &format!("{}: not valid JSON", bad_json.display())),
+        "{p:?}"
+    );
+    assert!(
+        has(&p, &format!("{}: cannot read the file", missing.display())),
+        "{p:?}"
+    );
+    assert!(!p.iter().any(|x| x.contains("top-secret-value")), "{p:?}");
+}
+
+#[test]
+fn builder_validates_too() {
+    let err = ConnectorConfig::builder("crm")
+        .client_id("a")
+        .build()
+        .unwrap_err();
+    let msg = err.to_string();
+    assert!(msg.contains("field `client_secret`: is missing"), "{msg}");
+    assert!(msg.contains("field `auth_url`: is missing"), "{msg}");
+    let ok = ConnectorConfig::builder("crm")
+        .client_id("a")
+        .client_secret("b")
+        .data_center(DataCenter::Jp)
+        .build()
+        .unwrap();
+    assert_eq!(ok.auth_url(), "https://accounts.zoho.jp/oauth/v2/token");
+}
