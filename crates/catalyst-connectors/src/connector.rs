@@ -3,9 +3,9 @@
 //! The path of one [`Connector::access_token`] call:
 //! 1. **Memory** — a lock-free [`ArcSwapOption`] load; if the token is before its refresh point it is
 //!    returned with no I/O and no allocation beyond a reference count.
-//! 2. **Single flight** — otherwise the caller joins the connector's one in-flight acquisition (or
-//!    starts it as a spawned task, so a cancelled caller never cancels the mint). All waiters get its
-//!    result, success or error.
+//! 2. **Single flight** — otherwise the caller joins the connector's one in-flight acquisition (a
+//!    shared future kept in the connector until it completes, so a cancelled caller never cancels
+//!    it). All waiters get its result, success or error.
 //! 3. **Store** — the flight reads the store; a record for these credentials (fingerprint match)
 //!    that is still fresh is installed in memory.
 //! 4. **Lease** — with a shared store, the flight takes the store's mint lease; a process that does
@@ -253,6 +253,12 @@ impl Connector {
         self.join_flight(true).await
     }
 
+    /// Drops this process's in-memory copy of the token only; the next call reads the store. Useful
+    /// when another process is known to have written a newer token, and in benchmarks.
+    pub fn evict_memory(&self) {
+        self.inner.current.store(None);
+    }
+
     /// Forgets the current token in memory and in the store (e.g. after an API answered 401), so the
     /// next call mints a new one. A newer token written meanwhile by another process is kept.
     pub async fn invalidate(&self) -> Result<()> {
@@ -349,27 +355,18 @@ impl Connector {
         flight.await
     }
 
+    /// The flight is a shared future kept in the connector's slot until it completes: whichever
+    /// waiter polls it drives it, so it needs no task of its own, and a cancelled caller does not
+    /// cancel it (the slot keeps it, and the next caller resumes it).
     fn start_flight(&self, force: bool) -> Flight {
         let this = self.clone();
-        let work = async move {
+        async move {
             let result = this.acquire(force).await;
             *this.inner.flight.lock().unwrap_or_else(|p| p.into_inner()) = None;
             result
-        };
-        match tokio::runtime::Handle::try_current() {
-            Ok(handle) => {
-                let name = self.inner.config.name.clone();
-                let task = handle.spawn(work);
-                async move {
-                    task.await
-                        .unwrap_or_else(|_| Err(Error::TaskFailed { connector: name }))
-                }
-                .boxed()
-                .shared()
-            }
-            // No Tokio runtime: run in the caller (the HTTP client will still need one).
-            Err(_) => work.boxed().shared(),
         }
+        .boxed()
+        .shared()
     }
 
     /// Store, then lease, then mint. Runs once per flight.

@@ -149,13 +149,6 @@ pub enum Error {
     /// The HTTP client could not be built (TLS set-up).
     #[error("cannot build the HTTP client for token requests: {0}")]
     HttpClient(String),
-
-    /// The background task minting the token ended unexpectedly.
-    #[error("connector `{connector}`: the token request task ended unexpectedly; retry")]
-    TaskFailed {
-        /// The connector.
-        connector: String,
-    },
 }
 
 impl Error {
@@ -163,10 +156,7 @@ impl Error {
     pub fn is_transient(&self) -> bool {
         matches!(
             self,
-            Self::Transient { .. }
-                | Self::Throttled { .. }
-                | Self::TaskFailed { .. }
-                | Self::Store { .. }
+            Self::Transient { .. } | Self::Throttled { .. } | Self::Store { .. }
         )
     }
 

@@ -56,3 +56,8 @@ pub use secret::{AccessTokenSecret, ClientSecret, ExposeSecret, GrantCode, Refre
 pub use store::{
     CasOutcome, MemoryStore, StoreError, StoreErrorKind, StoredValue, TokenRecord, TokenStore,
 };
+
+/// The README's Rust examples, compiled as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../../../README.md")]
+struct ReadmeDoctests;
