@@ -19,7 +19,7 @@ use crate::error::{Error, Result};
 use crate::key;
 use crate::oauth::{Grant, TokenClient, TokenResponse};
 use crate::secret::{AccessTokenSecret, ExposeSecret, GrantCode, RefreshToken};
-use crate::store::{CasOutcome, TokenRecord, TokenStore};
+use crate::store::{CasOutcome, TokenRecord, TokenStore, TokenWrite};
 use arc_swap::{ArcSwap, ArcSwapOption};
 use futures::FutureExt as _;
 use futures::future::{BoxFuture, Shared};
@@ -146,6 +146,8 @@ struct Credentials {
     refresh_token: Option<RefreshToken>,
     key: String,
     fingerprint: String,
+    /// Where a refresh token obtained at run time is kept (independent of the refresh token).
+    refresh_key: String,
 }
 
 impl Credentials {
@@ -166,10 +168,13 @@ impl Credentials {
             ],
         );
         let fingerprint = key::fingerprint(&config.client_id, rt, &config.refresh_url);
+        let refresh_key =
+            key::refresh_token_key(&config.name, &config.client_id, &config.refresh_url);
         Self {
             refresh_token,
             key,
             fingerprint,
+            refresh_key,
         }
     }
 }
@@ -303,21 +308,8 @@ impl Connector {
                 |e| tracing::warn!(connector = %config.name, error = %e, "code exchange failed"),
             )?;
         let refresh_token = response.refresh_token.clone();
-        let creds = match &refresh_token {
-            Some(rt) => {
-                let c = Arc::new(Credentials::new(config, Some(rt.clone())));
-                self.inner.creds.store(Arc::clone(&c));
-                c
-            }
-            None => self.inner.creds.load_full(),
-        };
-        let expected = match runtime.store.get(&creds.key).await {
-            Ok(v) => v.map(|v| v.generation),
-            Err(e) => {
-                tracing::warn!(connector = %config.name, error = %e, "token store read failed");
-                None
-            }
-        };
+        let creds = self.inner.creds.load_full();
+        let expected = self.stored_generation(&creds).await;
         let access_token = self
             .save_minted(&creds, response, issued_at, expected)
             .await;
@@ -326,6 +318,54 @@ impl Connector {
             access_token,
             refresh_token,
         })
+    }
+
+    /// The generation stored under the credentials' key, when the store can tell.
+    async fn stored_generation(&self, creds: &Credentials) -> Option<u64> {
+        match self.inner.runtime.store.get(&creds.key).await {
+            Ok(v) => v.map(|v| v.generation),
+            Err(e) => {
+                tracing::warn!(connector = %self.inner.config.name, error = %e, "token store read failed");
+                None
+            }
+        }
+    }
+
+    /// The credentials to mint with: the configured refresh token, else one kept in the store
+    /// (obtained earlier by a code exchange, possibly by another process).
+    async fn resolve_credentials(&self) -> Result<Arc<Credentials>> {
+        let creds = self.inner.creds.load_full();
+        if creds.refresh_token.is_some() {
+            return Ok(creds);
+        }
+        let name = &self.inner.config.name;
+        let missing = || Error::MissingRefreshToken {
+            connector: name.clone(),
+        };
+        let stored = match self.inner.runtime.store.get(&creds.refresh_key).await {
+            Ok(Some(v)) => v,
+            Ok(None) => return Err(missing()),
+            Err(e) => {
+                tracing::warn!(connector = %name, error = %e, "cannot read the stored refresh token");
+                return Err(missing());
+            }
+        };
+        let Some(rt) = RefreshRecord::parse(&stored.data, &self.inner.config) else {
+            tracing::warn!(connector = %name, "ignoring a stored refresh token that is damaged or belongs to other credentials");
+            return Err(missing());
+        };
+        tracing::debug!(connector = %name, "using the refresh token kept in the store");
+        let fresh = Arc::new(Credentials::new(&self.inner.config, Some(rt)));
+        // Only replace credentials nobody changed meanwhile.
+        let previous = self
+            .inner
+            .creds
+            .compare_and_swap(&creds, Arc::clone(&fresh));
+        if Arc::ptr_eq(&*previous, &creds) {
+            Ok(fresh)
+        } else {
+            Ok(self.inner.creds.load_full())
+        }
     }
 
     fn fresh_in_memory(&self) -> Option<AccessToken> {
@@ -373,7 +413,7 @@ impl Connector {
     async fn acquire(&self, force: bool) -> Result<AccessToken> {
         let name = &self.inner.config.name;
         let runtime = &self.inner.runtime;
-        let creds = self.inner.creds.load_full();
+        let creds = self.resolve_credentials().await?;
         let Some(refresh_token) = creds.refresh_token.clone() else {
             return Err(Error::MissingRefreshToken {
                 connector: name.clone(),
@@ -517,6 +557,19 @@ impl Connector {
     ) -> AccessToken {
         let config = &self.inner.config;
         let runtime = &self.inner.runtime;
+        // A new refresh token (code exchange, or a provider that rotates them) becomes the
+        // connector's, and is written in the same store transaction as the token.
+        let (creds, expected, refresh_record) = match &response.refresh_token {
+            Some(rt) if creds.refresh_token.as_ref() != Some(rt) => {
+                let fresh = Arc::new(Credentials::new(config, Some(rt.clone())));
+                self.inner.creds.store(Arc::clone(&fresh));
+                let expected = self.stored_generation(&fresh).await;
+                let record = RefreshRecord::to_json(rt, config, issued_at);
+                (fresh, expected, Some(record))
+            }
+            _ => (Arc::clone(creds), expected, None),
+        };
+        let creds = &creds;
         let lifetime = config
             .expires_in
             .map_or(response.lifetime, |cap| cap.min(response.lifetime));
@@ -532,11 +585,12 @@ impl Connector {
         };
         let now = runtime.clock.now_millis();
         let ttl = Duration::from_millis(u64::try_from(expires_at - now).unwrap_or(0).max(1000));
-        let generation = match runtime
-            .store
-            .compare_and_set(&creds.key, expected, &record.to_json(), ttl)
-            .await
-        {
+        let data = record.to_json();
+        let mut write = TokenWrite::new(&creds.key, expected, &data, ttl);
+        if let Some(r) = &refresh_record {
+            write = write.with_refresh(&creds.refresh_key, r);
+        }
+        let generation = match runtime.store.compare_and_set(write).await {
             Ok(CasOutcome::Written { generation }) => Some(generation),
             Ok(CasOutcome::Conflict { current }) => {
                 tracing::debug!(connector = %config.name, ?current, "a newer token was stored meanwhile; keeping it there");
@@ -579,6 +633,30 @@ impl Connector {
             self.inner.current.store(Some(Arc::clone(&token.0)));
         }
         token
+    }
+}
+
+/// The stored form of a refresh token obtained at run time.
+struct RefreshRecord;
+
+impl RefreshRecord {
+    fn to_json(rt: &RefreshToken, config: &ConnectorConfig, obtained_at: EpochMillis) -> String {
+        serde_json::json!({
+            "refresh_token": rt.expose_secret(),
+            "client_id": config.client_id,
+            "refresh_url": config.refresh_url,
+            "obtained_at": obtained_at,
+        })
+        .to_string()
+    }
+
+    /// The refresh token, if the record is intact and belongs to this client and endpoint.
+    fn parse(data: &str, config: &ConnectorConfig) -> Option<RefreshToken> {
+        let v: serde_json::Value = serde_json::from_str(data).ok()?;
+        let matches = v.get("client_id")?.as_str()? == config.client_id
+            && v.get("refresh_url")?.as_str()? == config.refresh_url;
+        let rt = v.get("refresh_token")?.as_str().filter(|s| !s.is_empty())?;
+        matches.then(|| RefreshToken::new(rt))
     }
 }
 

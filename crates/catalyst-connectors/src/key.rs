@@ -47,6 +47,13 @@ pub fn fingerprint(client_id: &str, refresh_token: &str, refresh_url: &str) -> S
     to_hex(&hasher.finalize())
 }
 
+/// The key under which a refresh token obtained at run time (code exchange, rotation) is kept:
+/// `ZC_CONN_<name>:rt:<12 hex digits of a hash of client id and refresh URL>`.
+pub fn refresh_token_key(name: &str, client_id: &str, refresh_url: &str) -> String {
+    let digest = fingerprint(client_id, "", refresh_url);
+    format!("{KEY_PREFIX}{name}:rt:{}", &digest[..12])
+}
+
 pub(crate) fn to_hex(bytes: &[u8]) -> String {
     use std::fmt::Write as _;
     bytes

@@ -51,6 +51,51 @@ pub enum CasOutcome {
     },
 }
 
+/// One compare-and-set write; see [`TokenStore::compare_and_set`].
+#[derive(Clone, Copy)]
+pub struct TokenWrite<'a> {
+    /// The record's key.
+    pub key: &'a str,
+    /// The generation the writer last saw (`None`: the key was absent).
+    pub expected: Option<u64>,
+    /// The serialized record.
+    pub data: &'a str,
+    /// How long the backend should keep the record.
+    pub ttl: Duration,
+    /// A refresh-token record to write alongside: `(key, data)`, kept without expiry.
+    pub refresh: Option<(&'a str, &'a str)>,
+}
+
+impl<'a> TokenWrite<'a> {
+    /// A write of `data` at `key`, expected at generation `expected`, kept for `ttl`.
+    pub fn new(key: &'a str, expected: Option<u64>, data: &'a str, ttl: Duration) -> Self {
+        Self {
+            key,
+            expected,
+            data,
+            ttl,
+            refresh: None,
+        }
+    }
+
+    /// Also writes a refresh-token record.
+    pub fn with_refresh(mut self, key: &'a str, data: &'a str) -> Self {
+        self.refresh = Some((key, data));
+        self
+    }
+}
+
+impl fmt::Debug for TokenWrite<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TokenWrite")
+            .field("key", &self.key)
+            .field("expected", &self.expected)
+            .field("ttl", &self.ttl)
+            .field("refresh_key", &self.refresh.map(|r| r.0))
+            .finish_non_exhaustive()
+    }
+}
+
 /// What went wrong in a store.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
@@ -95,15 +140,12 @@ pub trait TokenStore: Send + Sync + fmt::Debug + 'static {
     /// Reads the record at `key`; `None` when absent or expired.
     async fn get(&self, key: &str) -> Result<Option<StoredValue>, StoreError>;
 
-    /// Writes `data` at `key` if the stored generation is `expected` (`None`: only if absent).
-    /// The store may drop the record after `ttl`.
-    async fn compare_and_set(
-        &self,
-        key: &str,
-        expected: Option<u64>,
-        data: &str,
-        ttl: Duration,
-    ) -> Result<CasOutcome, StoreError>;
+    /// Writes `write.data` at `write.key` if the stored generation is `write.expected` (`None`:
+    /// only if absent); the store may drop the record after `write.ttl`. When `write.refresh` is
+    /// set, that record (a refresh token, no expiry) is written too — whatever the outcome of the
+    /// compare-and-set, so a rotated refresh token is never lost — in the same transaction where
+    /// the backend has transactions.
+    async fn compare_and_set(&self, write: TokenWrite<'_>) -> Result<CasOutcome, StoreError>;
 
     /// Deletes the record at `key`; with `expected`, only if its generation still matches.
     /// Returns whether a record was deleted.
@@ -196,15 +238,28 @@ impl TokenStore for MemoryStore {
             }))
     }
 
-    async fn compare_and_set(
-        &self,
-        key: &str,
-        expected: Option<u64>,
-        data: &str,
-        ttl: Duration,
-    ) -> Result<CasOutcome, StoreError> {
+    async fn compare_and_set(&self, write: TokenWrite<'_>) -> Result<CasOutcome, StoreError> {
+        let TokenWrite {
+            key,
+            expected,
+            data,
+            ttl,
+            refresh,
+        } = write;
         let now = self.clock.now_millis();
         let mut inner = self.lock();
+        if let Some((rkey, rdata)) = refresh {
+            let generation = inner.last_generation.get(rkey).copied().unwrap_or(0) + 1;
+            inner.last_generation.insert(rkey.to_owned(), generation);
+            inner.records.insert(
+                rkey.to_owned(),
+                MemoryEntry {
+                    generation,
+                    data: rdata.to_owned(),
+                    expires_at: i64::MAX,
+                },
+            );
+        }
         let current = inner
             .records
             .get(key)

@@ -2,7 +2,7 @@
 
 mod common;
 
-use catalyst_connectors::store::TokenStore;
+use catalyst_connectors::store::{TokenStore, TokenWrite};
 use catalyst_connectors::{
     Connection, ConnectorConfig, Error, ExposeSecret, GrantCode, MemoryStore, TokenRecord,
     TokenSource, TransientKind,
@@ -386,12 +386,12 @@ async fn a_record_for_other_credentials_is_a_miss() {
         )),
     };
     store
-        .compare_and_set(
+        .compare_and_set(TokenWrite::new(
             &crm.cache_key(),
             None,
             &planted.to_json(),
             Duration::from_secs(3600),
-        )
+        ))
         .await
         .unwrap();
     let token = crm.access_token().await.unwrap();
@@ -421,7 +421,12 @@ async fn a_damaged_record_is_a_miss_and_is_overwritten() {
         .connector("crm")
         .unwrap();
     store
-        .compare_and_set(&crm.cache_key(), None, "{not json", Duration::from_secs(60))
+        .compare_and_set(TokenWrite::new(
+            &crm.cache_key(),
+            None,
+            "{not json",
+            Duration::from_secs(60),
+        ))
         .await
         .unwrap();
     let token = crm.access_token().await.unwrap();
