@@ -295,6 +295,9 @@ pub(crate) fn parse_value(
     };
     let mut out = Vec::new();
     for (name, entry) in map {
+        if name.starts_with('$') {
+            continue; // connection settings; see `parse_settings`
+        }
         let Some(fields) = entry.as_object() else {
             issues.push(issue(
                 Some(name),
@@ -571,11 +574,10 @@ fn validate(
     })
 }
 
-/// Reads a `.json` or `.toml` file of the SDK shape.
-pub(crate) fn parse_file(path: &Path, issues: &mut Vec<ConfigIssue>) -> Vec<ConnectorConfig> {
-    let shown = path.display().to_string();
+/// Reads a `.json` or `.toml` file (by extension) into the JSON value model.
+pub(crate) fn read_file(path: &Path, issues: &mut Vec<ConfigIssue>) -> Option<Value> {
     let source_issue = |problem: String| ConfigIssue {
-        source: Some(shown.clone()),
+        source: Some(path.display().to_string()),
         connector: None,
         field: None,
         problem,
@@ -584,7 +586,7 @@ pub(crate) fn parse_file(path: &Path, issues: &mut Vec<ConfigIssue>) -> Vec<Conn
         Ok(t) => t,
         Err(e) => {
             issues.push(source_issue(format!("cannot read the file ({e})")));
-            return Vec::new();
+            return None;
         }
     };
     let is_toml = path
@@ -598,11 +600,68 @@ pub(crate) fn parse_file(path: &Path, issues: &mut Vec<ConfigIssue>) -> Vec<Conn
             // serde_json's syntax errors name a position, never the content.
             .map_err(|e| source_issue(format!("not valid JSON ({e})")))
     };
-    match value {
-        Ok(v) => parse_value(&v, Some(&shown), issues),
-        Err(issue) => {
-            issues.push(issue);
-            Vec::new()
+    value.map_err(|issue| issues.push(issue)).ok()
+}
+
+/// Connection-wide settings, from the reserved top-level `$connector` object of a config:
+/// `{"$connector": {"store": "sqlite:/path/tokens.db", "encryption_key_file": "/path/key"}}`.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Settings {
+    pub store: Option<crate::store::StoreSpec>,
+    pub encryption_key_file: Option<std::path::PathBuf>,
+}
+
+/// Reads `$connector` settings (names starting with `$` are reserved for settings).
+pub(crate) fn parse_settings(
+    value: &Value,
+    source: Option<&str>,
+    settings: &mut Settings,
+    issues: &mut Vec<ConfigIssue>,
+) {
+    let Some(map) = value.as_object() else {
+        return;
+    };
+    let mut issue = |field: Option<&str>, problem: String| {
+        issues.push(ConfigIssue {
+            source: source.map(str::to_owned),
+            connector: Some("$connector".into()),
+            field: field.map(str::to_owned),
+            problem,
+        })
+    };
+    for (name, entry) in map.iter().filter(|(n, _)| n.starts_with('$')) {
+        if name != "$connector" {
+            issue(
+                None,
+                format!(
+                    "`{name}`: names starting with `$` are reserved; the settings object is `$connector`"
+                ),
+            );
+            continue;
+        }
+        let Some(fields) = entry.as_object() else {
+            issue(
+                None,
+                format!("expected an object, found {}", kind_of(entry)),
+            );
+            continue;
+        };
+        for (field, v) in fields {
+            match (field.as_str(), v.as_str()) {
+                ("store", Some(s)) => match s.parse() {
+                    Ok(spec) => settings.store = Some(spec),
+                    Err(e) => issue(Some("store"), e),
+                },
+                ("encryption_key_file", Some(p)) => settings.encryption_key_file = Some(p.into()),
+                ("store" | "encryption_key_file", None) => issue(
+                    Some(field),
+                    format!("expected a string, found {}", kind_of(v)),
+                ),
+                _ => issue(
+                    Some(field),
+                    "unknown setting (known: store, encryption_key_file)".into(),
+                ),
+            }
         }
     }
 }

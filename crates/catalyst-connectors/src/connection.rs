@@ -5,7 +5,7 @@ use crate::config::{self, ConfigErrors, ConfigIssue, ConnectorConfig};
 use crate::connector::{Connector, Options, Runtime};
 use crate::error::{Error, Result};
 use crate::oauth::{HttpTimeouts, TokenClient};
-use crate::store::{MemoryStore, TokenStore};
+use crate::store::{EncryptedStore, EncryptionKey, KeyError, STORE_ENV, StoreSpec, TokenStore};
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::fmt;
@@ -88,11 +88,23 @@ enum Source {
     Config(Box<ConnectorConfig>),
 }
 
+fn key_issue(e: KeyError) -> ConfigIssue {
+    ConfigIssue {
+        source: None,
+        connector: None,
+        field: Some("encryption key".into()),
+        problem: e.to_string(),
+    }
+}
+
 /// Builds a [`Connection`] from one or more config sources, validating everything at
 /// [`build`](Self::build).
 pub struct ConnectionBuilder {
     sources: Vec<Source>,
     store: Option<Arc<dyn TokenStore>>,
+    store_spec: Option<StoreSpec>,
+    encryption_key: Option<EncryptionKey>,
+    use_env: bool,
     clock: Arc<dyn Clock>,
     lease_ttl: Duration,
     connect_timeout: Duration,
@@ -114,6 +126,9 @@ impl Default for ConnectionBuilder {
         Self {
             sources: Vec::new(),
             store: None,
+            store_spec: None,
+            encryption_key: None,
+            use_env: true,
             clock: Arc::new(SystemClock),
             lease_ttl: Duration::from_secs(30),
             connect_timeout: Duration::from_secs(5),
@@ -147,7 +162,9 @@ impl ConnectionBuilder {
         self
     }
 
-    /// Uses `store` to share tokens (default: a process-local [`MemoryStore`]).
+    /// Uses `store` to share tokens. Default: the store named by `CONNECTOR_STORE`, else by the
+    /// config's `$connector.store`, else SQLite in the user's data directory
+    /// ([`StoreSpec::default_store`]).
     pub fn store(mut self, store: impl TokenStore) -> Self {
         self.store = Some(Arc::new(store));
         self
@@ -156,6 +173,25 @@ impl ConnectionBuilder {
     /// Uses an already shared store.
     pub fn shared_store(mut self, store: Arc<dyn TokenStore>) -> Self {
         self.store = Some(store);
+        self
+    }
+
+    /// Opens the store named by `spec` (`memory:`, `sqlite:PATH`) when the connection is built.
+    pub fn store_spec(mut self, spec: StoreSpec) -> Self {
+        self.store_spec = Some(spec);
+        self
+    }
+
+    /// Encrypts every record at rest with `key` (XChaCha20-Poly1305, bound to the record key).
+    pub fn encryption_key(mut self, key: EncryptionKey) -> Self {
+        self.encryption_key = Some(key);
+        self
+    }
+
+    /// Ignores `CONNECTOR_STORE`, `CONNECTOR_ENCRYPTION_KEY` and `CONNECTOR_ENCRYPTION_KEY_FILE`
+    /// (read by default when the code sets no store or key).
+    pub fn ignore_env(mut self) -> Self {
+        self.use_env = false;
         self
     }
 
@@ -188,31 +224,41 @@ impl ConnectionBuilder {
     pub fn build(self) -> Result<Connection> {
         let mut issues: Vec<ConfigIssue> = Vec::new();
         let mut configs: Vec<(ConnectorConfig, String)> = Vec::new();
+        let mut settings = config::Settings::default();
         for (i, source) in self.sources.into_iter().enumerate() {
-            let (found, origin) = match source {
-                Source::Json(v) => (
-                    config::parse_value(&v, None, &mut issues),
-                    format!("source #{}", i + 1),
-                ),
-                Source::File(p) => (config::parse_file(&p, &mut issues), p.display().to_string()),
+            let (value, origin, shown) = match source {
+                Source::Json(v) => (Some(v), format!("source #{}", i + 1), None),
+                Source::File(p) => {
+                    let shown = p.display().to_string();
+                    (
+                        config::read_file(&p, &mut issues),
+                        shown.clone(),
+                        Some(shown),
+                    )
+                }
                 Source::Toml(t) => {
-                    let found = match config::parse_toml_text(&t) {
-                        Ok(v) => config::parse_value(&v, None, &mut issues),
-                        Err(problem) => {
+                    let v = config::parse_toml_text(&t)
+                        .map_err(|problem| {
                             issues.push(ConfigIssue {
                                 source: None,
                                 connector: None,
                                 field: None,
                                 problem,
-                            });
-                            Vec::new()
-                        }
-                    };
-                    (found, format!("source #{}", i + 1))
+                            })
+                        })
+                        .ok();
+                    (v, format!("source #{}", i + 1), None)
                 }
-                Source::Config(c) => (vec![*c], format!("source #{}", i + 1)),
+                Source::Config(c) => {
+                    configs.push((*c, format!("source #{}", i + 1)));
+                    continue;
+                }
             };
-            configs.extend(found.into_iter().map(|c| (c, origin.clone())));
+            if let Some(v) = value {
+                config::parse_settings(&v, shown.as_deref(), &mut settings, &mut issues);
+                let found = config::parse_value(&v, shown.as_deref(), &mut issues);
+                configs.extend(found.into_iter().map(|c| (c, origin.clone())));
+            }
         }
         let mut by_name: BTreeMap<String, (ConnectorConfig, String)> = BTreeMap::new();
         for (c, origin) in configs {
@@ -229,6 +275,35 @@ impl ConnectionBuilder {
             }
             by_name.insert(c.name.clone(), (c, origin));
         }
+        // Store: code, then environment, then config, then the default.
+        let env_spec = if self.use_env && self.store.is_none() && self.store_spec.is_none() {
+            StoreSpec::from_env().unwrap_or_else(|problem| {
+                issues.push(ConfigIssue {
+                    source: None,
+                    connector: None,
+                    field: Some(STORE_ENV.into()),
+                    problem,
+                });
+                None
+            })
+        } else {
+            None
+        };
+        // Encryption key: code, then environment, then config.
+        let mut key = self.encryption_key;
+        if key.is_none() && self.use_env {
+            key = EncryptionKey::from_env().unwrap_or_else(|e| {
+                issues.push(key_issue(e));
+                None
+            });
+        }
+        if key.is_none() {
+            if let Some(path) = &settings.encryption_key_file {
+                key = EncryptionKey::from_file(path)
+                    .map_err(|e| issues.push(key_issue(e)))
+                    .ok();
+            }
+        }
         if !issues.is_empty() {
             return Err(Error::Config(ConfigErrors(issues)));
         }
@@ -237,9 +312,20 @@ impl ConnectionBuilder {
             total: self.request_timeout,
         })?;
         let clock = self.clock;
-        let store = self
-            .store
-            .unwrap_or_else(|| Arc::new(MemoryStore::with_clock(Arc::clone(&clock))));
+        let store = match self.store {
+            Some(store) => store,
+            None => self
+                .store_spec
+                .or(env_spec)
+                .or(settings.store)
+                .unwrap_or_else(StoreSpec::default_store)
+                .open(Arc::clone(&clock))
+                .map_err(Error::StoreOpen)?,
+        };
+        let store: Arc<dyn TokenStore> = match &key {
+            Some(key) => Arc::new(EncryptedStore::new(store, key)),
+            None => store,
+        };
         let runtime = Arc::new(Runtime {
             store,
             clock,

@@ -146,6 +146,10 @@ pub enum Error {
         source: StoreError,
     },
 
+    /// The token store could not be opened.
+    #[error("cannot open the token store: {0}")]
+    StoreOpen(#[source] StoreError),
+
     /// The HTTP client could not be built (TLS set-up).
     #[error("cannot build the HTTP client for token requests: {0}")]
     HttpClient(String),

@@ -53,8 +53,11 @@ pub use connector::{AccessToken, Connector, GeneratedTokens, TokenSource};
 pub use dc::{DataCenter, UnknownDataCenter};
 pub use error::{Error, Result, TransientKind};
 pub use secret::{AccessTokenSecret, ClientSecret, ExposeSecret, GrantCode, RefreshToken};
+#[cfg(feature = "sqlite")]
+pub use store::SqliteStore;
 pub use store::{
-    CasOutcome, MemoryStore, StoreError, StoreErrorKind, StoredValue, TokenRecord, TokenStore,
+    CasOutcome, EncryptedStore, EncryptionKey, MemoryStore, StoreError, StoreErrorKind, StoreSpec,
+    StoredValue, TokenRecord, TokenStore, TokenWrite,
 };
 
 /// The README's Rust examples, compiled as doctests.

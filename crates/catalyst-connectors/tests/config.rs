@@ -1,6 +1,8 @@
 //! Configuration is validated when the connection is built; every problem is reported at once,
 //! naming the connector and the field.
 
+mod common;
+
 use catalyst_connectors::{Connection, ConnectorConfig, DataCenter, Error};
 use serde_json::json;
 use std::io::Write as _;
@@ -19,7 +21,7 @@ fn has(problems: &[String], needle: &str) -> bool {
 
 #[test]
 fn every_problem_is_reported_at_once() {
-    let p = problems(Connection::from_json(&json!({
+    let p = problems(common::from_json(&json!({
         "crm": {"client_secret": "", "auth_url": "not a url", "refresh_url": "http://accounts.zoho.com/oauth/v2/token",
                 "expires_in": "an hour", "refresh_in": -5},
         "bad name": {"client_id": "a", "client_secret": "b", "dc": "us"},
@@ -69,7 +71,7 @@ fn the_error_message_lists_every_problem() {
 #[test]
 fn duplicate_names_across_sources_are_rejected() {
     let one = json!({"crm": {"client_id": "a", "client_secret": "b", "dc": "us"}});
-    let p = problems(Connection::builder().json(one.clone()).json(one).build());
+    let p = problems(common::hermetic().json(one.clone()).json(one).build());
     assert!(
         has(
             &p,
@@ -83,14 +85,14 @@ fn duplicate_names_across_sources_are_rejected() {
 fn http_is_allowed_for_loopback_only() {
     for host in ["127.0.0.1:8080", "localhost", "[::1]:9"] {
         let url = format!("http://{host}/oauth/v2/token");
-        Connection::from_json(&json!({"c": {"client_id": "a", "client_secret": "b", "auth_url": url, "refresh_url": url}}))
+        common::from_json(&json!({"c": {"client_id": "a", "client_secret": "b", "auth_url": url, "refresh_url": url}}))
             .unwrap_or_else(|e| panic!("{host}: {e}"));
     }
 }
 
 #[test]
 fn a_root_that_is_not_an_object_is_reported() {
-    let p = problems(Connection::from_json(&json!(["crm"])));
+    let p = problems(common::from_json(&json!(["crm"])));
     assert!(
         has(
             &p,
@@ -112,7 +114,7 @@ fn json_and_toml_files_load() {
         "[desk]\nclient_id = \"a\"\nclient_secret = \"b\"\ndc = \"au\"\nrefresh_in = \"1800\""
     )
     .unwrap();
-    let connection = Connection::builder()
+    let connection = common::hermetic()
         .file(&json_path)
         .file(&toml_path)
         .build()
@@ -149,7 +151,7 @@ fn file_errors_name_the_file_and_never_quote_it() {
     .unwrap();
     let missing = dir.path().join("missing.json");
     let p = problems(
-        Connection::builder()
+        common::hermetic()
             .file(&bad_toml)
             .file(&bad_json)
             .file(&missing)

@@ -4,8 +4,8 @@ mod common;
 
 use catalyst_connectors::store::{TokenStore, TokenWrite};
 use catalyst_connectors::{
-    Connection, ConnectorConfig, Error, ExposeSecret, GrantCode, MemoryStore, TokenRecord,
-    TokenSource, TransientKind,
+    ConnectorConfig, Error, ExposeSecret, GrantCode, MemoryStore, TokenRecord, TokenSource,
+    TransientKind,
 };
 use common::{CLIENT_ID, CLIENT_SECRET, Setup};
 use std::sync::Arc;
@@ -136,7 +136,7 @@ async fn refresh_in_moves_the_refresh_point() {
     let s = Setup::new().await;
     let mut config = s.config();
     config["crm"]["refresh_in"] = "60".into();
-    let crm = Connection::builder()
+    let crm = common::hermetic()
         .json(config)
         .clock(s.clock.clone())
         .build()
@@ -254,7 +254,7 @@ async fn server_errors_and_unreachable_endpoints_are_transient() {
     // The next call tries again and succeeds.
     crm.access_token().await.unwrap();
 
-    let dead = Connection::from_json(&serde_json::json!({"x": {
+    let dead = common::from_json(&serde_json::json!({"x": {
         "client_id": "a", "client_secret": "b",
         "auth_url": "http://127.0.0.1:9/oauth/v2/token", "refresh_url": "http://127.0.0.1:9/oauth/v2/token",
         "refresh_token": "r"}}))
@@ -478,7 +478,7 @@ async fn generate_access_token_exchanges_a_code_and_adopts_the_refresh_token() {
         .token_url(s.emulator.token_url())
         .build()
         .unwrap();
-    let crm = Connection::builder()
+    let crm = common::hermetic()
         .connector(config)
         .clock(s.clock.clone())
         .build()
@@ -538,7 +538,7 @@ async fn code_exchange_sends_the_redirect_uri_when_configured() {
         .redirect_url(redirect)
         .build()
         .unwrap();
-    let crm = Connection::builder()
+    let crm = common::hermetic()
         .connector(crm)
         .build()
         .unwrap()
@@ -557,7 +557,7 @@ async fn expires_in_in_config_caps_the_lifetime() {
     let s = Setup::new().await;
     let mut config = s.config();
     config["crm"]["expires_in"] = 1200.into();
-    let crm = Connection::builder()
+    let crm = common::hermetic()
         .json(config)
         .clock(s.clock.clone())
         .build()

@@ -4,9 +4,7 @@
 
 mod common;
 
-use catalyst_connectors::{
-    Connection, ConnectorConfig, Error, ExposeSecret, GrantCode, MemoryStore,
-};
+use catalyst_connectors::{ConnectorConfig, Error, ExposeSecret, GrantCode, MemoryStore};
 use common::{CLIENT_ID, CLIENT_SECRET, Setup};
 use std::io::Write;
 use std::sync::{Arc, Mutex};
@@ -92,7 +90,7 @@ async fn no_secret_reaches_logs_errors_or_debug_output() {
     }
 
     // A malformed answer that carries a token.
-    let bad = Connection::from_json(&serde_json::json!({"x": {"client_id": "a", "client_secret": CLIENT_SECRET,
+    let bad = common::from_json(&serde_json::json!({"x": {"client_id": "a", "client_secret": CLIENT_SECRET,
         "auth_url": "http://127.0.0.1:9/t", "refresh_url": "http://127.0.0.1:9/t", "refresh_token": s.refresh_token}}))
     .unwrap();
     let err = bad
@@ -104,7 +102,7 @@ async fn no_secret_reaches_logs_errors_or_debug_output() {
     seen.push(format!("{err} {err:?}"));
 
     // Code exchange, including a failed one.
-    let exchange = Connection::builder()
+    let exchange = common::hermetic()
         .connector(
             ConnectorConfig::builder("ex")
                 .client_id(CLIENT_ID)
@@ -138,7 +136,7 @@ async fn no_secret_reaches_logs_errors_or_debug_output() {
     seen.push(format!("{err} {err:?}"));
 
     // Config errors quoting nothing.
-    let err = Connection::from_json(&serde_json::json!({"c": {"client_id": "a", "client_secret": CLIENT_SECRET, "auth_url": "nope"}})).unwrap_err();
+    let err = common::from_json(&serde_json::json!({"c": {"client_id": "a", "client_secret": CLIENT_SECRET, "auth_url": "nope"}})).unwrap_err();
     seen.push(format!("{err} {err:?}"));
 
     let logs = String::from_utf8(capture.0.lock().unwrap().clone()).unwrap();

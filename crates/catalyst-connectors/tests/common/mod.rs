@@ -2,12 +2,23 @@
 //! connection to it on a manual clock.
 #![allow(dead_code)]
 
-use catalyst_connectors::{Connection, ConnectionBuilder, ManualClock};
+use catalyst_connectors::{Connection, ConnectionBuilder, Error, ManualClock, MemoryStore};
 use serde_json::json;
+use std::sync::Arc;
 use zoho_emulator::Emulator;
 
 pub const CLIENT_ID: &str = "1000.TESTCLIENT";
 pub const CLIENT_SECRET: &str = "client-secret-value-7f3a";
+
+/// A builder that touches neither the environment nor the user's default store.
+pub fn hermetic() -> ConnectionBuilder {
+    Connection::builder().ignore_env().store(MemoryStore::new())
+}
+
+/// `Connection::from_json`, hermetic.
+pub fn from_json(v: &serde_json::Value) -> Result<Connection, Error> {
+    hermetic().json(v.clone()).build()
+}
 
 pub struct Setup {
     pub emulator: Emulator,
@@ -42,6 +53,8 @@ impl Setup {
 
     pub fn builder(&self) -> ConnectionBuilder {
         Connection::builder()
+            .ignore_env()
+            .store(MemoryStore::with_clock(Arc::new(self.clock.clone())))
             .json(self.config())
             .clock(self.clock.clone())
     }

@@ -6,6 +6,15 @@
 //! store only one asks the token endpoint. Records are JSON ([`TokenRecord`]) in the official SDKs'
 //! format; stores never interpret them.
 
+pub mod conformance;
+mod encrypted;
+#[cfg(feature = "sqlite")]
+mod sqlite;
+
+pub use encrypted::{EncryptedStore, EncryptionKey, KEY_ENV, KEY_FILE_ENV, KeyError};
+#[cfg(feature = "sqlite")]
+pub use sqlite::SqliteStore;
+
 use crate::clock::{Clock, EpochMillis, SystemClock};
 use crate::secret::{AccessTokenSecret, ExposeSecret};
 use async_trait::async_trait;
@@ -326,6 +335,92 @@ impl TokenStore for MemoryStore {
 
     fn is_shared(&self) -> bool {
         false
+    }
+}
+
+/// A store named by a string, as in `CONNECTOR_STORE`, the CLI's `--store` and the config's
+/// `$connector.store`: `memory:` or `sqlite:PATH`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum StoreSpec {
+    /// A process-local [`MemoryStore`].
+    Memory,
+    /// A [`SqliteStore`] at this path.
+    #[cfg(feature = "sqlite")]
+    Sqlite(std::path::PathBuf),
+}
+
+/// The environment variable that selects the store.
+pub const STORE_ENV: &str = "CONNECTOR_STORE";
+
+impl std::str::FromStr for StoreSpec {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let s = s.trim();
+        if s == "memory:" || s == "memory" {
+            return Ok(Self::Memory);
+        }
+        if let Some(path) = s.strip_prefix("sqlite:") {
+            #[cfg(feature = "sqlite")]
+            {
+                let path = path.strip_prefix("//").unwrap_or(path);
+                if path.is_empty() {
+                    return Err("`sqlite:` needs a path, e.g. sqlite:/var/lib/app/tokens.db".into());
+                }
+                return Ok(Self::Sqlite(path.into()));
+            }
+            #[cfg(not(feature = "sqlite"))]
+            {
+                let _ = path;
+                return Err("this build has no SQLite store (cargo feature `sqlite`)".into());
+            }
+        }
+        Err(format!(
+            "unknown store `{s}`: expected `memory:` or `sqlite:PATH`"
+        ))
+    }
+}
+
+impl std::fmt::Display for StoreSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Memory => f.write_str("memory:"),
+            #[cfg(feature = "sqlite")]
+            Self::Sqlite(p) => write!(f, "sqlite:{}", p.display()),
+        }
+    }
+}
+
+impl StoreSpec {
+    /// The store named by `CONNECTOR_STORE`, if set.
+    pub fn from_env() -> Result<Option<Self>, String> {
+        match std::env::var(STORE_ENV) {
+            Ok(v) if !v.trim().is_empty() => v
+                .parse()
+                .map(Some)
+                .map_err(|e| format!("${STORE_ENV}: {e}")),
+            _ => Ok(None),
+        }
+    }
+
+    /// The default store: SQLite in the user's data directory (see
+    /// [`SqliteStore::default_path`]), or memory when there is no such directory or no SQLite.
+    pub fn default_store() -> Self {
+        #[cfg(feature = "sqlite")]
+        if let Some(p) = SqliteStore::default_path() {
+            return Self::Sqlite(p);
+        }
+        Self::Memory
+    }
+
+    /// Opens the store.
+    pub fn open(&self, clock: Arc<dyn Clock>) -> Result<Arc<dyn TokenStore>, StoreError> {
+        match self {
+            Self::Memory => Ok(Arc::new(MemoryStore::with_clock(clock))),
+            #[cfg(feature = "sqlite")]
+            Self::Sqlite(p) => Ok(Arc::new(SqliteStore::open_with_clock(p, clock)?)),
+        }
     }
 }
 

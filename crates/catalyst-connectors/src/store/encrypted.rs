@@ -1,0 +1,300 @@
+//! Encryption at rest for any store: XChaCha20-Poly1305 over each record, with the record's key as
+//! associated data, so a value can be neither read nor moved to another key without the key.
+//!
+//! A record that does not decrypt (wrong key, tampered, or written in plain text) reads as a
+//! damaged record: the connector logs a warning naming itself, treats it as a miss and overwrites
+//! it. Garbage is never served.
+
+use super::{CasOutcome, StoreError, StoredValue, TokenStore, TokenWrite};
+use base64::Engine as _;
+use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+use chacha20poly1305::aead::{Aead, KeyInit, Payload};
+use chacha20poly1305::{XChaCha20Poly1305, XNonce};
+use secrecy::{ExposeSecret as _, SecretBox};
+use std::fmt;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Environment variable holding the encryption key (32 bytes, base64 or 64 hex digits).
+pub const KEY_ENV: &str = "CONNECTOR_ENCRYPTION_KEY";
+/// Environment variable naming a file that holds the encryption key.
+pub const KEY_FILE_ENV: &str = "CONNECTOR_ENCRYPTION_KEY_FILE";
+
+const PREFIX: &str = "ccenc1.";
+const AAD_DOMAIN: &[u8] = b"catalyst-connectors/record/v1\0";
+
+/// A 256-bit key for encryption at rest. `Debug` never shows it; it is zeroized on drop.
+pub struct EncryptionKey(SecretBox<[u8; 32]>);
+
+impl fmt::Debug for EncryptionKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("EncryptionKey([redacted])")
+    }
+}
+
+impl Clone for EncryptionKey {
+    fn clone(&self) -> Self {
+        Self::from_bytes(*self.0.expose_secret())
+    }
+}
+
+/// Why a key could not be read.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("encryption key {origin}: {problem}")]
+pub struct KeyError {
+    /// Where the key came from (env variable or file).
+    pub origin: String,
+    /// What is wrong, never the key itself.
+    pub problem: String,
+}
+
+impl EncryptionKey {
+    /// A key from raw bytes.
+    pub fn from_bytes(bytes: [u8; 32]) -> Self {
+        Self(SecretBox::new(Box::new(bytes)))
+    }
+
+    /// A new random key.
+    pub fn generate() -> Self {
+        Self::from_bytes(rand::random())
+    }
+
+    /// The key as standard base64, to store in a key file or a secret manager.
+    pub fn to_base64(&self) -> String {
+        STANDARD.encode(self.0.expose_secret())
+    }
+
+    /// Parses 32 bytes given as standard or URL-safe base64, or as 64 hex digits.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let text = text.trim();
+        let bytes = if text.len() == 64 && text.bytes().all(|b| b.is_ascii_hexdigit()) {
+            (0..32)
+                .map(|i| u8::from_str_radix(&text[2 * i..2 * i + 2], 16))
+                .collect::<Result<Vec<u8>, _>>()
+                .map_err(|_| "not valid hex".to_owned())?
+        } else {
+            STANDARD
+                .decode(text)
+                .or_else(|_| URL_SAFE_NO_PAD.decode(text.trim_end_matches('=')))
+                .map_err(|_| "not base64 or 64 hex digits".to_owned())?
+        };
+        let bytes: [u8; 32] = bytes
+            .try_into()
+            .map_err(|v: Vec<u8>| format!("must be 32 bytes, found {}", v.len()))?;
+        Ok(Self::from_bytes(bytes))
+    }
+
+    /// Reads a key file (base64 or hex text).
+    pub fn from_file(path: impl AsRef<Path>) -> Result<Self, KeyError> {
+        let path = path.as_ref();
+        let origin = format!("file {}", path.display());
+        let text = std::fs::read_to_string(path).map_err(|e| KeyError {
+            origin: origin.clone(),
+            problem: format!("cannot read it ({e})"),
+        })?;
+        Self::parse(&text).map_err(|problem| KeyError { origin, problem })
+    }
+
+    /// The key from `CONNECTOR_ENCRYPTION_KEY` or the file named by
+    /// `CONNECTOR_ENCRYPTION_KEY_FILE`; `None` when neither is set.
+    pub fn from_env() -> Result<Option<Self>, KeyError> {
+        if let Some(v) = std::env::var_os(KEY_ENV).filter(|v| !v.is_empty()) {
+            let text = v.to_string_lossy();
+            return Self::parse(&text).map(Some).map_err(|problem| KeyError {
+                origin: format!("in ${KEY_ENV}"),
+                problem,
+            });
+        }
+        match std::env::var_os(KEY_FILE_ENV).filter(|v| !v.is_empty()) {
+            Some(path) => Self::from_file(Path::new(&path)).map(Some),
+            None => Ok(None),
+        }
+    }
+}
+
+/// A store wrapper that encrypts every record it writes and decrypts every record it reads.
+pub struct EncryptedStore {
+    inner: Arc<dyn TokenStore>,
+    cipher: XChaCha20Poly1305,
+}
+
+impl fmt::Debug for EncryptedStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("EncryptedStore")
+            .field("inner", &self.inner)
+            .field("key", &"[redacted]")
+            .finish()
+    }
+}
+
+fn aad(key: &str) -> Vec<u8> {
+    [AAD_DOMAIN, key.as_bytes()].concat()
+}
+
+impl EncryptedStore {
+    /// Wraps `inner`, encrypting with `key`.
+    pub fn new(inner: Arc<dyn TokenStore>, key: &EncryptionKey) -> Self {
+        Self {
+            inner,
+            cipher: XChaCha20Poly1305::new(key.0.expose_secret().into()),
+        }
+    }
+
+    fn seal(&self, key: &str, plaintext: &str) -> Result<String, StoreError> {
+        let nonce_bytes: [u8; 24] = rand::random();
+        let sealed = self
+            .cipher
+            .encrypt(
+                XNonce::from_slice(&nonce_bytes),
+                Payload {
+                    msg: plaintext.as_bytes(),
+                    aad: &aad(key),
+                },
+            )
+            .map_err(|_| {
+                StoreError::new(
+                    "encrypted",
+                    super::StoreErrorKind::Rejected,
+                    "encryption failed",
+                )
+            })?;
+        let mut out = Vec::with_capacity(24 + sealed.len());
+        out.extend_from_slice(&nonce_bytes);
+        out.extend_from_slice(&sealed);
+        Ok(format!("{PREFIX}{}", URL_SAFE_NO_PAD.encode(out)))
+    }
+
+    /// The plaintext, or `None` when the value does not decrypt under this key for this record key.
+    fn open(&self, key: &str, stored: &str) -> Option<String> {
+        let raw = URL_SAFE_NO_PAD.decode(stored.strip_prefix(PREFIX)?).ok()?;
+        if raw.len() < 24 + 16 {
+            return None;
+        }
+        let (nonce, sealed) = raw.split_at(24);
+        let plain = self
+            .cipher
+            .decrypt(
+                XNonce::from_slice(nonce),
+                Payload {
+                    msg: sealed,
+                    aad: &aad(key),
+                },
+            )
+            .ok()?;
+        String::from_utf8(plain).ok()
+    }
+}
+
+#[async_trait::async_trait]
+impl TokenStore for EncryptedStore {
+    async fn get(&self, key: &str) -> Result<Option<StoredValue>, StoreError> {
+        Ok(self.inner.get(key).await?.map(|v| match self.open(key, &v.data) {
+            Some(data) => StoredValue {
+                generation: v.generation,
+                data,
+            },
+            None => {
+                tracing::warn!(
+                    key,
+                    "stored record does not decrypt with the configured key (wrong key, tampered, or written unencrypted); treating it as missing"
+                );
+                // Keep the generation so the next write replaces it; empty data reads as damaged.
+                StoredValue {
+                    generation: v.generation,
+                    data: String::new(),
+                }
+            }
+        }))
+    }
+
+    async fn compare_and_set(&self, write: TokenWrite<'_>) -> Result<CasOutcome, StoreError> {
+        let data = self.seal(write.key, write.data)?;
+        let refresh = match write.refresh {
+            Some((k, d)) => Some((k, self.seal(k, d)?)),
+            None => None,
+        };
+        let mut sealed = TokenWrite::new(write.key, write.expected, &data, write.ttl);
+        if let Some((k, d)) = &refresh {
+            sealed = sealed.with_refresh(k, d);
+        }
+        self.inner.compare_and_set(sealed).await
+    }
+
+    async fn delete(&self, key: &str, expected: Option<u64>) -> Result<bool, StoreError> {
+        self.inner.delete(key, expected).await
+    }
+
+    async fn try_acquire_lease(
+        &self,
+        key: &str,
+        owner: &str,
+        ttl: Duration,
+    ) -> Result<bool, StoreError> {
+        self.inner.try_acquire_lease(key, owner, ttl).await
+    }
+
+    async fn release_lease(&self, key: &str, owner: &str) -> Result<(), StoreError> {
+        self.inner.release_lease(key, owner).await
+    }
+
+    fn is_shared(&self) -> bool {
+        self.inner.is_shared()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::MemoryStore;
+
+    #[test]
+    fn keys_parse_from_base64_and_hex() {
+        let k = EncryptionKey::generate();
+        let again = EncryptionKey::parse(&k.to_base64()).unwrap();
+        assert_eq!(again.0.expose_secret(), k.0.expose_secret());
+        let hex: String =
+            k.0.expose_secret()
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect();
+        assert_eq!(
+            EncryptionKey::parse(&hex).unwrap().0.expose_secret(),
+            k.0.expose_secret()
+        );
+        assert!(
+            EncryptionKey::parse("c2hvcnQ=")
+                .unwrap_err()
+                .contains("32 bytes")
+        );
+        assert_eq!(format!("{k:?}"), "EncryptionKey([redacted])");
+    }
+
+    #[tokio::test]
+    async fn values_are_bound_to_their_key() {
+        let mem = Arc::new(MemoryStore::new());
+        let store = EncryptedStore::new(mem.clone(), &EncryptionKey::generate());
+        store
+            .compare_and_set(TokenWrite::new(
+                "a",
+                None,
+                "secret-a",
+                Duration::from_secs(60),
+            ))
+            .await
+            .unwrap();
+        let raw = mem.get("a").await.unwrap().unwrap();
+        assert!(raw.data.starts_with(PREFIX) && !raw.data.contains("secret-a"));
+        assert_eq!(store.get("a").await.unwrap().unwrap().data, "secret-a");
+        // Moving the ciphertext to another key makes it unreadable.
+        mem.compare_and_set(TokenWrite::new(
+            "b",
+            None,
+            &raw.data,
+            Duration::from_secs(60),
+        ))
+        .await
+        .unwrap();
+        assert_eq!(store.get("b").await.unwrap().unwrap().data, "");
+    }
+}

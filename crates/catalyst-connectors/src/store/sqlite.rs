@@ -1,0 +1,398 @@
+//! The embedded default store: one SQLite file shared by every process on the host.
+//!
+//! - WAL journal and a busy timeout, so readers never wait and writers queue briefly;
+//! - every write is one `BEGIN IMMEDIATE` transaction: compare-and-set and leases are atomic across
+//!   processes, and a process killed mid-write leaves the file intact;
+//! - the directory is created `0700` and the file `0600` (on Unix);
+//! - the mint lease is a row with an owner and an expiry: a process killed while holding it blocks
+//!   others for at most the lease TTL.
+//!
+//! Reads run on the calling thread (a few microseconds, never blocked by writers under WAL);
+//! writes and leases run on Tokio's blocking pool, since they may wait for another process's
+//! transaction.
+
+use super::{CasOutcome, StoreError, StoreErrorKind, StoredValue, TokenStore, TokenWrite};
+use crate::clock::{Clock, EpochMillis, SystemClock};
+use async_trait::async_trait;
+use rusqlite::{Connection, ErrorCode, OptionalExtension, TransactionBehavior, params};
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+const SCHEMA_VERSION: i64 = 1;
+const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
+/// Tombstones and expired rows older than this are removed.
+const RETENTION_MS: i64 = 24 * 3600 * 1000;
+
+/// A token store in a SQLite file. Clones share the connections.
+#[derive(Clone)]
+pub struct SqliteStore {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    path: PathBuf,
+    label: String,
+    read: Mutex<Connection>,
+    write: Mutex<Connection>,
+    clock: Arc<dyn Clock>,
+}
+
+impl fmt::Debug for SqliteStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SqliteStore")
+            .field("path", &self.inner.path)
+            .finish()
+    }
+}
+
+impl SqliteStore {
+    /// The default location: `<user data dir>/catalyst-connectors/tokens.db` (on Linux
+    /// `~/.local/share/catalyst-connectors/tokens.db`, on macOS
+    /// `~/Library/Application Support/catalyst-connectors/tokens.db`).
+    pub fn default_path() -> Option<PathBuf> {
+        dirs::data_dir().map(|d| d.join("catalyst-connectors").join("tokens.db"))
+    }
+
+    /// Opens (creating if needed) the store at `path`.
+    pub fn open(path: impl AsRef<Path>) -> Result<Self, StoreError> {
+        Self::open_with_clock(path, Arc::new(SystemClock))
+    }
+
+    /// Opens the store with expiries and leases on `clock` (all processes sharing a file must use
+    /// the same time source; tests use a [`ManualClock`](crate::ManualClock)).
+    pub fn open_with_clock(
+        path: impl AsRef<Path>,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Self, StoreError> {
+        let path = path.as_ref().to_owned();
+        let label = format!("sqlite {}", path.display());
+        prepare_file(&path, &label)?;
+        let write = open_connection(&path, &label)?;
+        migrate(&write, &path, &label)?;
+        let read = open_connection(&path, &label)?;
+        Ok(Self {
+            inner: Arc::new(Inner {
+                path,
+                label,
+                read: Mutex::new(read),
+                write: Mutex::new(write),
+                clock,
+            }),
+        })
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.inner.path
+    }
+
+    async fn blocking<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Inner, &mut Connection) -> Result<T, rusqlite::Error> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let inner = Arc::clone(&self.inner);
+        let run = move || {
+            let mut conn = lock(&inner.write);
+            f(&inner, &mut conn).map_err(|e| classify(&inner.path, &inner.label, e))
+        };
+        match tokio::runtime::Handle::try_current() {
+            Ok(h) => h.spawn_blocking(run).await.map_err(|e| {
+                StoreError::new(
+                    self.inner.label.clone(),
+                    StoreErrorKind::Unavailable,
+                    format!("store task failed: {e}"),
+                )
+            })?,
+            Err(_) => run(),
+        }
+    }
+}
+
+fn lock(m: &Mutex<Connection>) -> MutexGuard<'_, Connection> {
+    // A panic while holding a connection leaves SQLite consistent (transactions roll back).
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn io_error(label: &str, what: String, e: std::io::Error) -> StoreError {
+    StoreError::new(label, StoreErrorKind::Unavailable, format!("{what}: {e}"))
+}
+
+/// Creates the directory (0700) and the file (0600) if they do not exist.
+fn prepare_file(path: &Path, label: &str) -> Result<(), StoreError> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        if !dir.exists() {
+            let mut builder = std::fs::DirBuilder::new();
+            builder.recursive(true);
+            #[cfg(unix)]
+            std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+            builder.create(dir).map_err(|e| {
+                io_error(
+                    label,
+                    format!("cannot create the directory {}", dir.display()),
+                    e,
+                )
+            })?;
+        }
+    }
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    match options.open(path) {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(io_error(
+            label,
+            format!("cannot create {}", path.display()),
+            e,
+        )),
+    }
+}
+
+fn recovery_hint(path: &Path) -> String {
+    format!(
+        "{} is damaged or not a token store: move it aside (or delete it) and run again; tokens will be minted again, and refresh tokens kept in it must be authorized again",
+        path.display()
+    )
+}
+
+fn classify(path: &Path, label: &str, e: rusqlite::Error) -> StoreError {
+    let code = e.sqlite_error_code();
+    match code {
+        Some(ErrorCode::NotADatabase | ErrorCode::DatabaseCorrupt) => StoreError::new(
+            label,
+            StoreErrorKind::Corrupt,
+            format!("{} ({e})", recovery_hint(path)),
+        ),
+        Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked) => StoreError::new(
+            label,
+            StoreErrorKind::Unavailable,
+            format!(
+                "the database stayed locked by another process for {}s ({e})",
+                BUSY_TIMEOUT.as_secs()
+            ),
+        ),
+        Some(ErrorCode::ReadOnly | ErrorCode::PermissionDenied | ErrorCode::CannotOpen) => {
+            StoreError::new(
+                label,
+                StoreErrorKind::Rejected,
+                format!(
+                    "cannot open {} for writing ({e}): check its permissions",
+                    path.display()
+                ),
+            )
+        }
+        _ => StoreError::new(label, StoreErrorKind::Unavailable, e.to_string()),
+    }
+}
+
+fn open_connection(path: &Path, label: &str) -> Result<Connection, StoreError> {
+    let conn = Connection::open(path).map_err(|e| classify(path, label, e))?;
+    conn.busy_timeout(BUSY_TIMEOUT)
+        .map_err(|e| classify(path, label, e))?;
+    // journal_mode returns a row; pragma_update_and_check reads it.
+    conn.pragma_update_and_check(None, "journal_mode", "WAL", |row| row.get::<_, String>(0))
+        .map_err(|e| classify(path, label, e))?;
+    conn.pragma_update(None, "synchronous", "NORMAL")
+        .map_err(|e| classify(path, label, e))?;
+    Ok(conn)
+}
+
+fn migrate(conn: &Connection, path: &Path, label: &str) -> Result<(), StoreError> {
+    let version: i64 = conn
+        .pragma_query_value(None, "user_version", |r| r.get(0))
+        .map_err(|e| classify(path, label, e))?;
+    if version > SCHEMA_VERSION {
+        return Err(StoreError::new(
+            label,
+            StoreErrorKind::Rejected,
+            format!(
+                "{} was written by a newer catalyst-connectors (schema {version}, this build knows {SCHEMA_VERSION}): upgrade, or point this program at another file",
+                path.display()
+            ),
+        ));
+    }
+    conn.execute_batch(
+        "BEGIN IMMEDIATE;
+         CREATE TABLE IF NOT EXISTS records (
+             key        TEXT PRIMARY KEY NOT NULL,
+             generation INTEGER NOT NULL,
+             data       TEXT,
+             expires_at INTEGER NOT NULL
+         ) WITHOUT ROWID;
+         CREATE TABLE IF NOT EXISTS leases (
+             key        TEXT PRIMARY KEY NOT NULL,
+             owner      TEXT NOT NULL,
+             expires_at INTEGER NOT NULL
+         ) WITHOUT ROWID;
+         PRAGMA user_version = 1;
+         COMMIT;",
+    )
+    .map_err(|e| classify(path, label, e))?;
+    // A damaged file can open fine and fail later: check it now, with a clear error.
+    let check: String = conn
+        .query_row("PRAGMA quick_check", [], |r| r.get(0))
+        .map_err(|e| classify(path, label, e))?;
+    if check != "ok" {
+        return Err(StoreError::new(
+            label,
+            StoreErrorKind::Corrupt,
+            recovery_hint(path),
+        ));
+    }
+    Ok(())
+}
+
+fn ttl_ms(ttl: Duration) -> i64 {
+    i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX)
+}
+
+/// The live generation at `key`, if any.
+fn live_generation(
+    tx: &Connection,
+    key: &str,
+    now: EpochMillis,
+) -> Result<Option<u64>, rusqlite::Error> {
+    tx.query_row(
+        "SELECT generation FROM records WHERE key = ?1 AND data IS NOT NULL AND expires_at > ?2",
+        params![key, now],
+        |r| r.get::<_, i64>(0),
+    )
+    .optional()
+    .map(|g| g.map(|g| u64::try_from(g).unwrap_or(0)))
+}
+
+/// Writes `data` at `key` with the next generation (generations never repeat for a key).
+fn upsert(
+    tx: &Connection,
+    key: &str,
+    data: &str,
+    expires_at: EpochMillis,
+) -> Result<u64, rusqlite::Error> {
+    tx.query_row(
+        "INSERT INTO records (key, generation, data, expires_at) VALUES (?1, 1, ?2, ?3)
+         ON CONFLICT(key) DO UPDATE SET generation = generation + 1, data = excluded.data, expires_at = excluded.expires_at
+         RETURNING generation",
+        params![key, data, expires_at],
+        |r| r.get::<_, i64>(0),
+    )
+    .map(|g| u64::try_from(g).unwrap_or(0))
+}
+
+#[async_trait]
+impl TokenStore for SqliteStore {
+    async fn get(&self, key: &str) -> Result<Option<StoredValue>, StoreError> {
+        let now = self.inner.clock.now_millis();
+        let conn = lock(&self.inner.read);
+        let mut stmt = conn
+            .prepare_cached(
+                "SELECT generation, data FROM records WHERE key = ?1 AND data IS NOT NULL AND expires_at > ?2",
+            )
+            .map_err(|e| classify(&self.inner.path, &self.inner.label, e))?;
+        stmt.query_row(params![key, now], |r| {
+            Ok(StoredValue {
+                generation: u64::try_from(r.get::<_, i64>(0)?).unwrap_or(0),
+                data: r.get(1)?,
+            })
+        })
+        .optional()
+        .map_err(|e| classify(&self.inner.path, &self.inner.label, e))
+    }
+
+    async fn compare_and_set(&self, write: TokenWrite<'_>) -> Result<CasOutcome, StoreError> {
+        let key = write.key.to_owned();
+        let data = write.data.to_owned();
+        let expected = write.expected;
+        let ttl = ttl_ms(write.ttl);
+        let refresh = write.refresh.map(|(k, d)| (k.to_owned(), d.to_owned()));
+        self.blocking(move |inner, conn| {
+            let now = inner.clock.now_millis();
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            if let Some((rkey, rdata)) = &refresh {
+                upsert(&tx, rkey, rdata, i64::MAX)?;
+            }
+            let current = live_generation(&tx, &key, now)?;
+            let outcome = if current == expected {
+                let generation = upsert(&tx, &key, &data, now.saturating_add(ttl))?;
+                CasOutcome::Written { generation }
+            } else {
+                CasOutcome::Conflict { current }
+            };
+            tx.execute(
+                "DELETE FROM records WHERE expires_at < ?1",
+                params![now.saturating_sub(RETENTION_MS)],
+            )?;
+            tx.execute("DELETE FROM leases WHERE expires_at < ?1", params![now])?;
+            tx.commit()?;
+            Ok(outcome)
+        })
+        .await
+    }
+
+    async fn delete(&self, key: &str, expected: Option<u64>) -> Result<bool, StoreError> {
+        let key = key.to_owned();
+        self.blocking(move |inner, conn| {
+            let now = inner.clock.now_millis();
+            let expected = expected.map(|g| i64::try_from(g).unwrap_or(i64::MAX));
+            // A tombstone (data NULL) keeps the generation, so it is never reused.
+            let changed = conn.execute(
+                "UPDATE records SET data = NULL
+                 WHERE key = ?1 AND data IS NOT NULL AND expires_at > ?2 AND (?3 IS NULL OR generation = ?3)",
+                params![key, now, expected],
+            )?;
+            Ok(changed > 0)
+        })
+        .await
+    }
+
+    async fn try_acquire_lease(
+        &self,
+        key: &str,
+        owner: &str,
+        ttl: Duration,
+    ) -> Result<bool, StoreError> {
+        let key = key.to_owned();
+        let owner = owner.to_owned();
+        let ttl = ttl_ms(ttl);
+        self.blocking(move |inner, conn| {
+            let now = inner.clock.now_millis();
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let holder: Option<(String, i64)> = tx
+                .query_row(
+                    "SELECT owner, expires_at FROM leases WHERE key = ?1",
+                    params![key],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )
+                .optional()?;
+            let free = match &holder {
+                None => true,
+                Some((h, until)) => *h == owner || *until <= now,
+            };
+            if free {
+                tx.execute(
+                    "INSERT INTO leases (key, owner, expires_at) VALUES (?1, ?2, ?3)
+                     ON CONFLICT(key) DO UPDATE SET owner = excluded.owner, expires_at = excluded.expires_at",
+                    params![key, owner, now.saturating_add(ttl)],
+                )?;
+            }
+            tx.commit()?;
+            Ok(free)
+        })
+        .await
+    }
+
+    async fn release_lease(&self, key: &str, owner: &str) -> Result<(), StoreError> {
+        let key = key.to_owned();
+        let owner = owner.to_owned();
+        self.blocking(move |_, conn| {
+            conn.execute(
+                "DELETE FROM leases WHERE key = ?1 AND owner = ?2",
+                params![key, owner],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+}
