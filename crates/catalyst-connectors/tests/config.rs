@@ -192,3 +192,50 @@ fn builder_validates_too() {
         .unwrap();
     assert_eq!(ok.auth_url(), "https://accounts.zoho.jp/oauth/v2/token");
 }
+
+#[test]
+fn connector_settings_select_the_store_and_reserved_names_are_checked() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("from-config.db");
+    let connection = Connection::builder()
+        .ignore_env()
+        .json(json!({
+            "$connector": {"store": format!("sqlite:{}", db.display())},
+            "crm": {"client_id": "a", "client_secret": "b", "dc": "us"},
+        }))
+        .build()
+        .unwrap();
+    assert_eq!(connection.connector_names().collect::<Vec<_>>(), ["crm"]);
+    assert!(db.exists(), "the store named in the config was opened");
+
+    let p = problems(
+        Connection::builder()
+            .ignore_env()
+            .json(json!({
+                "$connector": {"store": "postgres://nope", "colour": "red"},
+                "$other": {},
+            }))
+            .build(),
+    );
+    assert!(
+        has(
+            &p,
+            "connector `$connector`, field `store`: unknown store `postgres://nope`"
+        ),
+        "{p:?}"
+    );
+    assert!(has(&p, "field `colour`: unknown setting"), "{p:?}");
+    assert!(
+        has(&p, "`$other`: names starting with `$` are reserved"),
+        "{p:?}"
+    );
+
+    let key_file = dir.path().join("missing.key");
+    let p = problems(
+        Connection::builder()
+            .ignore_env()
+            .json(json!({"$connector": {"store": "memory:", "encryption_key_file": key_file}}))
+            .build(),
+    );
+    assert!(has(&p, "encryption key file"), "{p:?}");
+}

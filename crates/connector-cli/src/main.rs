@@ -1,6 +1,8 @@
 //! `connector`: Zoho access tokens for people and scripts.
 
-use catalyst_connectors::{Connection, ConnectorConfig, Error, ExposeSecret};
+use catalyst_connectors::{
+    Connection, ConnectorConfig, Error, ExposeSecret, MemoryStore, StoreSpec,
+};
 use clap::{Parser, Subcommand};
 use std::collections::HashSet;
 use std::path::PathBuf;
@@ -25,6 +27,10 @@ struct Cli {
     /// then ./connectors.json, then ./connectors.toml.
     #[arg(long, global = true, env = "CONNECTOR_CONFIG")]
     config: Option<PathBuf>,
+    /// Where tokens are kept and shared: `sqlite:PATH` or `memory:`. Default: the config's
+    /// `$connector.store`, else SQLite in the user data directory.
+    #[arg(long, global = true, env = "CONNECTOR_STORE", value_parser = parse_store)]
+    store: Option<StoreSpec>,
     #[command(subcommand)]
     command: Command,
 }
@@ -56,7 +62,10 @@ struct Failure {
 impl From<Error> for Failure {
     fn from(e: Error) -> Self {
         let code = match &e {
-            Error::Config(_) | Error::UnknownConnector { .. } | Error::InvalidClient { .. } => 3,
+            Error::Config(_)
+            | Error::UnknownConnector { .. }
+            | Error::InvalidClient { .. }
+            | Error::StoreOpen(_) => 3,
             e if e.needs_reauthorization() => 4,
             Error::Throttled { .. } => 5,
             e if e.is_transient() => 6,
@@ -97,6 +106,10 @@ fn main() -> ExitCode {
     }
 }
 
+fn parse_store(s: &str) -> Result<StoreSpec, String> {
+    s.parse()
+}
+
 fn find_config(explicit: Option<PathBuf>) -> Result<PathBuf, Failure> {
     if let Some(p) = explicit {
         return Ok(p);
@@ -115,7 +128,11 @@ async fn run(cli: Cli) -> Result<(), Failure> {
     match cli.command {
         Command::Token { name } => {
             let path = find_config(cli.config)?;
-            let connection = Connection::from_file(&path)?;
+            let mut builder = Connection::builder().file(&path);
+            if let Some(spec) = cli.store {
+                builder = builder.store_spec(spec);
+            }
+            let connection = builder.build()?;
             let token = connection.connector(&name)?.access_token().await?;
             println!("{}", token.expose_secret());
             Ok(())
@@ -141,7 +158,10 @@ async fn demo(callers: usize, latency_ms: u64) -> Result<(), Failure> {
         emulator.url()
     );
 
+    // The demo keeps its tokens in memory: it never touches your token store.
     let connection = Connection::builder()
+        .ignore_env()
+        .store(MemoryStore::new())
         .connector(
             ConnectorConfig::builder("crm")
                 .client_id("1000.DEMOCLIENT")

@@ -66,6 +66,14 @@ async fn token_prints_only_the_token() {
         "{token:?}"
     );
     assert_eq!(env.emulator.stats().token_requests, 1);
+    // A second run reads the token from the SQLite store: no new token request.
+    let again = env.run(&["token", "crm"]).await;
+    assert_eq!(stdout(&again), token);
+    assert_eq!(
+        env.emulator.stats().token_requests,
+        1,
+        "the second run reused the stored token"
+    );
     // --config and CONNECTOR_CONFIG work from elsewhere.
     let out = env
         .run(&[
@@ -126,6 +134,14 @@ async fn exit_codes_tell_failures_apart() {
         stderr(&out)
     );
 
+    let out = env.run(&["--store", "postgres://x", "token", "crm"]).await;
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "bad --store is a usage error: {}",
+        stderr(&out)
+    );
+
     std::fs::remove_file(env.config_path()).unwrap();
     let out = env.run(&["token", "crm"]).await;
     assert_eq!(out.status.code(), Some(3), "no config: {}", stderr(&out));
@@ -152,4 +168,49 @@ fn help_documents_exit_codes() {
         .output()
         .unwrap();
     assert!(stdout(&out).contains("4  re-authorization needed"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_encryption_key_in_the_environment_encrypts_the_store() {
+    let env = Env::new().await;
+    let key = "q83vEjRWeJq83vEjRWeJq83vEjRWeJq83vEjRWeJq80=";
+    let run = |key: Option<&str>| {
+        let mut cmd = Command::cargo_bin("connector").unwrap();
+        cmd.current_dir(env.dir.path())
+            .env_remove("CONNECTOR_CONFIG")
+            .env_remove("CONNECTOR_ENCRYPTION_KEY_FILE")
+            .env(
+                "CONNECTOR_STORE",
+                format!("sqlite:{}", env.dir.path().join("enc.db").display()),
+            )
+            .args(["token", "crm"]);
+        match key {
+            Some(k) => cmd.env("CONNECTOR_ENCRYPTION_KEY", k),
+            None => cmd.env_remove("CONNECTOR_ENCRYPTION_KEY"),
+        };
+        tokio::task::spawn_blocking(move || cmd.output().unwrap())
+    };
+    let out = run(Some(key)).await.unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let token = stdout(&out).trim().to_owned();
+    let mut on_disk = Vec::new();
+    for suffix in ["", "-wal"] {
+        on_disk.extend(
+            std::fs::read(env.dir.path().join(format!("enc.db{suffix}"))).unwrap_or_default(),
+        );
+    }
+    assert!(
+        !on_disk.windows(token.len()).any(|w| w == token.as_bytes()),
+        "token stored in plain text"
+    );
+    // Same key: reused. Bad key: a config error, exit 3.
+    assert_eq!(stdout(&run(Some(key)).await.unwrap()).trim(), token);
+    assert_eq!(env.emulator.stats().token_requests, 1);
+    let out = run(Some("short")).await.unwrap();
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("CONNECTOR_ENCRYPTION_KEY"),
+        "{}",
+        stderr(&out)
+    );
 }

@@ -454,7 +454,12 @@ async fn token(
     body: Bytes,
 ) -> Response {
     let p = params(query, &body);
-    let latency = Duration::from_millis(lock(&state).settings.latency_ms);
+    // Counted on arrival, so a test can see a request that is still being answered.
+    let latency = {
+        let mut inner = lock(&state);
+        inner.stats.token_requests += 1;
+        Duration::from_millis(inner.settings.latency_ms)
+    };
     if !latency.is_zero() {
         tokio::time::sleep(latency).await;
     }
@@ -469,7 +474,6 @@ async fn token(
 
 fn decide_token(state: &Shared, p: &HashMap<String, String>) -> Decision {
     let mut inner = lock(state);
-    inner.stats.token_requests += 1;
     let grant = p.get("grant_type").cloned().unwrap_or_default();
     let fault = inner
         .one_shot_faults

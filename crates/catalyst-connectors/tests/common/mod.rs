@@ -15,6 +15,11 @@ pub fn hermetic() -> ConnectionBuilder {
     Connection::builder().ignore_env().store(MemoryStore::new())
 }
 
+/// A builder that ignores the environment; the test sets the store.
+pub fn hermetic_without_store() -> ConnectionBuilder {
+    Connection::builder().ignore_env()
+}
+
 /// `Connection::from_json`, hermetic.
 pub fn from_json(v: &serde_json::Value) -> Result<Connection, Error> {
     hermetic().json(v.clone()).build()

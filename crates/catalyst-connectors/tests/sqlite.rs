@@ -1,0 +1,505 @@
+//! The SQLite store: conformance, sharing across processes, leases surviving SIGKILL, encryption
+//! at rest, damage and permissions.
+
+mod common;
+
+use catalyst_connectors::store::conformance::{self, TimeControl};
+use catalyst_connectors::{
+    Connection, ConnectorConfig, EncryptedStore, EncryptionKey, Error, ExposeSecret, GrantCode,
+    ManualClock, MemoryStore, SqliteStore, StoreErrorKind, StoreSpec, TokenRecord, TokenStore,
+    TokenWrite,
+};
+use common::{CLIENT_ID, CLIENT_SECRET, Setup};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+fn manual() -> ManualClock {
+    ManualClock::new(1_800_000_000_000)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn conformance_memory() {
+    let clock = manual();
+    let store = Arc::new(MemoryStore::with_clock(Arc::new(clock.clone())));
+    conformance::run_all(store, TimeControl::Manual(clock))
+        .await
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn conformance_sqlite() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = manual();
+    let store = Arc::new(
+        SqliteStore::open_with_clock(dir.path().join("t.db"), Arc::new(clock.clone())).unwrap(),
+    );
+    conformance::run_all(store, TimeControl::Manual(clock))
+        .await
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn conformance_sqlite_encrypted() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = manual();
+    let inner = Arc::new(
+        SqliteStore::open_with_clock(dir.path().join("t.db"), Arc::new(clock.clone())).unwrap(),
+    );
+    let store = Arc::new(EncryptedStore::new(inner, &EncryptionKey::generate()));
+    conformance::run_all(store, TimeControl::Manual(clock))
+        .await
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_store_handles_on_one_file_see_each_other() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("t.db");
+    let a = SqliteStore::open(&path).unwrap();
+    let b = SqliteStore::open(&path).unwrap();
+    a.compare_and_set(TokenWrite::new("k", None, "v", Duration::from_secs(60)))
+        .await
+        .unwrap();
+    assert_eq!(b.get("k").await.unwrap().unwrap().data, "v");
+    assert!(
+        a.try_acquire_lease("k", "a", Duration::from_secs(30))
+            .await
+            .unwrap()
+    );
+    assert!(
+        !b.try_acquire_lease("k", "b", Duration::from_secs(30))
+            .await
+            .unwrap()
+    );
+}
+
+#[cfg(unix)]
+#[test]
+fn directory_and_file_are_private() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("nested").join("deeper").join("tokens.db");
+    SqliteStore::open(&path).unwrap();
+    let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(path.parent().unwrap()), 0o700);
+    assert_eq!(mode(&path), 0o600);
+}
+
+#[test]
+fn a_corrupt_file_is_a_clear_error_naming_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("tokens.db");
+    std::fs::write(
+        &path,
+        b"this is not a sqlite database, just some bytes that got here somehow....",
+    )
+    .unwrap();
+    let err = SqliteStore::open(&path).unwrap_err();
+    assert_eq!(err.kind, StoreErrorKind::Corrupt, "{err}");
+    let msg = err.to_string();
+    assert!(msg.contains(&path.display().to_string()), "{msg}");
+    assert!(msg.contains("move it aside"), "{msg}");
+
+    // Through a connection, the error names the file too.
+    let err = common::hermetic_without_store()
+        .store_spec(StoreSpec::Sqlite(path.clone()))
+        .json(serde_json::json!({"crm": {"client_id": "a", "client_secret": "b", "dc": "us"}}))
+        .build()
+        .unwrap_err();
+    assert!(matches!(err, Error::StoreOpen(_)), "{err:?}");
+    assert!(
+        err.to_string().contains(&path.display().to_string()),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_truncated_database_is_detected() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("tokens.db");
+    drop(SqliteStore::open(&path).unwrap());
+    // Keep the header, damage the pages.
+    let mut bytes = std::fs::read(&path).unwrap();
+    for b in bytes.iter_mut().skip(100) {
+        *b = 0xA5;
+    }
+    std::fs::write(&path, bytes).unwrap();
+    let _ = std::fs::remove_file(path.with_extension("db-wal"));
+    let err = SqliteStore::open(&path).unwrap_err();
+    assert_eq!(err.kind, StoreErrorKind::Corrupt, "{err}");
+}
+
+fn sqlite_connection(s: &Setup, path: &Path, key: Option<&EncryptionKey>) -> Connection {
+    let mut b = common::hermetic_without_store()
+        .store(SqliteStore::open_with_clock(path, Arc::new(s.clock.clone())).unwrap())
+        .json(s.config())
+        .clock(s.clock.clone());
+    if let Some(k) = key {
+        b = b.encryption_key(k.clone());
+    }
+    b.build().unwrap()
+}
+
+#[tokio::test]
+async fn tokens_are_shared_through_the_file_and_encrypted_at_rest() {
+    let s = Setup::new().await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("tokens.db");
+    let key = EncryptionKey::generate();
+    let one = sqlite_connection(&s, &path, Some(&key))
+        .connector("crm")
+        .unwrap();
+    let token = one.access_token().await.unwrap();
+    let two = sqlite_connection(&s, &path, Some(&key))
+        .connector("crm")
+        .unwrap();
+    assert_eq!(
+        two.access_token().await.unwrap().expose_secret(),
+        token.expose_secret()
+    );
+    assert_eq!(s.token_requests(), 1);
+    let on_disk = read_all_bytes(&path);
+    assert!(
+        !contains(&on_disk, token.expose_secret().as_bytes()),
+        "the token is on disk in plain text"
+    );
+}
+
+#[tokio::test]
+async fn a_wrong_key_or_tampered_record_is_a_miss_and_is_reminted() {
+    let s = Setup::new().await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("tokens.db");
+    let first = sqlite_connection(&s, &path, Some(&EncryptionKey::generate()))
+        .connector("crm")
+        .unwrap();
+    let t1 = first.access_token().await.unwrap();
+
+    // Another key: the record does not decrypt, so it is a miss; a new token replaces it.
+    let other_key = EncryptionKey::generate();
+    let second = sqlite_connection(&s, &path, Some(&other_key))
+        .connector("crm")
+        .unwrap();
+    let t2 = second.access_token().await.unwrap();
+    assert_ne!(t1.expose_secret(), t2.expose_secret());
+    assert_eq!(s.token_requests(), 2);
+
+    // Tamper with the stored ciphertext: flip one character.
+    let raw = SqliteStore::open(&path).unwrap();
+    let key = second.cache_key();
+    let stored = raw.get(&key).await.unwrap().unwrap();
+    let mut tampered = stored.data.clone().into_bytes();
+    let i = tampered.len() - 5;
+    tampered[i] = if tampered[i] == b'A' { b'B' } else { b'A' };
+    let tampered = String::from_utf8(tampered).unwrap();
+    raw.compare_and_set(TokenWrite::new(
+        &key,
+        Some(stored.generation),
+        &tampered,
+        Duration::from_secs(3600),
+    ))
+    .await
+    .unwrap();
+    let third = sqlite_connection(&s, &path, Some(&other_key))
+        .connector("crm")
+        .unwrap();
+    let t3 = third.access_token().await.unwrap();
+    assert_ne!(t3.expose_secret(), t2.expose_secret());
+    assert_eq!(s.token_requests(), 3, "the tampered record was not served");
+
+    // Without the key, the encrypted record is unreadable: also a miss, never garbage.
+    let plain = sqlite_connection(&s, &path, None).connector("crm").unwrap();
+    let t4 = plain.access_token().await.unwrap();
+    assert!(t4.expose_secret().starts_with("1000."));
+    assert_eq!(s.token_requests(), 4);
+}
+
+#[tokio::test]
+async fn a_refresh_token_from_a_code_exchange_is_kept_for_other_processes() {
+    let s = Setup::new().await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("tokens.db");
+    let key = EncryptionKey::generate();
+    let connection = |key: &EncryptionKey| {
+        common::hermetic_without_store()
+            .store(SqliteStore::open_with_clock(&path, Arc::new(s.clock.clone())).unwrap())
+            .encryption_key(key.clone())
+            .clock(s.clock.clone())
+            .connector(
+                ConnectorConfig::builder("crm")
+                    .client_id(CLIENT_ID)
+                    .client_secret(CLIENT_SECRET)
+                    .token_url(s.emulator.token_url())
+                    .build()
+                    .unwrap(),
+            )
+            .build()
+            .unwrap()
+    };
+    let setup = connection(&key).connector("crm").unwrap();
+    let code = GrantCode::new(
+        s.emulator
+            .add_grant_code(CLIENT_ID, "ZohoCRM.users.READ", None),
+    );
+    let generated = setup.generate_access_token(&code).await.unwrap();
+    let refresh_token = generated.refresh_token.unwrap();
+    assert!(
+        !contains(
+            &read_all_bytes(&path),
+            refresh_token.expose_secret().as_bytes()
+        ),
+        "refresh token in plain text"
+    );
+
+    // A later process whose config has no refresh token finds it in the store.
+    s.advance(Duration::from_secs(3600));
+    let later = connection(&key).connector("crm").unwrap();
+    let token = later.access_token().await.unwrap();
+    assert_eq!(token.source(), catalyst_connectors::TokenSource::Minted);
+    let stats = s.emulator.stats();
+    assert_eq!(stats.by_grant["authorization_code"]["ok"], 1);
+    assert_eq!(
+        stats.by_grant["refresh_token"]["ok"], 1,
+        "minted with the stored refresh token"
+    );
+
+    // With another key the stored refresh token is unreadable: a clear re-authorize error.
+    let err = connection(&EncryptionKey::generate())
+        .connector("crm")
+        .unwrap()
+        .access_token()
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::MissingRefreshToken { .. }), "{err:?}");
+}
+
+fn read_all_bytes(db: &Path) -> Vec<u8> {
+    let mut all = Vec::new();
+    for suffix in ["", "-wal", "-shm"] {
+        let p = PathBuf::from(format!("{}{suffix}", db.display()));
+        if let Ok(b) = std::fs::read(&p) {
+            all.extend(b);
+        }
+    }
+    all
+}
+
+fn contains(hay: &[u8], needle: &[u8]) -> bool {
+    hay.windows(needle.len()).any(|w| w == needle)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Multi-process tests. The test binary re-runs itself as the child (`child_process`), selected by
+// the CHILD_* environment variables.
+
+const CHILD_TEST: &str = "child_process";
+
+#[test]
+#[ignore = "helper: the multi-process tests run it as a child process"]
+fn child_process() {
+    let var = |k: &str| std::env::var(k).unwrap_or_else(|_| panic!("{k} not set"));
+    let callers: usize = var("CHILD_CALLERS").parse().unwrap();
+    let lease_ms: u64 = var("CHILD_LEASE_MS").parse().unwrap();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let connection = common::hermetic_without_store()
+            .store(SqliteStore::open(var("CHILD_DB")).unwrap())
+            .lease_ttl(Duration::from_millis(lease_ms))
+            .json(serde_json::json!({"crm": {
+                "client_id": CLIENT_ID, "client_secret": CLIENT_SECRET,
+                "auth_url": var("CHILD_TOKEN_URL"), "refresh_url": var("CHILD_TOKEN_URL"),
+                "refresh_token": var("CHILD_REFRESH_TOKEN"),
+            }}))
+            .build()
+            .unwrap();
+        let tasks: Vec<_> = (0..callers)
+            .map(|_| {
+                let crm = connection.connector("crm").unwrap();
+                tokio::spawn(async move { crm.access_token().await })
+            })
+            .collect();
+        for t in tasks {
+            let token = t.await.unwrap().unwrap();
+            println!("TOKEN {}", token.expose_secret());
+        }
+    });
+}
+
+fn spawn_child(s: &Setup, db: &Path, callers: usize, lease: Duration) -> Child {
+    Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--ignored",
+            "--exact",
+            CHILD_TEST,
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env("CHILD_DB", db)
+        .env("CHILD_TOKEN_URL", s.emulator.token_url())
+        .env("CHILD_REFRESH_TOKEN", &s.refresh_token)
+        .env("CHILD_CALLERS", callers.to_string())
+        .env("CHILD_LEASE_MS", lease.as_millis().to_string())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+fn tokens_of(child: Child) -> Vec<String> {
+    let out = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "child failed: {stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The harness may print its own text before the first line.
+    stdout
+        .lines()
+        .filter_map(|l| l.find("TOKEN ").map(|i| l[i + 6..].to_owned()))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn eight_processes_of_fifty_callers_mint_once() {
+    let s = Setup::new().await;
+    s.emulator.set_latency(Duration::from_millis(200));
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("tokens.db");
+    SqliteStore::open(&db).unwrap(); // create the schema once, as a first run would
+    let children: Vec<Child> = (0..8)
+        .map(|_| spawn_child(&s, &db, 50, Duration::from_secs(30)))
+        .collect();
+    let tokens: Vec<String> =
+        tokio::task::spawn_blocking(move || children.into_iter().flat_map(tokens_of).collect())
+            .await
+            .unwrap();
+    assert_eq!(tokens.len(), 400, "every caller got a token");
+    assert!(
+        tokens.iter().all(|t| *t == tokens[0]),
+        "all processes share one token"
+    );
+    assert_eq!(
+        s.token_requests(),
+        1,
+        "one mint for 8 processes × 50 callers"
+    );
+}
+
+#[cfg(unix)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lease_holder_killed_mid_mint_blocks_others_at_most_the_lease() {
+    let s = Setup::new().await;
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("tokens.db");
+    SqliteStore::open(&db).unwrap();
+    let lease = Duration::from_secs(2);
+    s.emulator.set_latency(Duration::from_secs(30)); // the holder's mint hangs
+    let mut holder = spawn_child(&s, &db, 1, lease);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while s.token_requests() == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the holder never reached the token endpoint"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    holder.kill().unwrap(); // SIGKILL
+    holder.wait().unwrap();
+    let killed_at = Instant::now();
+    s.emulator.set_latency(Duration::ZERO);
+    let next = spawn_child(&s, &db, 5, lease);
+    let tokens = tokio::task::spawn_blocking(move || tokens_of(next))
+        .await
+        .unwrap();
+    let waited = killed_at.elapsed();
+    assert_eq!(tokens.len(), 5);
+    assert_eq!(
+        s.token_requests(),
+        2,
+        "the dead holder's request and one more"
+    );
+    // Generous bound for process start-up on a loaded machine; the lease is 2 s.
+    assert!(waited < lease + Duration::from_secs(10), "took {waited:?}");
+    eprintln!("recovered {waited:?} after the SIGKILL (lease {lease:?})");
+}
+
+#[cfg(unix)]
+#[test]
+fn kill_9_during_writes_never_corrupts() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("tokens.db");
+    drop(SqliteStore::open(&db).unwrap());
+    for round in 0..3 {
+        let mut child = Command::new(std::env::current_exe().unwrap())
+            .args(["--ignored", "--exact", "writer_process", "--nocapture"])
+            .env("WRITER_DB", &db)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(300 + 100 * round));
+        child.kill().unwrap();
+        child.wait().unwrap();
+        let store = SqliteStore::open(&db).expect("the file survives kill -9");
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let value = rt.block_on(store.get("ZC_CONN_writer:00000")).unwrap();
+        let n: u64 = value
+            .expect("a committed value")
+            .data
+            .parse()
+            .expect("a whole value, not a torn one");
+        assert!(n > 0);
+    }
+}
+
+#[test]
+#[ignore = "helper: kill_9_during_writes_never_corrupts runs it as a child process"]
+fn writer_process() {
+    let db = std::env::var("WRITER_DB").unwrap();
+    let store = SqliteStore::open(db).unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let key = "ZC_CONN_writer:00000";
+        loop {
+            let cur = store.get(key).await.unwrap();
+            let (gen_, n) = cur
+                .map(|v| (Some(v.generation), v.data.parse::<u64>().unwrap()))
+                .unwrap_or((None, 0));
+            let big = format!("{}", n + 1);
+            store
+                .compare_and_set(TokenWrite::new(key, gen_, &big, Duration::from_secs(3600)))
+                .await
+                .unwrap();
+        }
+    });
+}
+
+#[tokio::test]
+async fn records_on_disk_are_in_the_sdk_format() {
+    let s = Setup::new().await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("tokens.db");
+    let crm = sqlite_connection(&s, &path, None).connector("crm").unwrap();
+    let token = crm.access_token().await.unwrap();
+    let raw = SqliteStore::open(&path)
+        .unwrap()
+        .get(&crm.cache_key())
+        .await
+        .unwrap()
+        .unwrap();
+    let record = TokenRecord::from_json(&raw.data).unwrap();
+    assert_eq!(record.access_token.expose_secret(), token.expose_secret());
+    assert_eq!(record.lifetime_secs, 3600);
+}
