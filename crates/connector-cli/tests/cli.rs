@@ -41,6 +41,12 @@ impl Env {
         let mut cmd = Command::cargo_bin("connector").unwrap();
         cmd.current_dir(self.dir.path())
             .env_remove("CONNECTOR_CONFIG")
+            .env_remove("CONNECTOR_ENCRYPTION_KEY")
+            .env_remove("CONNECTOR_ENCRYPTION_KEY_FILE")
+            .env(
+                "CONNECTOR_STORE",
+                format!("sqlite:{}", self.dir.path().join("tokens.db").display()),
+            )
             .args(args);
         tokio::task::spawn_blocking(move || cmd.output().unwrap())
             .await
