@@ -10,7 +10,7 @@ use serde_json::Value;
 use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 /// A set of connectors, like the SDKs' `app.connection({...})`.
@@ -33,6 +33,53 @@ use std::time::Duration;
 #[derive(Clone)]
 pub struct Connection {
     connectors: Arc<BTreeMap<String, Connector>>,
+    _keep_warm: Option<Arc<AbortOnDrop>>,
+}
+
+/// Stops the keep-warm task when the last clone of the connection is dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Keep-warm: refreshes recently used connectors shortly before their refresh point.
+async fn keep_warm(
+    connectors: Weak<BTreeMap<String, Connector>>,
+    clock: Arc<dyn Clock>,
+    tick: Duration,
+) {
+    const RECENT_MS: i64 = 3_600_000;
+    let seed: u64 = rand::random();
+    loop {
+        tokio::time::sleep(tick).await;
+        let Some(map) = connectors.upgrade() else {
+            return;
+        };
+        let now = clock.now_millis();
+        for connector in map.values() {
+            let used = connector.last_used();
+            if used == 0 || now - used > RECENT_MS {
+                continue;
+            }
+            let Some((refresh_at, expires_at)) = connector.schedule() else {
+                continue;
+            };
+            // A jitter fixed per token and process: 1–11 % of the margin before the refresh point.
+            let u = (seed ^ (refresh_at as u64)).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 54; // 0..1023
+            let margin = u64::try_from(expires_at - refresh_at).unwrap_or(0);
+            let lead = margin / 100 + margin * u / (1023 * 10);
+            if connector.refresh_if_due(now, Duration::from_millis(lead)) {
+                tracing::debug!(
+                    connector = connector.name(),
+                    lead_ms = lead,
+                    "keep-warm refresh started"
+                );
+            }
+        }
+    }
 }
 
 impl fmt::Debug for Connection {
@@ -106,7 +153,9 @@ pub struct ConnectionBuilder {
     encryption_key: Option<EncryptionKey>,
     use_env: bool,
     clock: Arc<dyn Clock>,
-    lease_ttl: Duration,
+    options: Options,
+    keep_warm: bool,
+    keep_warm_tick: Duration,
     connect_timeout: Duration,
     request_timeout: Duration,
 }
@@ -130,7 +179,9 @@ impl Default for ConnectionBuilder {
             encryption_key: None,
             use_env: true,
             clock: Arc::new(SystemClock),
-            lease_ttl: Duration::from_secs(30),
+            options: Options::default(),
+            keep_warm: false,
+            keep_warm_tick: Duration::from_secs(1),
             connect_timeout: Duration::from_secs(5),
             request_timeout: Duration::from_secs(30),
         }
@@ -203,7 +254,54 @@ impl ConnectionBuilder {
 
     /// How long a process may hold the right to mint before others take over (default 30 s).
     pub fn lease_ttl(mut self, ttl: Duration) -> Self {
-        self.lease_ttl = ttl;
+        self.options.lease_ttl = ttl;
+        self
+    }
+
+    /// How long a caller with no valid token waits for one before [`Error::DeadlineExceeded`]
+    /// (default 30 s). Callers holding a valid token never wait.
+    pub fn wait_deadline(mut self, deadline: Duration) -> Self {
+        self.options.wait_deadline = deadline;
+        self
+    }
+
+    /// How long a permanent failure (revoked refresh token, bad client) is remembered before the
+    /// token endpoint is asked again (default 30 s). Meanwhile callers get the remembered error.
+    pub fn negative_cache_ttl(mut self, ttl: Duration) -> Self {
+        self.options.negative_ttl = ttl;
+        self
+    }
+
+    /// Backoff between failed refreshes: a random delay in `[0, min(cap, base·2ⁿ)]` after the
+    /// n-th consecutive transient failure (default base 1 s, cap 120 s).
+    pub fn backoff(mut self, base: Duration, cap: Duration) -> Self {
+        self.options.backoff_base = base;
+        self.options.backoff_cap = cap.max(base);
+        self
+    }
+
+    /// The mint governor: at most `limit` mints per refresh token per `window`, counted in the
+    /// store so processes sharing it count together (default 10 per 10 minutes, Zoho's limit;
+    /// `0` disables it). At the limit, callers keep the current token if it is valid, else get
+    /// [`Error::Throttled`] saying when a slot frees.
+    pub fn mint_limit(mut self, limit: u32, window: Duration) -> Self {
+        self.options.mint_limit = limit;
+        self.options.mint_window = window;
+        self
+    }
+
+    /// Keep-warm: a background task refreshes connectors used in the last hour shortly before
+    /// their refresh point (with a random 1–11 % of the margin, so hosts do not refresh in
+    /// lockstep), so no caller ever waits for a refresh. It stops when the connection is dropped.
+    /// Needs a Tokio runtime when the connection is built.
+    pub fn keep_warm(mut self, on: bool) -> Self {
+        self.keep_warm = on;
+        self
+    }
+
+    /// How often keep-warm looks at the connectors (default 1 s).
+    pub fn keep_warm_interval(mut self, every: Duration) -> Self {
+        self.keep_warm_tick = every;
         self
     }
 
@@ -330,16 +428,36 @@ impl ConnectionBuilder {
             store,
             clock,
             client,
-            options: Options {
-                lease_ttl: self.lease_ttl,
-            },
+            options: self.options,
         });
-        let connectors = by_name
-            .into_iter()
-            .map(|(name, (config, _))| (name, Connector::new(config, Arc::clone(&runtime))))
-            .collect();
+        let connectors: Arc<BTreeMap<String, Connector>> = Arc::new(
+            by_name
+                .into_iter()
+                .map(|(name, (config, _))| (name, Connector::new(config, Arc::clone(&runtime))))
+                .collect(),
+        );
+        let keep_warm_task = if self.keep_warm {
+            let handle = tokio::runtime::Handle::try_current().map_err(|_| {
+                Error::Config(ConfigErrors(vec![ConfigIssue {
+                    source: None,
+                    connector: None,
+                    field: Some("keep_warm".into()),
+                    problem: "keep-warm needs a Tokio runtime: build the connection inside one"
+                        .into(),
+                }]))
+            })?;
+            let task = handle.spawn(keep_warm(
+                Arc::downgrade(&connectors),
+                Arc::clone(&runtime.clock),
+                self.keep_warm_tick,
+            ));
+            Some(Arc::new(AbortOnDrop(task)))
+        } else {
+            None
+        };
         Ok(Connection {
-            connectors: Arc::new(connectors),
+            connectors,
+            _keep_warm: keep_warm_task,
         })
     }
 }

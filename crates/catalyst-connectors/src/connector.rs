@@ -16,6 +16,7 @@
 use crate::clock::{Clock, EpochMillis, millis_to_system_time};
 use crate::config::ConnectorConfig;
 use crate::error::{Error, Result};
+use crate::governor;
 use crate::key;
 use crate::oauth::{Grant, TokenClient, TokenResponse};
 use crate::secret::{AccessTokenSecret, ExposeSecret, GrantCode, RefreshToken};
@@ -24,6 +25,7 @@ use arc_swap::{ArcSwap, ArcSwapOption};
 use futures::FutureExt as _;
 use futures::future::{BoxFuture, Shared};
 use std::fmt;
+use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
@@ -31,6 +33,33 @@ use std::time::{Duration, SystemTime};
 #[derive(Debug, Clone)]
 pub(crate) struct Options {
     pub lease_ttl: Duration,
+    /// How long a caller with no valid token waits before a typed error.
+    pub wait_deadline: Duration,
+    /// How long a permanent failure is remembered before Zoho is asked again.
+    pub negative_ttl: Duration,
+    /// Backoff between failed refresh attempts: full jitter over `base · 2^n`, capped.
+    pub backoff_base: Duration,
+    pub backoff_cap: Duration,
+    /// Immediate attempts for a caller that has no valid token (transient failures only).
+    pub wait_attempts: u32,
+    /// Mint governor: at most `mint_limit` mints per refresh token per `mint_window`.
+    pub mint_limit: u32,
+    pub mint_window: Duration,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            lease_ttl: Duration::from_secs(30),
+            wait_deadline: Duration::from_secs(30),
+            negative_ttl: Duration::from_secs(30),
+            backoff_base: Duration::from_secs(1),
+            backoff_cap: Duration::from_secs(120),
+            wait_attempts: 3,
+            mint_limit: 10,
+            mint_window: Duration::from_secs(600),
+        }
+    }
 }
 
 /// What every connector of one connection shares.
@@ -148,6 +177,8 @@ struct Credentials {
     fingerprint: String,
     /// Where a refresh token obtained at run time is kept (independent of the refresh token).
     refresh_key: String,
+    /// Where the mint governor counts mints for this refresh token.
+    governor_key: String,
 }
 
 impl Credentials {
@@ -170,11 +201,13 @@ impl Credentials {
         let fingerprint = key::fingerprint(&config.client_id, rt, &config.refresh_url);
         let refresh_key =
             key::refresh_token_key(&config.name, &config.client_id, &config.refresh_url);
+        let governor_key = format!("{}mints:{}", key::KEY_PREFIX, &fingerprint[..16]);
         Self {
             refresh_token,
             key,
             fingerprint,
             refresh_key,
+            governor_key,
         }
     }
 }
@@ -187,6 +220,123 @@ struct ConnectorInner {
     creds: ArcSwap<Credentials>,
     current: ArcSwapOption<TokenInner>,
     flight: Mutex<Option<Flight>>,
+    /// Epoch ms before which no refresh is attempted; `IN_FLIGHT` while one runs in the background.
+    next_attempt_at: AtomicI64,
+    health: Mutex<Health>,
+    waiters: AtomicUsize,
+    /// Epoch ms of the last `access_token` call, to the second (for keep-warm).
+    last_used: AtomicI64,
+    metrics: Metrics,
+}
+
+const IN_FLIGHT: i64 = i64::MAX;
+
+/// What the connector remembers about its recent refresh attempts.
+#[derive(Default)]
+struct Health {
+    consecutive_failures: u32,
+    last_error: Option<(Error, EpochMillis)>,
+    /// The error a waiting caller gets while `next_attempt_at` is in the future.
+    blocking_error: Option<Error>,
+    last_mint_at: Option<EpochMillis>,
+}
+
+/// Counters registered once per connector (install your `metrics` recorder before building the
+/// connection).
+struct Metrics {
+    memory_hits: metrics::Counter,
+    store_hits: metrics::Counter,
+    misses: metrics::Counter,
+    mints_ok: metrics::Counter,
+    mints_failed: metrics::Counter,
+    served_stale: metrics::Counter,
+    governor_refusals: metrics::Counter,
+}
+
+impl Metrics {
+    fn new(name: &str) -> Self {
+        let c = |metric: &'static str, extra: Option<(&'static str, &'static str)>| {
+            let connector = name.to_owned();
+            match extra {
+                Some((k, v)) => metrics::counter!(metric, "connector" => connector, k => v),
+                None => metrics::counter!(metric, "connector" => connector),
+            }
+        };
+        Self {
+            memory_hits: c("catalyst_connectors_hits_total", Some(("layer", "memory"))),
+            store_hits: c("catalyst_connectors_hits_total", Some(("layer", "store"))),
+            misses: c("catalyst_connectors_misses_total", None),
+            mints_ok: c("catalyst_connectors_mints_total", Some(("outcome", "ok"))),
+            mints_failed: c(
+                "catalyst_connectors_mints_total",
+                Some(("outcome", "error")),
+            ),
+            served_stale: c("catalyst_connectors_served_stale_total", None),
+            governor_refusals: c("catalyst_connectors_governor_refusals_total", None),
+        }
+    }
+}
+
+/// Why a flight runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    /// A caller has no valid token and waits: a stale token from the store is good enough, and
+    /// transient failures are retried a few times at once.
+    Wait,
+    /// The token is stale (or about to be): refresh it, nobody waits.
+    Background,
+    /// `force_refresh`: mint even if the store has a fresh token.
+    Force,
+}
+
+/// What a flight did at the token endpoint.
+enum Attempt {
+    /// No request was needed (the store had a token).
+    None,
+    Minted,
+    Failed(Error),
+}
+
+/// The state of a connector's token, as seen by [`Connector::status`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum TokenState {
+    /// No token in memory.
+    Empty,
+    /// Before its refresh point.
+    Fresh,
+    /// Past its refresh point, still valid: served while a refresh runs.
+    Stale,
+    /// Past its expiry.
+    Expired,
+}
+
+/// A snapshot of a connector's state, from [`Connector::status`].
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct ConnectorStatus {
+    /// The connector's name.
+    pub name: String,
+    /// Fresh, stale, expired or empty.
+    pub state: TokenState,
+    /// Where the token in memory came from.
+    pub source: Option<TokenSource>,
+    /// When the token in memory expires.
+    pub expires_at: Option<SystemTime>,
+    /// When the token in memory is due for refresh.
+    pub refresh_at: Option<SystemTime>,
+    /// The last refresh failure and when it happened (kept after a later success).
+    pub last_error: Option<(Error, SystemTime)>,
+    /// When the next refresh may be attempted, if a failure or the governor delays it.
+    pub next_attempt_at: Option<SystemTime>,
+    /// Whether a refresh is running now.
+    pub refreshing: bool,
+    /// Mints recorded for this refresh token in the governor's window.
+    pub mints_in_window: usize,
+    /// The governor's limit.
+    pub mint_limit: u32,
+    /// Callers waiting for a token right now.
+    pub waiters: usize,
 }
 
 /// A named connector. Cheap to clone; all clones from one [`Connection`](crate::Connection) share
@@ -208,6 +358,8 @@ impl fmt::Debug for Connector {
 enum StoreRead {
     /// A fresh token for these credentials.
     Fresh(AccessToken),
+    /// A valid token for these credentials, past its refresh point.
+    Stale(AccessToken),
     /// Nothing usable; the generation to compare-and-set against.
     Miss(Option<u64>),
 }
@@ -215,6 +367,7 @@ enum StoreRead {
 impl Connector {
     pub(crate) fn new(config: ConnectorConfig, runtime: Arc<Runtime>) -> Self {
         let creds = Credentials::new(&config, config.refresh_token.clone());
+        let config_name = config.name.clone();
         Self {
             inner: Arc::new(ConnectorInner {
                 config,
@@ -222,6 +375,11 @@ impl Connector {
                 creds: ArcSwap::from_pointee(creds),
                 current: ArcSwapOption::empty(),
                 flight: Mutex::new(None),
+                next_attempt_at: AtomicI64::new(0),
+                health: Mutex::new(Health::default()),
+                waiters: AtomicUsize::new(0),
+                last_used: AtomicI64::new(0),
+                metrics: Metrics::new(&config_name),
             }),
         }
     }
@@ -243,19 +401,273 @@ impl Connector {
 
     /// Returns a valid access token: from memory when fresh, else from the store, else by minting
     /// one. Concurrent callers share one mint.
+    ///
+    /// A token past its refresh point but not expired (*stale*) is returned at once while one
+    /// refresh runs in the background; a failing refresh never fails a caller while the token is
+    /// valid. Callers wait only when no valid token exists, and at most the connection's wait
+    /// deadline.
     pub async fn access_token(&self) -> Result<AccessToken> {
-        if let Some(token) = self.fresh_in_memory() {
-            tracing::trace!(connector = %self.inner.config.name, "token hit in memory");
-            return Ok(token);
+        let now = self.inner.runtime.clock.now_millis();
+        self.touch(now);
+        {
+            let guard = self.inner.current.load();
+            if let Some(token) = guard.as_ref() {
+                if now < token.refresh_at {
+                    self.inner.metrics.memory_hits.increment(1);
+                    return Ok(AccessToken(Arc::clone(token)));
+                }
+                if now < token.expires_at {
+                    self.inner.metrics.served_stale.increment(1);
+                    let token = AccessToken(Arc::clone(token));
+                    drop(guard);
+                    self.refresh_in_background(now);
+                    return Ok(token);
+                }
+            }
         }
-        self.join_flight(false).await
+        self.wait_for_token(now).await
     }
 
     /// Mints a new token now, even if a fresh one is cached, and caches it. Joins an acquisition
-    /// already in flight instead of starting a second one.
+    /// already in flight instead of starting a second one. Ignores the backoff after failures,
+    /// but not the mint governor.
     pub async fn force_refresh(&self) -> Result<AccessToken> {
         self.inner.current.store(None);
-        self.join_flight(true).await
+        self.flight(Mode::Force).await
+    }
+
+    /// A snapshot of the connector's state: token, schedule, failures, governor, waiters.
+    pub async fn status(&self) -> ConnectorStatus {
+        let now = self.inner.runtime.clock.now_millis();
+        let current = self.inner.current.load_full();
+        let state = match &current {
+            None => TokenState::Empty,
+            Some(t) if now < t.refresh_at => TokenState::Fresh,
+            Some(t) if now < t.expires_at => TokenState::Stale,
+            Some(_) => TokenState::Expired,
+        };
+        let next = self.inner.next_attempt_at.load(Ordering::Acquire);
+        let last_error = self
+            .health()
+            .last_error
+            .clone()
+            .map(|(e, at)| (e, millis_to_system_time(at)));
+        let creds = self.inner.creds.load_full();
+        let mints = governor::recent_mints(
+            &*self.inner.runtime.store,
+            &creds.governor_key,
+            now,
+            self.inner.runtime.options.mint_window,
+        )
+        .await
+        .len();
+        ConnectorStatus {
+            name: self.inner.config.name.clone(),
+            state,
+            source: current.as_ref().map(|t| t.source),
+            expires_at: current
+                .as_ref()
+                .map(|t| millis_to_system_time(t.expires_at)),
+            refresh_at: current
+                .as_ref()
+                .map(|t| millis_to_system_time(t.refresh_at)),
+            last_error,
+            next_attempt_at: (next > now && next != IN_FLIGHT).then(|| millis_to_system_time(next)),
+            refreshing: self.lock_flight().is_some(),
+            mints_in_window: mints,
+            mint_limit: self.inner.runtime.options.mint_limit,
+            waiters: self.inner.waiters.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Whether a refresh is running now.
+    pub fn is_refreshing(&self) -> bool {
+        self.lock_flight().is_some()
+    }
+
+    /// Starts a background refresh if the token is within `lead` of its refresh point (or past
+    /// it) and no refresh is running or backing off. Used by keep-warm.
+    pub(crate) fn refresh_if_due(&self, now: EpochMillis, lead: Duration) -> bool {
+        let guard = self.inner.current.load();
+        let Some(token) = guard.as_ref() else {
+            return false;
+        };
+        let lead = i64::try_from(lead.as_millis()).unwrap_or(i64::MAX);
+        if now < token.refresh_at.saturating_sub(lead) || now >= token.expires_at {
+            return false;
+        }
+        drop(guard);
+        self.refresh_in_background(now)
+    }
+
+    /// Epoch ms of the last `access_token` call (to the second), 0 if never.
+    pub(crate) fn last_used(&self) -> EpochMillis {
+        self.inner.last_used.load(Ordering::Relaxed)
+    }
+
+    /// The token in memory's `(refresh_at, expires_at)`, if any.
+    pub(crate) fn schedule(&self) -> Option<(EpochMillis, EpochMillis)> {
+        self.inner
+            .current
+            .load()
+            .as_ref()
+            .map(|t| (t.refresh_at, t.expires_at))
+    }
+
+    fn touch(&self, now: EpochMillis) {
+        // Written at most once a second, so the hot path stays a read.
+        if now - self.inner.last_used.load(Ordering::Relaxed) >= 1000 {
+            self.inner.last_used.store(now, Ordering::Relaxed);
+        }
+    }
+
+    fn health(&self) -> std::sync::MutexGuard<'_, Health> {
+        self.inner.health.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn lock_flight(&self) -> std::sync::MutexGuard<'_, Option<Flight>> {
+        self.inner.flight.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Claims the right to start a background refresh and starts it. Returns whether it did.
+    fn refresh_in_background(&self, now: EpochMillis) -> bool {
+        let next = self.inner.next_attempt_at.load(Ordering::Acquire);
+        if now < next {
+            return false; // backing off, or one is running
+        }
+        let Ok(handle) = tokio::runtime::Handle::try_current() else {
+            return false; // no runtime to run it on: the next waiting caller refreshes
+        };
+        if self
+            .inner
+            .next_attempt_at
+            .compare_exchange(next, IN_FLIGHT, Ordering::AcqRel, Ordering::Acquire)
+            .is_err()
+        {
+            return false; // another caller claimed it
+        }
+        tracing::debug!(connector = %self.inner.config.name, "refreshing in the background");
+        let flight = self.flight_or_start(Mode::Background);
+        handle.spawn(async move {
+            let _ = flight.await;
+        });
+        true
+    }
+
+    /// The path of a caller with no valid token.
+    async fn wait_for_token(&self, now: EpochMillis) -> Result<AccessToken> {
+        let next = self.inner.next_attempt_at.load(Ordering::Acquire);
+        if next != IN_FLIGHT && now < next {
+            // A recent attempt failed: answer with its error now rather than hammer the endpoint.
+            if let Some(e) = self.health().blocking_error.clone() {
+                return Err(e);
+            }
+        }
+        self.inner.metrics.misses.increment(1);
+        let waiting = WaiterGuard::new(&self.inner.waiters);
+        let deadline = self.inner.runtime.options.wait_deadline;
+        let flight = self.flight_or_start(Mode::Wait);
+        let result = match tokio::time::timeout(deadline, flight).await {
+            Ok(r) => r,
+            Err(_) => Err(Error::DeadlineExceeded {
+                connector: self.inner.config.name.clone(),
+                deadline,
+            }),
+        };
+        drop(waiting);
+        if let Ok(token) = &result {
+            let now = self.inner.runtime.clock.now_millis();
+            if now >= token.0.refresh_at {
+                // A stale token from the store: serve it, refresh behind it.
+                self.refresh_in_background(now);
+            }
+        }
+        result
+    }
+
+    async fn flight(&self, mode: Mode) -> Result<AccessToken> {
+        self.flight_or_start(mode).await
+    }
+
+    /// Joins the flight in progress or starts one. The flight is a shared future kept in the
+    /// connector's slot until it completes: whoever polls it drives it (a background refresh is
+    /// driven by a spawned task), and a cancelled caller does not cancel it.
+    fn flight_or_start(&self, mode: Mode) -> Flight {
+        let mut slot = self.lock_flight();
+        if let Some(f) = slot.as_ref() {
+            return f.clone();
+        }
+        let this = self.clone();
+        let f = async move { this.run_flight(mode).await }.boxed().shared();
+        *slot = Some(f.clone());
+        f
+    }
+
+    async fn run_flight(&self, mode: Mode) -> Result<AccessToken> {
+        let options = &self.inner.runtime.options;
+        let mut attempt = 0;
+        let (result, outcome) = loop {
+            attempt += 1;
+            let (result, outcome) = self.acquire(mode).await;
+            let retry = mode == Mode::Wait
+                && attempt < options.wait_attempts
+                && matches!(&outcome, Attempt::Failed(e) if is_transient_failure(e));
+            if !retry {
+                break (result, outcome);
+            }
+            let ceiling = Duration::from_millis(100).saturating_mul(1 << attempt.min(10));
+            tokio::time::sleep(full_jitter(ceiling)).await;
+        };
+        self.record_outcome(outcome);
+        *self.lock_flight() = None;
+        result
+    }
+
+    /// Updates the schedule after a flight: when the next attempt may run, and what waiting
+    /// callers are told until then.
+    fn record_outcome(&self, outcome: Attempt) {
+        let options = &self.inner.runtime.options;
+        let now = self.inner.runtime.clock.now_millis();
+        let ms = |d: Duration| i64::try_from(d.as_millis()).unwrap_or(i64::MAX);
+        let mut health = self.health();
+        let next = match outcome {
+            Attempt::None => {
+                health.blocking_error = None;
+                let current = self.inner.next_attempt_at.load(Ordering::Acquire);
+                if current == IN_FLIGHT { 0 } else { current }
+            }
+            Attempt::Minted => {
+                self.inner.metrics.mints_ok.increment(1);
+                health.consecutive_failures = 0;
+                health.blocking_error = None;
+                health.last_mint_at = Some(now);
+                0
+            }
+            Attempt::Failed(e) => {
+                let delay = match &e {
+                    Error::Throttled { retry_after, .. } => {
+                        retry_after.unwrap_or(options.mint_window)
+                    }
+                    e if is_transient_failure(e) => {
+                        health.consecutive_failures = health.consecutive_failures.saturating_add(1);
+                        let exp = health.consecutive_failures.saturating_sub(1).min(20);
+                        full_jitter(
+                            options
+                                .backoff_base
+                                .saturating_mul(1 << exp)
+                                .min(options.backoff_cap),
+                        )
+                    }
+                    Error::MissingRefreshToken { .. } => Duration::ZERO,
+                    _ => options.negative_ttl,
+                };
+                tracing::debug!(connector = %self.inner.config.name, retry_in_ms = ms(delay), "next refresh attempt scheduled");
+                health.last_error = Some((e.clone(), now));
+                health.blocking_error = Some(e);
+                now.saturating_add(ms(delay))
+            }
+        };
+        self.inner.next_attempt_at.store(next, Ordering::Release);
     }
 
     /// Drops this process's in-memory copy of the token only; the next call reads the store. Useful
@@ -368,68 +780,51 @@ impl Connector {
         }
     }
 
-    fn fresh_in_memory(&self) -> Option<AccessToken> {
-        let guard = self.inner.current.load();
-        let token = guard.as_ref()?;
-        (self.inner.runtime.clock.now_millis() < token.refresh_at)
-            .then(|| AccessToken(Arc::clone(token)))
-    }
-
-    async fn join_flight(&self, force: bool) -> Result<AccessToken> {
-        let flight = {
-            let mut slot = self.inner.flight.lock().unwrap_or_else(|p| p.into_inner());
-            if !force {
-                if let Some(token) = self.fresh_in_memory() {
-                    return Ok(token);
-                }
-            }
-            match slot.as_ref() {
-                Some(f) => f.clone(),
-                None => {
-                    let f = self.start_flight(force);
-                    *slot = Some(f.clone());
-                    f
-                }
-            }
-        };
-        flight.await
-    }
-
-    /// The flight is a shared future kept in the connector's slot until it completes: whichever
-    /// waiter polls it drives it, so it needs no task of its own, and a cancelled caller does not
-    /// cancel it (the slot keeps it, and the next caller resumes it).
-    fn start_flight(&self, force: bool) -> Flight {
-        let this = self.clone();
-        async move {
-            let result = this.acquire(force).await;
-            *this.inner.flight.lock().unwrap_or_else(|p| p.into_inner()) = None;
-            result
-        }
-        .boxed()
-        .shared()
-    }
-
-    /// Store, then lease, then mint. Runs once per flight.
-    async fn acquire(&self, force: bool) -> Result<AccessToken> {
+    /// Store, then lease, then governor, then mint. Runs once per attempt of a flight. Returns
+    /// what callers get, and what happened at the token endpoint.
+    async fn acquire(&self, mode: Mode) -> (Result<AccessToken>, Attempt) {
         let name = &self.inner.config.name;
         let runtime = &self.inner.runtime;
-        let creds = self.resolve_credentials().await?;
+        let creds = match self.resolve_credentials().await {
+            Ok(c) => c,
+            Err(e) => return (Err(e.clone()), Attempt::Failed(e)),
+        };
         let Some(refresh_token) = creds.refresh_token.clone() else {
-            return Err(Error::MissingRefreshToken {
+            let e = Error::MissingRefreshToken {
                 connector: name.clone(),
-            });
+            };
+            return (Err(e.clone()), Attempt::Failed(e));
         };
-        let mut expected = match self.read_store(&creds).await {
-            StoreRead::Fresh(token) if !force => return Ok(self.install(&creds, token)),
-            StoreRead::Fresh(token) => token.generation(),
-            StoreRead::Miss(generation) => generation,
-        };
+        // A valid token to fall back on if the refresh fails.
+        let mut fallback = self
+            .inner
+            .current
+            .load_full()
+            .filter(|t| runtime.clock.now_millis() < t.expires_at)
+            .map(AccessToken);
+        // A background refresh accepts only a token newer than the one it replaces.
+        let floor = fallback.as_ref().map_or(i64::MIN, |t| t.0.refresh_at);
+        let read = self.read_store(&creds).await;
+        if let Some(token) = acceptable(&read, mode, floor) {
+            self.inner.metrics.store_hits.increment(1);
+            return (Ok(self.install(&creds, token)), Attempt::None);
+        }
+        let mut expected = read.generation();
+        if let StoreRead::Fresh(token) | StoreRead::Stale(token) = read {
+            if mode != Mode::Force
+                && fallback
+                    .as_ref()
+                    .is_none_or(|f| token.0.expires_at > f.0.expires_at)
+            {
+                fallback = Some(token);
+            }
+        }
 
         let owner = format!("{}:{:016x}", std::process::id(), rand::random::<u64>());
         let mut leased = false;
         if runtime.store.is_shared() {
-            match self.wait_for_lease(&creds, &owner, force).await {
-                LeaseWait::Token(token) => return Ok(self.install(&creds, token)),
+            match self.wait_for_lease(&creds, &owner, mode, floor).await {
+                LeaseWait::Token(token) => return (Ok(self.install(&creds, token)), Attempt::None),
                 LeaseWait::Leased(generation) => {
                     leased = true;
                     expected = generation;
@@ -438,36 +833,92 @@ impl Connector {
             }
         }
 
-        let issued_at = runtime.clock.now_millis();
+        let outcome = self.mint(&creds, &refresh_token, expected).await;
+        if leased {
+            if let Err(e) = runtime.store.release_lease(&creds.key, &owner).await {
+                tracing::warn!(connector = %name, error = %e, "could not release the mint lease; it will expire");
+            }
+        }
+        match outcome {
+            Ok(token) => (Ok(token), Attempt::Minted),
+            Err(e) => match fallback.filter(|t| runtime.clock.now_millis() < t.0.expires_at) {
+                // Serve on failure: the old token is still good.
+                Some(token) if mode != Mode::Force => {
+                    tracing::warn!(connector = %name, error = %e, "refresh failed; serving the current token until it expires");
+                    (Ok(self.install(&creds, token)), Attempt::Failed(e))
+                }
+                _ => (Err(e.clone()), Attempt::Failed(e)),
+            },
+        }
+    }
+
+    /// Asks the governor, then the token endpoint; records the mint.
+    async fn mint(
+        &self,
+        creds: &Arc<Credentials>,
+        refresh_token: &RefreshToken,
+        expected: Option<u64>,
+    ) -> Result<AccessToken> {
+        let name = &self.inner.config.name;
+        let runtime = &self.inner.runtime;
+        let options = &runtime.options;
+        let now = runtime.clock.now_millis();
+        if options.mint_limit > 0 {
+            let mints = governor::recent_mints(
+                &*runtime.store,
+                &creds.governor_key,
+                now,
+                options.mint_window,
+            )
+            .await;
+            if mints.len() >= options.mint_limit as usize {
+                let window = i64::try_from(options.mint_window.as_millis()).unwrap_or(i64::MAX);
+                let frees_at = mints.first().copied().unwrap_or(now).saturating_add(window);
+                let retry_after =
+                    Duration::from_millis(u64::try_from(frees_at - now).unwrap_or(0).max(1000));
+                self.inner.metrics.governor_refusals.increment(1);
+                tracing::warn!(connector = %name, mints = mints.len(), retry_after_secs = retry_after.as_secs(), "mint governor: limit reached for this refresh token");
+                return Err(Error::Throttled {
+                    connector: name.clone(),
+                    code: "mint limit".into(),
+                    description: Some(format!(
+                        "{} tokens minted for this refresh token in the last {} s (limit {}); a slot frees in {} s",
+                        mints.len(),
+                        options.mint_window.as_secs(),
+                        options.mint_limit,
+                        retry_after.as_secs()
+                    )),
+                    retry_after: Some(retry_after),
+                });
+            }
+        }
+        let issued_at = now;
         tracing::debug!(connector = %name, "minting a token");
-        let result = runtime
+        let response = runtime
             .client
             .request(
                 name,
                 &self.inner.config.refresh_url,
                 &self.inner.config.client_id,
                 &self.inner.config.client_secret,
-                Grant::Refresh(&refresh_token),
+                Grant::Refresh(refresh_token),
+            )
+            .await
+            .inspect_err(|e| {
+                self.inner.metrics.mints_failed.increment(1);
+                tracing::warn!(connector = %name, error = %e, "token mint failed");
+            })?;
+        tracing::info!(connector = %name, lifetime_secs = response.lifetime.as_secs(), "token minted");
+        if options.mint_limit > 0 {
+            governor::record_mint(
+                &*runtime.store,
+                &creds.governor_key,
+                issued_at,
+                options.mint_window,
             )
             .await;
-        let outcome = match result {
-            Ok(response) => {
-                tracing::info!(connector = %name, lifetime_secs = response.lifetime.as_secs(), "token minted");
-                Ok(self
-                    .save_minted(&creds, response, issued_at, expected)
-                    .await)
-            }
-            Err(e) => {
-                tracing::warn!(connector = %name, error = %e, "token mint failed");
-                Err(e)
-            }
-        };
-        if leased {
-            if let Err(e) = runtime.store.release_lease(&creds.key, &owner).await {
-                tracing::warn!(connector = %name, error = %e, "could not release the mint lease; it will expire");
-            }
         }
-        outcome
+        Ok(self.save_minted(creds, response, issued_at, expected).await)
     }
 
     async fn read_store(&self, creds: &Credentials) -> StoreRead {
@@ -495,19 +946,28 @@ impl Connector {
             tracing::debug!(connector = %name, "token record was minted for other credentials; ignoring it");
             return StoreRead::Miss(Some(stored.generation));
         }
-        if runtime.clock.now_millis() >= record.refresh_at {
-            tracing::debug!(connector = %name, "token in store is due for refresh");
+        let now = runtime.clock.now_millis();
+        if now >= record.expires_at {
+            tracing::debug!(connector = %name, "token in store has expired");
             return StoreRead::Miss(Some(stored.generation));
         }
-        tracing::debug!(connector = %name, "token hit in store");
-        StoreRead::Fresh(self.token_from_record(
-            record,
-            Some(stored.generation),
-            TokenSource::Store,
-        ))
+        let stale = now >= record.refresh_at;
+        tracing::debug!(connector = %name, stale, "token hit in store");
+        let token = self.token_from_record(record, Some(stored.generation), TokenSource::Store);
+        if stale {
+            StoreRead::Stale(token)
+        } else {
+            StoreRead::Fresh(token)
+        }
     }
 
-    async fn wait_for_lease(&self, creds: &Credentials, owner: &str, force: bool) -> LeaseWait {
+    async fn wait_for_lease(
+        &self,
+        creds: &Credentials,
+        owner: &str,
+        mode: Mode,
+        floor: EpochMillis,
+    ) -> LeaseWait {
         let name = &self.inner.config.name;
         let runtime = &self.inner.runtime;
         let ttl = runtime.options.lease_ttl;
@@ -520,23 +980,20 @@ impl Connector {
             {
                 Ok(true) => {
                     // Someone may have written between our read and the lease: read again.
-                    return match self.read_store(creds).await {
-                        StoreRead::Fresh(token) if !force => {
-                            let _ = runtime.store.release_lease(&creds.key, owner).await;
-                            LeaseWait::Token(token)
-                        }
-                        StoreRead::Fresh(token) => LeaseWait::Leased(token.generation()),
-                        StoreRead::Miss(generation) => LeaseWait::Leased(generation),
-                    };
+                    let read = self.read_store(creds).await;
+                    if let Some(token) = acceptable(&read, mode, floor) {
+                        let _ = runtime.store.release_lease(&creds.key, owner).await;
+                        return LeaseWait::Token(token);
+                    }
+                    return LeaseWait::Leased(read.generation());
                 }
                 Ok(false) => {
                     tracing::debug!(connector = %name, "another process holds the mint lease; waiting for its token");
                     tokio::time::sleep(delay).await;
                     delay = (delay * 2).min(Duration::from_millis(250));
-                    if let StoreRead::Fresh(token) = self.read_store(creds).await {
-                        if !force {
-                            return LeaseWait::Token(token);
-                        }
+                    let read = self.read_store(creds).await;
+                    if let Some(token) = acceptable(&read, mode, floor) {
+                        return LeaseWait::Token(token);
                     }
                 }
                 Err(e) => {
@@ -658,6 +1115,60 @@ impl RefreshRecord {
         let rt = v.get("refresh_token")?.as_str().filter(|s| !s.is_empty())?;
         matches.then(|| RefreshToken::new(rt))
     }
+}
+
+impl StoreRead {
+    /// The generation to compare-and-set against.
+    fn generation(&self) -> Option<u64> {
+        match self {
+            StoreRead::Fresh(t) | StoreRead::Stale(t) => t.generation(),
+            StoreRead::Miss(g) => *g,
+        }
+    }
+}
+
+/// The stored token a flight of `mode` may use instead of minting: a waiting caller takes any
+/// valid one; a background refresh only a fresh one newer than the token it replaces (`floor` is
+/// that token's refresh point); a forced refresh none.
+fn acceptable(read: &StoreRead, mode: Mode, floor: EpochMillis) -> Option<AccessToken> {
+    match (mode, read) {
+        (Mode::Wait, StoreRead::Fresh(t) | StoreRead::Stale(t)) => Some(t.clone()),
+        (Mode::Background, StoreRead::Fresh(t)) if t.0.refresh_at > floor => Some(t.clone()),
+        _ => None,
+    }
+}
+
+/// Counts a waiting caller for as long as it lives.
+struct WaiterGuard<'a>(&'a AtomicUsize);
+
+impl<'a> WaiterGuard<'a> {
+    fn new(counter: &'a AtomicUsize) -> Self {
+        counter.fetch_add(1, Ordering::Relaxed);
+        Self(counter)
+    }
+}
+
+impl Drop for WaiterGuard<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Failures worth retrying soon: the endpoint may answer next time.
+fn is_transient_failure(e: &Error) -> bool {
+    matches!(
+        e,
+        Error::Transient { .. }
+            | Error::MalformedResponse { .. }
+            | Error::Store { .. }
+            | Error::DeadlineExceeded { .. }
+    )
+}
+
+/// A uniformly random duration in `[0, ceiling]` ("full jitter").
+fn full_jitter(ceiling: Duration) -> Duration {
+    let ms = u64::try_from(ceiling.as_millis()).unwrap_or(u64::MAX);
+    Duration::from_millis(rand::random_range(0..=ms))
 }
 
 enum LeaseWait {

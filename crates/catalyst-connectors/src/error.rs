@@ -146,6 +146,18 @@ pub enum Error {
         source: StoreError,
     },
 
+    /// No valid token could be obtained within the wait deadline.
+    #[error(
+        "connector `{connector}`: no valid token within {}s (the token endpoint is slow or unreachable); retry later",
+        deadline.as_secs_f32()
+    )]
+    DeadlineExceeded {
+        /// The connector.
+        connector: String,
+        /// The deadline that passed.
+        deadline: Duration,
+    },
+
     /// The token store could not be opened.
     #[error("cannot open the token store: {0}")]
     StoreOpen(#[source] StoreError),
@@ -160,7 +172,10 @@ impl Error {
     pub fn is_transient(&self) -> bool {
         matches!(
             self,
-            Self::Transient { .. } | Self::Throttled { .. } | Self::Store { .. }
+            Self::Transient { .. }
+                | Self::Throttled { .. }
+                | Self::Store { .. }
+                | Self::DeadlineExceeded { .. }
         )
     }
 

@@ -39,6 +39,7 @@ mod connection;
 mod connector;
 mod dc;
 mod error;
+mod governor;
 pub mod key;
 mod oauth;
 mod secret;
@@ -49,7 +50,9 @@ pub use clock::{
 };
 pub use config::{ConfigErrors, ConfigIssue, ConnectorConfig, ConnectorConfigBuilder};
 pub use connection::{Connection, ConnectionBuilder};
-pub use connector::{AccessToken, Connector, GeneratedTokens, TokenSource};
+pub use connector::{
+    AccessToken, Connector, ConnectorStatus, GeneratedTokens, TokenSource, TokenState,
+};
 pub use dc::{DataCenter, UnknownDataCenter};
 pub use error::{Error, Result, TransientKind};
 pub use secret::{AccessTokenSecret, ClientSecret, ExposeSecret, GrantCode, RefreshToken};

@@ -128,6 +128,7 @@ async fn short_lived_tokens_are_reused_for_three_quarters_of_their_life() {
     assert_eq!(s.token_requests(), 1, "reused for 449 s");
     s.advance(Duration::from_secs(1));
     crm.access_token().await.unwrap();
+    common::settle(&crm).await;
     assert_eq!(s.token_requests(), 2, "refreshed at 450 s");
 }
 
@@ -149,6 +150,7 @@ async fn refresh_in_moves_the_refresh_point() {
     assert_eq!(s.token_requests(), 1);
     s.advance(Duration::from_secs(1));
     crm.access_token().await.unwrap();
+    common::settle(&crm).await;
     assert_eq!(s.token_requests(), 2);
 }
 
@@ -198,18 +200,54 @@ async fn revoked_refresh_token_needs_reauthorization() {
 }
 
 #[tokio::test]
-async fn throttling_is_reported_as_throttled() {
+async fn zoho_throttling_is_reported_as_throttled() {
+    let s = Setup::new().await;
+    s.emulator.inject_faults(
+        Fault::ErrorWith200 {
+            error: "Access Denied".into(),
+            description: Some("Token creation throttle limit reached. Please reuse the valid tokens you currently have.".into()),
+        },
+        1,
+    );
+    let crm = s.connection().connector("crm").unwrap();
+    let err = crm.access_token().await.unwrap_err();
+    assert!(
+        matches!(err, Error::Throttled { ref code, .. } if code == "Access Denied"),
+        "{err:?}"
+    );
+    assert_eq!(s.token_requests(), 1, "throttling is not retried at once");
+}
+
+#[tokio::test]
+async fn the_governor_stops_the_eleventh_mint_before_zoho_does() {
     let s = Setup::new().await;
     let crm = s.connection().connector("crm").unwrap();
     for _ in 0..10 {
         crm.force_refresh().await.unwrap();
     }
     let err = crm.force_refresh().await.unwrap_err();
-    assert!(
-        matches!(err, Error::Throttled { ref code, .. } if code == "Access Denied"),
-        "{err:?}"
+    match &err {
+        Error::Throttled {
+            code,
+            retry_after: Some(after),
+            ..
+        } => {
+            assert_eq!(code, "mint limit");
+            assert!(*after <= Duration::from_secs(600), "{after:?}");
+        }
+        other => panic!("expected the governor's Throttled, got {other:?}"),
+    }
+    assert!(err.to_string().contains("a slot frees in"), "{err}");
+    assert_eq!(s.token_requests(), 10, "the 11th never reached Zoho");
+    assert_eq!(
+        s.emulator.stats().throttled,
+        0,
+        "Zoho's lockout never tripped"
     );
-    assert_eq!(s.emulator.stats().throttled, 1);
+    // After the window slides, minting works again.
+    s.advance(Duration::from_secs(601));
+    crm.force_refresh().await.unwrap();
+    assert_eq!(s.token_requests(), 11);
 }
 
 #[tokio::test]
@@ -237,9 +275,11 @@ async fn legacy_expires_in_sec_answer_is_understood() {
 #[tokio::test]
 async fn server_errors_and_unreachable_endpoints_are_transient() {
     let s = Setup::new().await;
-    s.emulator.inject_faults(Fault::Http500, 1);
+    // A waiting caller tries 3 times at once; all 3 fail here.
+    s.emulator.inject_faults(Fault::Http500, 3);
     let crm = s.connection().connector("crm").unwrap();
     let err = crm.access_token().await.unwrap_err();
+    assert_eq!(s.token_requests(), 3);
     assert!(
         matches!(
             err,
@@ -251,8 +291,14 @@ async fn server_errors_and_unreachable_endpoints_are_transient() {
         "{err:?}"
     );
     assert!(err.is_transient());
-    // The next call tries again and succeeds.
+    // Until the backoff passes, callers get the error at once, without a request.
+    let again = crm.access_token().await.unwrap_err();
+    assert!(matches!(again, Error::Transient { .. }), "{again:?}");
+    assert_eq!(s.token_requests(), 3);
+    // After it, the next call tries again and succeeds.
+    s.advance(Duration::from_secs(2));
     crm.access_token().await.unwrap();
+    assert_eq!(s.token_requests(), 4);
 
     let dead = common::from_json(&serde_json::json!({"x": {
         "client_id": "a", "client_secret": "b",
@@ -280,7 +326,7 @@ async fn server_errors_and_unreachable_endpoints_are_transient() {
 #[tokio::test]
 async fn a_hung_endpoint_times_out() {
     let s = Setup::new().await;
-    s.emulator.inject_faults(Fault::Hang { millis: 5_000 }, 1);
+    s.emulator.inject_faults(Fault::Hang { millis: 5_000 }, 3);
     let crm = s
         .builder()
         .request_timeout(Duration::from_millis(300))
@@ -299,7 +345,11 @@ async fn a_hung_endpoint_times_out() {
         ),
         "{err:?}"
     );
-    assert_eq!(s.token_requests(), 1, "a timed-out request is not re-sent");
+    assert_eq!(
+        s.token_requests(),
+        3,
+        "a waiting caller's attempts are bounded (3), each cut by the timeout"
+    );
 }
 
 #[tokio::test]

@@ -78,3 +78,15 @@ impl Setup {
         self.emulator.stats().token_requests
     }
 }
+
+/// Waits (real time, briefly) until the connector has no refresh running.
+pub async fn settle(connector: &catalyst_connectors::Connector) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while connector.is_refreshing() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "a refresh did not finish"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+    }
+}
