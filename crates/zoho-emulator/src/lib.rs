@@ -343,6 +343,25 @@ impl Emulator {
         revoke_token(&mut lock(&self.state), token)
     }
 
+    /// The refresh token that minted `access_token`, if the emulator minted it.
+    pub fn refresh_token_of(&self, access_token: &str) -> Option<String> {
+        lock(&self.state)
+            .access_tokens
+            .get(access_token)
+            .map(|a| a.refresh_token.clone())
+    }
+
+    /// Whether `access_token` is currently accepted by the sample API (minted here, not expired,
+    /// not revoked).
+    pub fn is_live(&self, access_token: &str) -> bool {
+        let inner = lock(&self.state);
+        let now = inner.now();
+        inner
+            .access_tokens
+            .get(access_token)
+            .is_some_and(|a| !a.revoked && a.expires_at > now)
+    }
+
     /// The current settings.
     pub fn settings(&self) -> Settings {
         lock(&self.state).settings.clone()

@@ -64,6 +64,14 @@ impl Setup {
             .clock(self.clock.clone())
     }
 
+    /// Like `builder()` without the config.
+    pub fn bare_builder(&self) -> ConnectionBuilder {
+        Connection::builder()
+            .ignore_env()
+            .store(MemoryStore::with_clock(Arc::new(self.clock.clone())))
+            .clock(self.clock.clone())
+    }
+
     pub fn connection(&self) -> Connection {
         self.builder().build().expect("valid config")
     }
