@@ -185,9 +185,22 @@ async fn a_hung_endpoint_does_not_delay_callers_holding_a_valid_token() {
         let t = crm.access_token().await.unwrap();
         assert_eq!(t.expose_secret(), first.expose_secret());
     }
+    // The background refresh reaches the endpoint and hangs there.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while s.token_requests() < 2 {
+        assert!(
+            Instant::now() < deadline,
+            "the refresh never reached the endpoint"
+        );
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    for _ in 0..100 {
+        let t = crm.access_token().await.unwrap();
+        assert_eq!(t.expose_secret(), first.expose_secret());
+    }
     assert!(
         crm.is_refreshing(),
-        "all 100 calls returned while the refresh still hangs"
+        "all 200 calls returned while the refresh still hangs"
     );
     assert_eq!(s.token_requests(), 2);
     common::settle(&crm).await; // the request times out after 3 s

@@ -119,7 +119,8 @@ async fn exit_codes_tell_failures_apart() {
     let out = env.run(&["token", "crm"]).await;
     assert_eq!(out.status.code(), Some(5), "throttled: {}", stderr(&out));
 
-    env.emulator.inject_faults(Fault::Http500, 1);
+    // A caller with no token tries 3 times at once; all 3 fail here.
+    env.emulator.inject_faults(Fault::Http500, 3);
     let out = env.run(&["token", "crm"]).await;
     assert_eq!(out.status.code(), Some(6), "transient: {}", stderr(&out));
 
