@@ -55,7 +55,11 @@ fn refresh_point(c: &mut Criterion) {
                     }
                 }
                 let started = Instant::now();
-                let token = crm.access_token().now_or_never().expect("never waits").expect("token");
+                let token = crm
+                    .access_token()
+                    .now_or_never()
+                    .expect("never waits")
+                    .expect("token");
                 let took = started.elapsed();
                 black_box(token);
                 total += took;

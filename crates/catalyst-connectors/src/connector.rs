@@ -425,7 +425,8 @@ impl Connector {
                 }
             }
         }
-        self.wait_for_token(now).await
+        // Boxed so the hot path's future stays small.
+        Box::pin(self.wait_for_token(now)).await
     }
 
     /// Mints a new token now, even if a fresh one is cached, and caches it. Joins an acquisition
