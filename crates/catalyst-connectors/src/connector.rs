@@ -251,6 +251,7 @@ struct Metrics {
     mints_failed: metrics::Counter,
     served_stale: metrics::Counter,
     governor_refusals: metrics::Counter,
+    store_errors: metrics::Counter,
 }
 
 impl Metrics {
@@ -273,6 +274,7 @@ impl Metrics {
             ),
             served_stale: c("catalyst_connectors_served_stale_total", None),
             governor_refusals: c("catalyst_connectors_governor_refusals_total", None),
+            store_errors: c("catalyst_connectors_store_errors_total", None),
         }
     }
 }
@@ -738,6 +740,7 @@ impl Connector {
         match self.inner.runtime.store.get(&creds.key).await {
             Ok(v) => v.map(|v| v.generation),
             Err(e) => {
+                self.inner.metrics.store_errors.increment(1);
                 tracing::warn!(connector = %self.inner.config.name, error = %e, "token store read failed");
                 None
             }
@@ -759,6 +762,7 @@ impl Connector {
             Ok(Some(v)) => v,
             Ok(None) => return Err(missing()),
             Err(e) => {
+                self.inner.metrics.store_errors.increment(1);
                 tracing::warn!(connector = %name, error = %e, "cannot read the stored refresh token");
                 return Err(missing());
             }
@@ -837,6 +841,7 @@ impl Connector {
         let outcome = self.mint(&creds, &refresh_token, expected).await;
         if leased {
             if let Err(e) = runtime.store.release_lease(&creds.key, &owner).await {
+                self.inner.metrics.store_errors.increment(1);
                 tracing::warn!(connector = %name, error = %e, "could not release the mint lease; it will expire");
             }
         }
@@ -932,6 +937,7 @@ impl Connector {
                 return StoreRead::Miss(None);
             }
             Err(e) => {
+                self.inner.metrics.store_errors.increment(1);
                 tracing::warn!(connector = %name, error = %e, "token store read failed; minting without it");
                 return StoreRead::Miss(None);
             }
@@ -998,6 +1004,7 @@ impl Connector {
                     }
                 }
                 Err(e) => {
+                    self.inner.metrics.store_errors.increment(1);
                     tracing::warn!(connector = %name, error = %e, "mint lease unavailable; minting without it");
                     return LeaseWait::StoreFailed;
                 }
@@ -1055,6 +1062,7 @@ impl Connector {
                 None
             }
             Err(e) => {
+                self.inner.metrics.store_errors.increment(1);
                 tracing::warn!(connector = %config.name, error = %e, "could not write the token to the store; serving it from memory");
                 None
             }

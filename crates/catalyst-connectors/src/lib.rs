@@ -56,6 +56,8 @@ pub use connector::{
 pub use dc::{DataCenter, UnknownDataCenter};
 pub use error::{Error, Result, TransientKind};
 pub use secret::{AccessTokenSecret, ClientSecret, ExposeSecret, GrantCode, RefreshToken};
+#[cfg(feature = "redis")]
+pub use store::RedisStore;
 #[cfg(feature = "sqlite")]
 pub use store::SqliteStore;
 pub use store::{

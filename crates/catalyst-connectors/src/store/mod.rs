@@ -8,9 +8,13 @@
 
 pub mod conformance;
 mod encrypted;
+#[cfg(feature = "redis")]
+mod redis;
 #[cfg(feature = "sqlite")]
 mod sqlite;
 
+#[cfg(feature = "redis")]
+pub use self::redis::{DEFAULT_PREFIX as REDIS_DEFAULT_PREFIX, RedisStore};
 pub use encrypted::{EncryptedStore, EncryptionKey, KEY_ENV, KEY_FILE_ENV, KeyError};
 #[cfg(feature = "sqlite")]
 pub use sqlite::SqliteStore;
@@ -340,7 +344,7 @@ impl TokenStore for MemoryStore {
 
 /// A store named by a string, as in `CONNECTOR_STORE`, the CLI's `--store` and the config's
 /// `$connector.store`: `memory:` or `sqlite:PATH`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum StoreSpec {
     /// A process-local [`MemoryStore`].
@@ -348,6 +352,15 @@ pub enum StoreSpec {
     /// A [`SqliteStore`] at this path.
     #[cfg(feature = "sqlite")]
     Sqlite(std::path::PathBuf),
+    /// A [`RedisStore`]: `redis://…`, `rediss://…`, `redis+cluster://h1:p1,h2:p2`, with an
+    /// optional trailing `?prefix=…` for the key prefix.
+    #[cfg(feature = "redis")]
+    Redis {
+        /// The connection URL.
+        url: String,
+        /// The key prefix.
+        prefix: String,
+    },
 }
 
 /// The environment variable that selects the store.
@@ -376,8 +389,28 @@ impl std::str::FromStr for StoreSpec {
                 return Err("this build has no SQLite store (cargo feature `sqlite`)".into());
             }
         }
+        if [
+            "redis://",
+            "rediss://",
+            "redis+cluster://",
+            "rediss+cluster://",
+        ]
+        .iter()
+        .any(|p| s.starts_with(p))
+        {
+            #[cfg(feature = "redis")]
+            {
+                let (url, prefix) = match s.rsplit_once("?prefix=") {
+                    Some((u, p)) => (u.to_owned(), p.to_owned()),
+                    None => (s.to_owned(), REDIS_DEFAULT_PREFIX.to_owned()),
+                };
+                return Ok(Self::Redis { url, prefix });
+            }
+            #[cfg(not(feature = "redis"))]
+            return Err("this build has no Redis store (cargo feature `redis`)".into());
+        }
         Err(format!(
-            "unknown store `{s}`: expected `memory:` or `sqlite:PATH`"
+            "unknown store `{s}`: expected `memory:`, `sqlite:PATH`, `redis://…`, `rediss://…` or `redis+cluster://host:port,…`"
         ))
     }
 }
@@ -388,7 +421,22 @@ impl std::fmt::Display for StoreSpec {
             Self::Memory => f.write_str("memory:"),
             #[cfg(feature = "sqlite")]
             Self::Sqlite(p) => write!(f, "sqlite:{}", p.display()),
+            #[cfg(feature = "redis")]
+            Self::Redis { url, .. } => match url::Url::parse(url) {
+                Ok(mut u) if u.password().is_some() => {
+                    let _ = u.set_password(Some("redacted"));
+                    write!(f, "{u}")
+                }
+                _ => f.write_str(url),
+            },
         }
+    }
+}
+
+impl fmt::Debug for StoreSpec {
+    /// As `Display`: passwords in URLs are redacted.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "StoreSpec({self})")
     }
 }
 
@@ -420,6 +468,8 @@ impl StoreSpec {
             Self::Memory => Ok(Arc::new(MemoryStore::with_clock(clock))),
             #[cfg(feature = "sqlite")]
             Self::Sqlite(p) => Ok(Arc::new(SqliteStore::open_with_clock(p, clock)?)),
+            #[cfg(feature = "redis")]
+            Self::Redis { url, prefix } => Ok(Arc::new(RedisStore::from_url(url, prefix)?)),
         }
     }
 }
