@@ -160,6 +160,30 @@ impl fmt::Debug for AccessToken {
     }
 }
 
+/// Overrides for [`Connector::exchange_code`].
+#[derive(Debug, Clone, Default)]
+#[non_exhaustive]
+pub struct CodeExchange {
+    /// The token endpoint to exchange the code at (default: the connector's `auth_url`).
+    pub token_url: Option<String>,
+    /// The `redirect_uri` to send (default: the connector's `redirect_url`, if any).
+    pub redirect_uri: Option<String>,
+}
+
+impl CodeExchange {
+    /// Exchange at `token_url`.
+    pub fn token_url(mut self, url: impl Into<String>) -> Self {
+        self.token_url = Some(url.into());
+        self
+    }
+
+    /// Send this `redirect_uri`.
+    pub fn redirect_uri(mut self, uri: impl Into<String>) -> Self {
+        self.redirect_uri = Some(uri.into());
+        self
+    }
+}
+
 /// The result of [`Connector::generate_access_token`].
 #[derive(Debug, Clone)]
 pub struct GeneratedTokens {
@@ -703,20 +727,33 @@ impl Connector {
     /// clients need, and omitted for Self Client codes). The refresh token returned becomes this
     /// connector's and is handed back to keep.
     pub async fn generate_access_token(&self, code: &GrantCode) -> Result<GeneratedTokens> {
+        self.exchange_code(code, CodeExchange::default()).await
+    }
+
+    /// [`generate_access_token`](Self::generate_access_token) with overrides: the token endpoint
+    /// of the data centre named in the redirect (`accounts-server`), and the `redirect_uri` the
+    /// authorization request used.
+    pub async fn exchange_code(
+        &self,
+        code: &GrantCode,
+        with: CodeExchange,
+    ) -> Result<GeneratedTokens> {
         let config = &self.inner.config;
         let runtime = &self.inner.runtime;
         let issued_at = runtime.clock.now_millis();
+        let token_url = with.token_url.as_deref().unwrap_or(&config.auth_url);
+        let redirect_uri = with
+            .redirect_uri
+            .as_deref()
+            .or(config.redirect_url.as_deref());
         let response = runtime
             .client
             .request(
                 &config.name,
-                &config.auth_url,
+                token_url,
                 &config.client_id,
                 &config.client_secret,
-                Grant::Code {
-                    code,
-                    redirect_uri: config.redirect_url.as_deref(),
-                },
+                Grant::Code { code, redirect_uri },
             )
             .await
             .inspect_err(
@@ -733,6 +770,64 @@ impl Connector {
             access_token,
             refresh_token,
         })
+    }
+
+    /// The token this process would serve without asking the token endpoint: from memory, else
+    /// from the store (installed in memory). `None` when neither holds a valid token.
+    pub async fn cached_token(&self) -> Result<Option<AccessToken>> {
+        let now = self.inner.runtime.clock.now_millis();
+        if let Some(t) = self
+            .inner
+            .current
+            .load_full()
+            .filter(|t| now < t.expires_at)
+        {
+            return Ok(Some(AccessToken(t)));
+        }
+        let creds = match self.resolve_credentials().await {
+            Ok(c) => c,
+            Err(Error::MissingRefreshToken { .. }) => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        Ok(match self.read_store(&creds).await {
+            StoreRead::Fresh(t) | StoreRead::Stale(t) => Some(self.install(&creds, t)),
+            StoreRead::Miss(_) => None,
+        })
+    }
+
+    /// Whether a refresh token is available: configured, obtained in this process, or kept in
+    /// the store.
+    pub async fn has_refresh_token(&self) -> bool {
+        self.resolve_credentials()
+            .await
+            .is_ok_and(|c| c.refresh_token.is_some())
+    }
+
+    /// Revokes the refresh token at Zoho (`{refresh_url}/revoke`; this also kills its access
+    /// tokens) and forgets it and the token locally: in memory and in the store. A refresh token
+    /// written in the connector's config cannot be removed from there: delete it yourself.
+    pub async fn revoke(&self) -> Result<()> {
+        let config = &self.inner.config;
+        let runtime = &self.inner.runtime;
+        let creds = self.resolve_credentials().await?;
+        let Some(rt) = creds.refresh_token.clone() else {
+            return Err(Error::MissingRefreshToken {
+                connector: config.name.clone(),
+            });
+        };
+        let url = format!("{}/revoke", config.refresh_url.trim_end_matches('/'));
+        runtime.client.revoke(&config.name, &url, &rt).await?;
+        self.inner.current.store(None);
+        for key in [&creds.key, &creds.refresh_key] {
+            if let Err(e) = runtime.store.delete(key, None).await {
+                self.inner.metrics.store_errors.increment(1);
+                tracing::warn!(connector = %config.name, error = %e, "revoked at Zoho, but could not delete the local record");
+            }
+        }
+        let forgotten = Arc::new(Credentials::new(config, None));
+        self.inner.creds.store(forgotten);
+        tracing::info!(connector = %config.name, "refresh token revoked");
+        Ok(())
     }
 
     /// The generation stored under the credentials' key, when the store can tell.

@@ -118,6 +118,59 @@ impl TokenClient {
     }
 }
 
+impl TokenClient {
+    /// Revokes a refresh token: `POST url` with form `token=…`. Success is `{"status":"success"}`.
+    pub async fn revoke(
+        &self,
+        connector: &str,
+        url: &str,
+        token: &RefreshToken,
+    ) -> Result<(), Error> {
+        let response = self
+            .http
+            .post(url)
+            .form(&[("token", token.expose_secret())])
+            .send()
+            .await
+            .map_err(|e| Error::Transient {
+                connector: connector.to_owned(),
+                kind: classify_reqwest(&e),
+                detail: error_chain(&e.without_url()),
+            })?;
+        let status = response.status();
+        let body = read_body(response).await.unwrap_or_default();
+        let json: Option<Value> = serde_json::from_slice(&body).ok();
+        let ok = json
+            .as_ref()
+            .and_then(|v| v.get("status"))
+            .and_then(Value::as_str)
+            .is_some_and(|s| s.eq_ignore_ascii_case("success"));
+        if status.is_success() && ok {
+            return Ok(());
+        }
+        if status.is_server_error() {
+            return Err(Error::Transient {
+                connector: connector.to_owned(),
+                kind: TransientKind::ServerError(status.as_u16()),
+                detail: "the revoke endpoint answered with a server error".into(),
+            });
+        }
+        let code = json
+            .as_ref()
+            .and_then(|v| v.get("error"))
+            .and_then(Value::as_str)
+            .map(|c| scrub(c, &[token.expose_secret()]))
+            .unwrap_or_else(|| format!("HTTP {}", status.as_u16()));
+        Err(Error::Rejected {
+            connector: connector.to_owned(),
+            code,
+            description: Some(
+                "the refresh token was not revoked (unknown or already revoked)".into(),
+            ),
+        })
+    }
+}
+
 async fn read_body(mut response: reqwest::Response) -> Result<Vec<u8>, reqwest::Error> {
     let mut body = Vec::new();
     while let Some(chunk) = response.chunk().await? {

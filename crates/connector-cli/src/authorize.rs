@@ -1,0 +1,282 @@
+//! `connector authorize`: the server-based client flow with a loopback redirect.
+
+use crate::Failure;
+use axum::Router;
+use axum::extract::{Query, State};
+use axum::response::Html;
+use axum::routing::get;
+use catalyst_connectors::{CodeExchange, Connector, DataCenter, GrantCode};
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::mpsc;
+use url::Url;
+
+/// What the browser brought back.
+struct Redirect {
+    code: String,
+    accounts_server: Option<String>,
+}
+
+pub struct Options {
+    pub scope: String,
+    pub port: u16,
+    pub open_browser: bool,
+    pub timeout: Duration,
+}
+
+fn fail(code: u8, message: impl Into<String>, hint: Option<&str>) -> Failure {
+    Failure {
+        code,
+        message: message.into(),
+        hint: hint.map(str::to_owned),
+    }
+}
+
+/// The `scheme://host[:port]` of a URL.
+fn origin(url: &Url) -> String {
+    url.origin().ascii_serialization()
+}
+
+/// Where the redirect lands: the connector's `redirect_url` when it is a loopback http URL (it
+/// must be registered with the client), else `http://127.0.0.1:<port>/callback`.
+fn redirect_target(
+    connector: &Connector,
+    port: u16,
+) -> Result<(SocketAddr, String, Option<Url>), Failure> {
+    if let Some(configured) = connector.config().redirect_url() {
+        let url = Url::parse(configured)
+            .map_err(|e| fail(3, format!("redirect_url is not a URL: {e}"), None))?;
+        let loopback = matches!(url.host_str(), Some("127.0.0.1" | "localhost" | "[::1]"));
+        if url.scheme() == "http" && loopback {
+            let port = url.port_or_known_default().unwrap_or(80);
+            let ip = if url.host_str() == Some("[::1]") {
+                "[::1]"
+            } else {
+                "127.0.0.1"
+            };
+            let addr: SocketAddr = format!("{ip}:{port}")
+                .parse()
+                .map_err(|e| fail(3, format!("cannot listen for redirect_url: {e}"), None))?;
+            return Ok((addr, url.path().to_owned(), Some(url)));
+        }
+        return Err(fail(
+            3,
+            format!(
+                "connector `{}` has redirect_url {configured}, which this command cannot receive (it listens on loopback only)",
+                connector.name()
+            ),
+            Some(
+                "register http://127.0.0.1:8765/callback for the client and set it as redirect_url, or remove redirect_url",
+            ),
+        ));
+    }
+    Ok((
+        SocketAddr::from(([127, 0, 0, 1], port)),
+        "/callback".into(),
+        None,
+    ))
+}
+
+pub async fn run(connector: Connector, options: Options) -> Result<String, Failure> {
+    let name = connector.name().to_owned();
+    let auth_url = Url::parse(connector.config().auth_url())
+        .map_err(|e| fail(3, format!("auth_url is not a URL: {e}"), None))?;
+    let accounts = origin(&auth_url);
+    let (addr, path, configured) = redirect_target(&connector, options.port)?;
+    let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| {
+        fail(
+            1,
+            format!("cannot listen on {addr} for the redirect: {e}"),
+            Some("free the port, or pass --port"),
+        )
+    })?;
+    let local = listener
+        .local_addr()
+        .map_err(|e| fail(1, format!("cannot read the listening address: {e}"), None))?;
+    let redirect_uri = match configured {
+        Some(url) => url.to_string(),
+        None => format!("http://127.0.0.1:{}{path}", local.port()),
+    };
+    let state = format!("{:032x}", rand::random::<u128>());
+    let mut consent = Url::parse(&format!("{accounts}/oauth/v2/auth"))
+        .map_err(|e| fail(3, format!("cannot build the consent URL: {e}"), None))?;
+    consent
+        .query_pairs_mut()
+        .append_pair("scope", &options.scope)
+        .append_pair("client_id", connector.config().client_id())
+        .append_pair("response_type", "code")
+        .append_pair("access_type", "offline")
+        .append_pair("prompt", "consent")
+        .append_pair("redirect_uri", &redirect_uri)
+        .append_pair("state", &state);
+
+    let (tx, mut rx) = mpsc::channel::<Result<Redirect, String>>(1);
+    let shared = Arc::new(CallbackState {
+        state: state.clone(),
+        connector: name.clone(),
+        tx: Mutex::new(Some(tx)),
+    });
+    let app = Router::new().route(&path, get(callback)).with_state(shared);
+    let server = tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+
+    eprintln!("Open this URL in a browser to authorize connector `{name}`:");
+    println!("{consent}");
+    if options.open_browser {
+        open_browser(consent.as_str());
+    }
+    let spinner = indicatif::ProgressBar::new_spinner();
+    spinner.set_draw_target(indicatif::ProgressDrawTarget::stderr());
+    spinner.enable_steady_tick(Duration::from_millis(100));
+    spinner.set_message(format!("waiting for the redirect on {redirect_uri} …"));
+    let received = tokio::time::timeout(options.timeout, rx.recv()).await;
+    spinner.finish_and_clear();
+    server.abort();
+    let redirect = match received {
+        Err(_) => {
+            return Err(fail(
+                6,
+                format!("no redirect within {}s", options.timeout.as_secs()),
+                Some("run the command again and finish the consent in the browser"),
+            ));
+        }
+        Ok(None) => return Err(fail(1, "the redirect listener stopped", None)),
+        Ok(Some(Err(denied))) => {
+            return Err(fail(
+                4,
+                format!("authorization was not granted: {denied}"),
+                None,
+            ));
+        }
+        Ok(Some(Ok(r))) => r,
+    };
+
+    // Multi-DC: exchange at the accounts server the redirect names, if it is a Zoho one (or the
+    // configured one, e.g. an emulator).
+    let token_url = match redirect.accounts_server.as_deref() {
+        None => None,
+        Some(server) => {
+            let url = Url::parse(server)
+                .map_err(|_| fail(1, "the redirect named an invalid accounts-server", None))?;
+            let known = url.scheme() == "https"
+                && url
+                    .host_str()
+                    .and_then(DataCenter::from_accounts_host)
+                    .is_some();
+            if !known && origin(&url) != accounts {
+                return Err(fail(
+                    1,
+                    format!(
+                        "the redirect named an unknown accounts-server {}; refusing to send the code there",
+                        origin(&url)
+                    ),
+                    None,
+                ));
+            }
+            Some(format!("{}/oauth/v2/token", origin(&url)))
+        }
+    };
+    let mut with = CodeExchange::default().redirect_uri(redirect_uri);
+    if let Some(t) = token_url {
+        with = with.token_url(t);
+    }
+    let generated = connector
+        .exchange_code(&GrantCode::new(redirect.code), with)
+        .await
+        .map_err(Failure::from)?;
+    if generated.refresh_token.is_none() {
+        return Err(fail(
+            4,
+            "Zoho returned no refresh token",
+            Some(
+                "the consent must use access_type=offline and prompt=consent; run authorize again",
+            ),
+        ));
+    }
+    Ok(name)
+}
+
+struct CallbackState {
+    state: String,
+    connector: String,
+    tx: Mutex<Option<mpsc::Sender<Result<Redirect, String>>>>,
+}
+
+fn page(title: &str, body: &str) -> Html<String> {
+    Html(format!(
+        "<!doctype html><html><head><meta charset=\"utf-8\"><title>{title}</title>\
+         <style>body{{font-family:sans-serif;max-width:34em;margin:3em auto}}</style></head>\
+         <body><h1>{title}</h1><p>{body}</p></body></html>"
+    ))
+}
+
+async fn callback(
+    State(shared): State<Arc<CallbackState>>,
+    Query(query): Query<HashMap<String, String>>,
+) -> (axum::http::StatusCode, Html<String>) {
+    use axum::http::StatusCode;
+    if query.get("state") != Some(&shared.state) {
+        return (
+            StatusCode::BAD_REQUEST,
+            page(
+                "Authorization failed",
+                "This redirect does not belong to the running `connector authorize` (state mismatch).",
+            ),
+        );
+    }
+    let result = match (query.get("code"), query.get("error")) {
+        (Some(code), _) if !code.is_empty() => Ok(Redirect {
+            code: code.clone(),
+            accounts_server: query.get("accounts-server").cloned(),
+        }),
+        (_, Some(error)) => Err(error.clone()),
+        _ => Err("the redirect carried no code".into()),
+    };
+    let ok = result.is_ok();
+    let tx = shared.tx.lock().unwrap_or_else(|p| p.into_inner()).take();
+    if let Some(tx) = tx {
+        let _ = tx.send(result).await;
+    }
+    if ok {
+        (
+            StatusCode::OK,
+            page(
+                "Connector authorized",
+                &format!(
+                    "Connector <b>{}</b> is authorized. You can close this tab.",
+                    shared.connector
+                ),
+            ),
+        )
+    } else {
+        (
+            StatusCode::OK,
+            page("Authorization not granted", "You can close this tab."),
+        )
+    }
+}
+
+/// Opens `url` in the user's browser: `$BROWSER`, else the platform's opener. Failure is fine:
+/// the URL is printed.
+fn open_browser(url: &str) {
+    let candidates: Vec<String> = match std::env::var("BROWSER") {
+        Ok(b) if !b.is_empty() => vec![b],
+        _ if cfg!(target_os = "macos") => vec!["open".into()],
+        _ if cfg!(windows) => vec!["explorer".into()],
+        _ => vec!["xdg-open".into()],
+    };
+    for program in candidates {
+        if std::process::Command::new(&program)
+            .arg(url)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .is_ok()
+        {
+            return;
+        }
+    }
+}
