@@ -205,6 +205,13 @@ struct CallbackState {
     tx: Mutex<Option<mpsc::Sender<Result<Redirect, String>>>>,
 }
 
+fn escape(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+}
+
 fn page(title: &str, body: &str) -> Html<String> {
     Html(format!(
         "<!doctype html><html><head><meta charset=\"utf-8\"><title>{title}</title>\
@@ -247,7 +254,7 @@ async fn callback(
                 "Connector authorized",
                 &format!(
                     "Connector <b>{}</b> is authorized. You can close this tab.",
-                    shared.connector
+                    escape(&shared.connector)
                 ),
             ),
         )
