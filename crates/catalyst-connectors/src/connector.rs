@@ -697,6 +697,42 @@ impl Connector {
         self.inner.next_attempt_at.store(next, Ordering::Release);
     }
 
+    /// Forgets `token` if it is still the current one (in memory, and in the store if the stored
+    /// record is the one it came from), e.g. after an API rejected it with 401. Returns whether it
+    /// was current. Many callers reporting the same bad token cause one refresh, not many: after
+    /// the first, the token is no longer current.
+    pub async fn invalidate_token(&self, token: &AccessToken) -> Result<bool> {
+        let current = self.inner.current.load_full();
+        let is_current = current
+            .as_ref()
+            .is_some_and(|c| c.secret.expose_secret() == token.expose_secret());
+        if !is_current {
+            return Ok(false);
+        }
+        let previous = self.inner.current.compare_and_swap(&current, None);
+        let swapped = match (&*previous, &current) {
+            (Some(p), Some(c)) => Arc::ptr_eq(p, c),
+            _ => false,
+        };
+        if !swapped {
+            return Ok(false);
+        }
+        if let Some(generation) = token.generation() {
+            let key = self.inner.creds.load().key.clone();
+            self.inner
+                .runtime
+                .store
+                .delete(&key, Some(generation))
+                .await
+                .map_err(|source| Error::Store {
+                    connector: self.inner.config.name.clone(),
+                    source,
+                })?;
+        }
+        tracing::info!(connector = %self.inner.config.name, "token rejected by the API; it will be replaced");
+        Ok(true)
+    }
+
     /// Drops this process's in-memory copy of the token only; the next call reads the store. Useful
     /// when another process is known to have written a newer token, and in benchmarks.
     pub fn evict_memory(&self) {

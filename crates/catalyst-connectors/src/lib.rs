@@ -41,6 +41,8 @@ mod dc;
 mod error;
 mod governor;
 pub mod key;
+#[cfg(feature = "middleware")]
+pub mod middleware;
 mod oauth;
 mod secret;
 pub mod store;

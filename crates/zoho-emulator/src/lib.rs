@@ -106,6 +106,9 @@ pub struct Settings {
     pub live_token_cap: u32,
     /// A fault applied to every token request until cleared.
     pub fault: Option<Fault>,
+    /// The `api_domain` announced in token responses (default: the emulator's own URL).
+    #[serde(default)]
+    pub api_domain: Option<String>,
 }
 
 impl Default for Settings {
@@ -117,6 +120,7 @@ impl Default for Settings {
             mint_window_secs: 600,
             live_token_cap: 15,
             fault: None,
+            api_domain: None,
         }
     }
 }
@@ -139,6 +143,7 @@ struct GrantCodeEntry {
 
 struct AccessTokenEntry {
     refresh_token: String,
+    scope: String,
     expires_at: i64,
     revoked: bool,
 }
@@ -541,7 +546,7 @@ fn decide_token(state: &Shared, p: &HashMap<String, String>) -> Decision {
             let mut body = json!({
                 "access_token": access_token,
                 "scope": scope,
-                "api_domain": inner.base_url,
+                "api_domain": inner.settings.api_domain.clone().unwrap_or_else(|| inner.base_url.clone()),
                 "token_type": "Bearer",
                 "expires_in": lifetime,
             });
@@ -612,10 +617,16 @@ fn mint(
         entry.live.push_back(access_token.clone());
         label = entry.label.clone();
     }
+    let scope = inner
+        .refresh_tokens
+        .get(refresh_token)
+        .map(|e| e.scope.clone())
+        .unwrap_or_default();
     inner.access_tokens.insert(
         access_token.clone(),
         AccessTokenEntry {
             refresh_token: refresh_token.to_owned(),
+            scope,
             expires_at: now + lifetime_ms,
             revoked: false,
         },
@@ -821,11 +832,24 @@ async fn users(AxumState(state): AxumState<Shared>, headers: HeaderMap) -> Respo
         .to_owned();
     let mut inner = lock(&state);
     let now = inner.now();
-    let valid = inner
+    let entry = inner
         .access_tokens
         .get(&token)
-        .is_some_and(|a| !a.revoked && a.expires_at > now);
-    if !valid {
+        .filter(|a| !a.revoked && a.expires_at > now);
+    let scoped = entry.is_some_and(|a| {
+        a.scope
+            .split(',')
+            .any(|s| s.trim().starts_with("ZohoCRM.users") || s.trim() == "ZohoCRM.ALL")
+    });
+    if entry.is_some() && !scoped {
+        inner.stats.api_unauthorized += 1;
+        return (
+            StatusCode::UNAUTHORIZED,
+            axum::Json(json!({"code": "OAUTH_SCOPE_MISMATCH", "details": {}, "message": "invalid oauth scope to access this URL", "status": "error"})),
+        )
+            .into_response();
+    }
+    if entry.is_none() {
         inner.stats.api_unauthorized += 1;
         return (
             StatusCode::UNAUTHORIZED,
