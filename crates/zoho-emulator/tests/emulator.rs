@@ -43,7 +43,7 @@ async fn call_api(e: &zoho_emulator::Emulator, token: &str) -> u16 {
 async fn the_eleventh_mint_in_ten_minutes_is_throttled_with_http_200() {
     let e = zoho_emulator::start().await.unwrap();
     e.add_client("c", "s");
-    let rt = e.add_refresh_token("c", "scope");
+    let rt = e.add_refresh_token("c", "ZohoCRM.users.READ");
     for _ in 0..10 {
         let (status, body) = refresh(&e, &rt).await;
         assert_eq!(status, 200);
@@ -70,7 +70,7 @@ async fn the_eleventh_mint_in_ten_minutes_is_throttled_with_http_200() {
 async fn the_sixteenth_live_token_revokes_the_oldest() {
     let e = zoho_emulator::start().await.unwrap();
     e.add_client("c", "s");
-    let rt = e.add_refresh_token("c", "scope");
+    let rt = e.add_refresh_token("c", "ZohoCRM.users.READ");
     let mut settings = e.settings();
     settings.mint_limit = 0;
     e.set_settings(settings);
@@ -94,7 +94,7 @@ async fn the_sixteenth_live_token_revokes_the_oldest() {
 async fn api_rejects_unknown_expired_and_revoked_tokens() {
     let e = zoho_emulator::start().await.unwrap();
     e.add_client("c", "s");
-    let rt = e.add_refresh_token("c", "scope");
+    let rt = e.add_refresh_token("c", "ZohoCRM.users.READ");
     let t = refresh(&e, &rt).await.1["access_token"]
         .as_str()
         .unwrap()
@@ -132,7 +132,7 @@ async fn api_rejects_unknown_expired_and_revoked_tokens() {
 async fn client_errors_and_faults() {
     let e = zoho_emulator::start().await.unwrap();
     e.add_client("c", "s");
-    let rt = e.add_refresh_token("c", "scope");
+    let rt = e.add_refresh_token("c", "ZohoCRM.users.READ");
     let (_, body) = post_form(
         &e.token_url(),
         &[
