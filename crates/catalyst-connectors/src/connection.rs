@@ -436,6 +436,25 @@ impl ConnectionBuilder {
                 .map(|(name, (config, _))| (name, Connector::new(config, Arc::clone(&runtime))))
                 .collect(),
         );
+        if let Some(max) = runtime.store.max_key_len() {
+            let too_long: Vec<ConfigIssue> = connectors
+                .values()
+                .filter(|c| c.longest_key_len() > max)
+                .map(|c| ConfigIssue {
+                    source: None,
+                    connector: Some(c.name().to_owned()),
+                    field: None,
+                    problem: format!(
+                        "the name is too long for this store, whose keys are at most {max} characters (this connector needs {}): shorten it by {}",
+                        c.longest_key_len(),
+                        c.longest_key_len() - max
+                    ),
+                })
+                .collect();
+            if !too_long.is_empty() {
+                return Err(Error::Config(ConfigErrors(too_long)));
+            }
+        }
         let keep_warm_task = if self.keep_warm {
             let handle = tokio::runtime::Handle::try_current().map_err(|_| {
                 Error::Config(ConfigErrors(vec![ConfigIssue {

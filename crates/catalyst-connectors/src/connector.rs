@@ -420,6 +420,16 @@ impl Connector {
         &self.inner.config
     }
 
+    /// The longest store key this connector uses (its refresh-token record's).
+    pub(crate) fn longest_key_len(&self) -> usize {
+        let creds = self.inner.creds.load();
+        creds
+            .key
+            .chars()
+            .count()
+            .max(creds.refresh_key.chars().count())
+    }
+
     /// The store key of this connector's token: `ZC_CONN_<name>:<hash>`, as the official SDKs use.
     pub fn cache_key(&self) -> String {
         self.inner.creds.load().key.clone()
@@ -1080,7 +1090,8 @@ impl Connector {
                 return StoreRead::Miss(Some(stored.generation));
             }
         };
-        if record.fingerprint.as_deref() != Some(creds.fingerprint.as_str()) {
+        let sdk_record = record.fingerprint.is_none() && runtime.store.accepts_unfingerprinted();
+        if !sdk_record && record.fingerprint.as_deref() != Some(creds.fingerprint.as_str()) {
             tracing::debug!(connector = %name, "token record was minted for other credentials; ignoring it");
             return StoreRead::Miss(Some(stored.generation));
         }

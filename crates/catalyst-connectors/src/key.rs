@@ -48,10 +48,11 @@ pub fn fingerprint(client_id: &str, refresh_token: &str, refresh_url: &str) -> S
 }
 
 /// The key under which a refresh token obtained at run time (code exchange, rotation) is kept:
-/// `ZC_CONN_<name>:rt:<12 hex digits of a hash of client id and refresh URL>`.
+/// `ZC_CONN_<name>:rt:<6 hex digits of a hash of client id and refresh URL>` (short, to fit
+/// Catalyst Cache's 50-character keys; the record itself names the client and URL it is for).
 pub fn refresh_token_key(name: &str, client_id: &str, refresh_url: &str) -> String {
     let digest = fingerprint(client_id, "", refresh_url);
-    format!("{KEY_PREFIX}{name}:rt:{}", &digest[..12])
+    format!("{KEY_PREFIX}{name}:rt:{}", &digest[..6])
 }
 
 pub(crate) fn to_hex(bytes: &[u8]) -> String {

@@ -66,6 +66,8 @@ pub use store::{
     CasOutcome, EncryptedStore, EncryptionKey, MemoryStore, StoreError, StoreErrorKind, StoreSpec,
     StoredValue, TokenRecord, TokenStore, TokenWrite,
 };
+#[cfg(feature = "catalyst")]
+pub use store::{CatalystAuth, CatalystCacheStore, CatalystCacheStoreBuilder};
 
 /// The README's Rust examples, compiled as doctests.
 #[cfg(doctest)]

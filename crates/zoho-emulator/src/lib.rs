@@ -860,7 +860,7 @@ fn cache_failure(status: StatusCode, code: &str, message: &str) -> Response {
 }
 
 /// Checks `Authorization: Zoho-oauthtoken …` against the emulator's live access tokens.
-fn cache_auth(inner: &Inner, headers: &HeaderMap) -> Result<(), Response> {
+fn cache_auth(inner: &Inner, headers: &HeaderMap) -> Result<(), Box<Response>> {
     let token = headers
         .get("authorization")
         .and_then(|v| v.to_str().ok())
@@ -874,11 +874,11 @@ fn cache_auth(inner: &Inner, headers: &HeaderMap) -> Result<(), Response> {
     {
         Ok(())
     } else {
-        Err(cache_failure(
+        Err(Box::new(cache_failure(
             StatusCode::UNAUTHORIZED,
             "INVALID_OAUTHTOKEN",
             "invalid oauth token",
-        ))
+        )))
     }
 }
 
@@ -921,7 +921,7 @@ async fn cache_get(
     let mut inner = lock(&state);
     *inner.stats.cache_requests.entry("GET".into()).or_default() += 1;
     if let Err(r) = cache_auth(&inner, &headers) {
-        return r;
+        return *r;
     }
     let key = params(query, &[]).remove("cacheKey").unwrap_or_default();
     let (project, segment) = cache_slot(&path);
@@ -953,7 +953,7 @@ async fn cache_put(
         .entry(method.to_string())
         .or_default() += 1;
     if let Err(r) = cache_auth(&inner, &headers) {
-        return r;
+        return *r;
     }
     let Ok(body) = serde_json::from_slice::<serde_json::Value>(&body) else {
         return cache_failure(
@@ -1026,7 +1026,7 @@ async fn cache_delete(
         .entry("DELETE".into())
         .or_default() += 1;
     if let Err(r) = cache_auth(&inner, &headers) {
-        return r;
+        return *r;
     }
     let key = params(query, &[]).remove("cacheKey").unwrap_or_default();
     let (project, segment) = cache_slot(&path);

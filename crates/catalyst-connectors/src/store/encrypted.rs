@@ -241,6 +241,10 @@ impl TokenStore for EncryptedStore {
     fn is_shared(&self) -> bool {
         self.inner.is_shared()
     }
+
+    fn max_key_len(&self) -> Option<usize> {
+        self.inner.max_key_len()
+    }
 }
 
 #[cfg(test)]

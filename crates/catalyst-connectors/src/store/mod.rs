@@ -6,6 +6,8 @@
 //! store only one asks the token endpoint. Records are JSON ([`TokenRecord`]) in the official SDKs'
 //! format; stores never interpret them.
 
+#[cfg(feature = "catalyst")]
+mod catalyst;
 pub mod conformance;
 mod encrypted;
 #[cfg(feature = "redis")]
@@ -15,6 +17,8 @@ mod sqlite;
 
 #[cfg(feature = "redis")]
 pub use self::redis::{DEFAULT_PREFIX as REDIS_DEFAULT_PREFIX, RedisStore};
+#[cfg(feature = "catalyst")]
+pub use catalyst::{CatalystAuth, CatalystCacheStore, CatalystCacheStoreBuilder};
 pub use encrypted::{EncryptedStore, EncryptionKey, KEY_ENV, KEY_FILE_ENV, KeyError};
 #[cfg(feature = "sqlite")]
 pub use sqlite::SqliteStore;
@@ -180,6 +184,18 @@ pub trait TokenStore: Send + Sync + fmt::Debug + 'static {
     /// polling for other processes' tokens (a process-local store needs neither).
     fn is_shared(&self) -> bool {
         true
+    }
+
+    /// Whether records without a credential fingerprint (written by the official SDKs) may be
+    /// served when their key matches, as the SDKs do. Only stores shared with the SDKs say yes.
+    fn accepts_unfingerprinted(&self) -> bool {
+        false
+    }
+
+    /// The longest key the backend accepts, if it has a limit; connectors whose keys would not
+    /// fit are refused when the connection is built.
+    fn max_key_len(&self) -> Option<usize> {
+        None
     }
 }
 

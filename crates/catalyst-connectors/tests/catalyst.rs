@@ -1,0 +1,299 @@
+//! The Catalyst Cache store against the emulator's Catalyst Cache: conformance (the parts that
+//! apply), interop with the official SDKs' records, limits, and typed failures.
+#![cfg(feature = "catalyst")]
+
+mod common;
+
+use catalyst_connectors::store::conformance;
+use catalyst_connectors::{
+    AccessTokenSecret, CatalystCacheStore, Connection, Connector, Error, ExposeSecret, MemoryStore,
+    StoreErrorKind, TokenSource, TokenStore, TokenWrite, system_time_to_millis,
+};
+use common::{CLIENT_ID, CLIENT_SECRET, Setup};
+use serde_json::{Value, json};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+const PROJECT: &str = "4000000001234";
+
+/// A connector for Catalyst's own API, on its own (memory) connection.
+fn admin(s: &Setup) -> Connector {
+    let rt = s.emulator.add_refresh_token(
+        CLIENT_ID,
+        "ZohoCatalyst.cache.READ,ZohoCatalyst.cache.CREATE,ZohoCatalyst.cache.DELETE",
+    );
+    Connection::builder()
+        .ignore_env()
+        .store(MemoryStore::new())
+        .json(json!({"catalyst_admin": {"client_id": CLIENT_ID, "client_secret": CLIENT_SECRET,
+            "auth_url": s.emulator.token_url(), "refresh_url": s.emulator.token_url(), "refresh_token": rt}}))
+        .build()
+        .unwrap()
+        .connector("catalyst_admin")
+        .unwrap()
+}
+
+fn store(s: &Setup) -> CatalystCacheStore {
+    store_with(s, admin(s))
+}
+
+fn store_with(s: &Setup, admin: Connector) -> CatalystCacheStore {
+    CatalystCacheStore::builder(PROJECT)
+        .origin(s.emulator.url())
+        .token_from(admin)
+        .build()
+        .unwrap()
+}
+
+fn crm_on(s: &Setup, store: CatalystCacheStore) -> Connector {
+    s.bare_builder()
+        .store(store)
+        .json(s.config())
+        .build()
+        .unwrap()
+        .connector("crm")
+        .unwrap()
+}
+
+/// Writes `value` as an SDK would, over the REST API.
+async fn sdk_write(s: &Setup, admin: &Connector, key: &str, value: Value) {
+    let token = admin.access_token().await.unwrap();
+    let r = reqwest::Client::new()
+        .post(format!(
+            "{}/baas/v1/project/{PROJECT}/cache",
+            s.emulator.url()
+        ))
+        .header("Authorization", token.authorization_header())
+        .json(&json!({"cache_name": key, "cache_value": value, "expiry_in_hours": 1}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+}
+
+fn refresh_grants(s: &Setup) -> u64 {
+    s.emulator
+        .stats()
+        .by_grant
+        .get("refresh_token")
+        .and_then(|m| m.get("ok"))
+        .copied()
+        .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn conformance_the_parts_that_apply() {
+    let s = Setup::new().await;
+    let store = store(&s);
+    let run = "cc01";
+    conformance::get_put_delete(&store, run).await.unwrap();
+    conformance::compare_and_set(&store, run).await.unwrap();
+    conformance::generations_never_repeat(&store, run)
+        .await
+        .unwrap();
+    conformance::refresh_records(&store, run).await.unwrap();
+    conformance::arbitrary_data(&store, run).await.unwrap();
+    // Not applicable: sub-hour expiry (Catalyst counts whole hours), leases (no set-if-absent),
+    // atomic concurrent compare-and-set (read-then-write over REST).
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_sdk_record_is_served_without_minting() {
+    let s = Setup::new().await;
+    let admin = admin(&s);
+    let crm = crm_on(&s, store_with(&s, admin.clone()));
+    let expires_at = system_time_to_millis(SystemTime::now()) + 40 * 60 * 1000;
+    // Byte for byte what zcatalyst-sdk-node 3.4.0 writes: a JSON string.
+    let node = format!(
+        r#"{{"access_token":"1000.node-token","expiry_in_seconds":3600,"expires_at":{expires_at}}}"#
+    );
+    sdk_write(&s, &admin, &crm.cache_key(), Value::String(node)).await;
+    let before = refresh_grants(&s);
+    let token = crm.access_token().await.unwrap();
+    assert_eq!(token.expose_secret(), "1000.node-token");
+    assert_eq!(token.source(), TokenSource::Store);
+    assert_eq!(refresh_grants(&s), before, "read theirs without minting");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_python_sdk_record_is_served_without_minting() {
+    let s = Setup::new().await;
+    let admin = admin(&s);
+    let crm = crm_on(&s, store_with(&s, admin.clone()));
+    let expires_at = system_time_to_millis(SystemTime::now()) + 40 * 60 * 1000;
+    // What zcatalyst-sdk 1.4.0 (Python) writes: an object, with `expires_in`.
+    let python =
+        json!({"access_token": "1000.python-token", "expires_in": 3600, "expires_at": expires_at});
+    sdk_write(&s, &admin, &crm.cache_key(), python).await;
+    let before = refresh_grants(&s);
+    assert_eq!(
+        crm.access_token().await.unwrap().expose_secret(),
+        "1000.python-token"
+    );
+    assert_eq!(refresh_grants(&s), before);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn our_records_are_in_the_form_the_sdks_read() {
+    let s = Setup::new().await;
+    let crm = crm_on(&s, store(&s));
+    let token = crm.access_token().await.unwrap();
+    let value = s
+        .emulator
+        .cache_value(PROJECT, None, &crm.cache_key())
+        .expect("written");
+    let Value::String(text) = value else {
+        panic!("the Node SDK needs a JSON string, got {value}");
+    };
+    let record: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(record["access_token"], token.expose_secret());
+    let expires_at = record["expires_at"].as_i64().expect("epoch ms as a number");
+    assert_eq!(
+        expires_at,
+        system_time_to_millis(token.refresh_at()),
+        "the SDKs' expires_at is the refresh point"
+    );
+    assert_eq!(record["expiry_in_seconds"], 3600);
+    assert_eq!(
+        s.emulator.cache_hours(PROJECT, None, &crm.cache_key()),
+        Some(1)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_record_with_another_fingerprint_is_never_served() {
+    let s = Setup::new().await;
+    let crm = crm_on(&s, store(&s));
+    let expires_at = system_time_to_millis(SystemTime::now()) + 40 * 60 * 1000;
+    let foreign = json!({"access_token": "1000.someone-else", "expires_at": expires_at, "expiry_in_seconds": 3600,
+        "fingerprint": "0000000000000000000000000000000000000000000000000000000000000000"});
+    sdk_write(
+        &s,
+        &admin(&s),
+        &crm.cache_key(),
+        Value::String(foreign.to_string()),
+    )
+    .await;
+    let token = crm.access_token().await.unwrap();
+    assert_ne!(token.expose_secret(), "1000.someone-else");
+    assert_eq!(token.source(), TokenSource::Minted);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_over_50_characters_is_refused_when_the_connection_is_built() {
+    let s = Setup::new().await;
+    let ok_name = "a".repeat(32); // its longest key (the refresh-token record's) is 50 characters
+    let long_name = "a".repeat(33); // 51 characters
+    let config = |name: &str| {
+        json!({ name: {"client_id": CLIENT_ID, "client_secret": CLIENT_SECRET,
+        "auth_url": s.emulator.token_url(), "refresh_url": s.emulator.token_url(), "refresh_token": "r"}})
+    };
+    s.bare_builder()
+        .store(store(&s))
+        .json(config(&ok_name))
+        .build()
+        .unwrap();
+    let err = s
+        .bare_builder()
+        .store(store(&s))
+        .json(config(&long_name))
+        .build()
+        .unwrap_err();
+    let Error::Config(errors) = &err else {
+        panic!("{err:?}")
+    };
+    let msg = errors.to_string();
+    assert!(
+        msg.contains("keys are at most 50 characters (this connector needs 51)"),
+        "{msg}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_49_hour_token_is_stored_for_48_hours() {
+    let s = Setup::new().await;
+    s.emulator
+        .set_token_lifetime(Duration::from_secs(49 * 3600));
+    let crm = crm_on(&s, store(&s));
+    crm.access_token().await.unwrap();
+    assert_eq!(
+        s.emulator.cache_hours(PROJECT, None, &crm.cache_key()),
+        Some(48)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn limits_are_checked_before_sending_and_failures_are_typed() {
+    let s = Setup::new().await;
+    let store = store(&s);
+    let before = s
+        .emulator
+        .stats()
+        .cache_requests
+        .get("POST")
+        .copied()
+        .unwrap_or(0);
+    let big = "x".repeat(16_001);
+    let err = store
+        .compare_and_set(TokenWrite::new(
+            "ZC_CONN_crm:00000",
+            None,
+            &big,
+            Duration::from_secs(60),
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind, StoreErrorKind::Rejected);
+    assert!(err.to_string().contains("at most 16000"), "{err}");
+    assert_eq!(
+        s.emulator
+            .stats()
+            .cache_requests
+            .get("POST")
+            .copied()
+            .unwrap_or(0),
+        before,
+        "nothing was sent"
+    );
+    let long_key = format!("ZC_CONN_{}:00000", "k".repeat(40));
+    assert!(
+        store
+            .get(&long_key)
+            .await
+            .unwrap_err()
+            .to_string()
+            .contains("at most 50")
+    );
+
+    let bad = CatalystCacheStore::builder(PROJECT)
+        .origin(s.emulator.url())
+        .token(AccessTokenSecret::new("1000.not-a-token"))
+        .build()
+        .unwrap();
+    let err = bad.get("ZC_CONN_crm:00000").await.unwrap_err();
+    assert!(err.to_string().contains("INVALID_OAUTHTOKEN"), "{err}");
+    assert!(!err.to_string().contains("1000.not-a-token"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lease_store_elects_one_minter() {
+    let s = Setup::new().await;
+    s.emulator.set_latency(Duration::from_millis(100));
+    let leases: Arc<dyn TokenStore> = Arc::new(MemoryStore::new());
+    let make = || {
+        CatalystCacheStore::builder(PROJECT)
+            .origin(s.emulator.url())
+            .token_from(admin(&s))
+            .lease_store(leases.clone())
+            .build()
+            .unwrap()
+    };
+    // Two connections (as two processes would be) on the same cache, sharing a lease store.
+    let a = crm_on(&s, make());
+    let b = crm_on(&s, make());
+    let before = refresh_grants(&s);
+    let (ta, tb) = tokio::join!(a.access_token(), b.access_token());
+    assert_eq!(ta.unwrap().expose_secret(), tb.unwrap().expose_secret());
+    // Two admin tokens for the two stores, and one crm token.
+    assert_eq!(refresh_grants(&s) - before, 3);
+}
