@@ -290,6 +290,13 @@ impl ConnectionBuilder {
         self
     }
 
+    /// How many per-user connectors ([`Connector::for_user`]) each template keeps resident
+    /// (default 10,000); others are rebuilt on use and reload from the store.
+    pub fn user_capacity(mut self, users: usize) -> Self {
+        self.options.user_capacity = users.max(1);
+        self
+    }
+
     /// Keep-warm: a background task refreshes connectors used in the last hour shortly before
     /// their refresh point (with a random 1–11 % of the margin, so hosts do not refresh in
     /// lockstep), so no caller ever waits for a refresh. It stops when the connection is dropped.

@@ -45,6 +45,8 @@ pub(crate) struct Options {
     /// Mint governor: at most `mint_limit` mints per refresh token per `mint_window`.
     pub mint_limit: u32,
     pub mint_window: Duration,
+    /// Per-user connectors kept resident per template.
+    pub user_capacity: usize,
 }
 
 impl Default for Options {
@@ -58,6 +60,7 @@ impl Default for Options {
             wait_attempts: 3,
             mint_limit: 10,
             mint_window: Duration::from_secs(600),
+            user_capacity: 10_000,
         }
     }
 }
@@ -206,13 +209,13 @@ struct Credentials {
 }
 
 impl Credentials {
-    fn new(config: &ConnectorConfig, refresh_token: Option<RefreshToken>) -> Self {
+    fn new(name: &str, config: &ConnectorConfig, refresh_token: Option<RefreshToken>) -> Self {
         let rt = refresh_token
             .as_ref()
             .map(|t| t.expose_secret())
             .unwrap_or("");
         let key = key::sdk_key(
-            &config.name,
+            name,
             &[
                 rt,
                 &config.client_id,
@@ -223,8 +226,7 @@ impl Credentials {
             ],
         );
         let fingerprint = key::fingerprint(&config.client_id, rt, &config.refresh_url);
-        let refresh_key =
-            key::refresh_token_key(&config.name, &config.client_id, &config.refresh_url);
+        let refresh_key = key::refresh_token_key(name, &config.client_id, &config.refresh_url);
         let governor_key = format!("{}mints:{}", key::KEY_PREFIX, &fingerprint[..16]);
         Self {
             refresh_token,
@@ -239,7 +241,14 @@ impl Credentials {
 type Flight = Shared<BoxFuture<'static, Result<AccessToken>>>;
 
 struct ConnectorInner {
-    config: ConnectorConfig,
+    /// Shared by a template and its per-user connectors.
+    config: Arc<ConnectorConfig>,
+    /// The connector's name (`<template>.<user part>` for per-user connectors).
+    name: String,
+    /// For per-user connectors: a hash of the user id, kept in refresh-token records.
+    subject: Option<String>,
+    /// Per-user connectors made from this one, bounded (see [`Connector::for_user`]).
+    users: std::sync::OnceLock<quick_cache::sync::Cache<String, Connector>>,
     runtime: Arc<Runtime>,
     creds: ArcSwap<Credentials>,
     current: ArcSwapOption<TokenInner>,
@@ -250,7 +259,7 @@ struct ConnectorInner {
     waiters: AtomicUsize,
     /// Epoch ms of the last `access_token` call, to the second (for keep-warm).
     last_used: AtomicI64,
-    metrics: Metrics,
+    metrics: Arc<Metrics>,
 }
 
 const IN_FLIGHT: i64 = i64::MAX;
@@ -375,7 +384,7 @@ pub struct Connector {
 impl fmt::Debug for Connector {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Connector")
-            .field("name", &self.inner.config.name)
+            .field("name", &self.inner.name)
             .field("key", &self.inner.creds.load().key)
             .finish_non_exhaustive()
     }
@@ -392,11 +401,26 @@ enum StoreRead {
 
 impl Connector {
     pub(crate) fn new(config: ConnectorConfig, runtime: Arc<Runtime>) -> Self {
-        let creds = Credentials::new(&config, config.refresh_token.clone());
-        let config_name = config.name.clone();
+        let name = config.name.clone();
+        let creds = Credentials::new(&name, &config, config.refresh_token.clone());
+        let metrics = Arc::new(Metrics::new(&name));
+        Self::assemble(Arc::new(config), name, None, creds, runtime, metrics)
+    }
+
+    fn assemble(
+        config: Arc<ConnectorConfig>,
+        name: String,
+        subject: Option<String>,
+        creds: Credentials,
+        runtime: Arc<Runtime>,
+        metrics: Arc<Metrics>,
+    ) -> Self {
         Self {
             inner: Arc::new(ConnectorInner {
                 config,
+                name,
+                subject,
+                users: std::sync::OnceLock::new(),
                 runtime,
                 creds: ArcSwap::from_pointee(creds),
                 current: ArcSwapOption::empty(),
@@ -405,14 +429,89 @@ impl Connector {
                 health: Mutex::new(Health::default()),
                 waiters: AtomicUsize::new(0),
                 last_used: AtomicI64::new(0),
-                metrics: Metrics::new(&config_name),
+                metrics,
             }),
         }
     }
 
-    /// The connector's name.
+    /// The connector's name (`<template>.<user part>` for per-user connectors).
     pub fn name(&self) -> &str {
-        &self.inner.config.name
+        &self.inner.name
+    }
+
+    /// The connector for `user_id` made from this one (the template): same client, URLs and
+    /// scopes; its own refresh token (from the store, where [`complete_consent`] put it), its own
+    /// token and its own keys in every store. Connectors for recently used users stay resident
+    /// (at most the connection's `user_capacity`); an evicted user's connector is rebuilt on next
+    /// use and reloads from the store. Lookup is O(1); each user has its own single flight.
+    ///
+    /// The store name is `<template>.<user>`, with user ids longer than 12 characters, or not
+    /// made of letters, digits, `_` and `-`, replaced by a hash (so keys fit Catalyst Cache's 50
+    /// characters). Refresh-token records carry a full hash of the user id, and token records a
+    /// fingerprint of the user's refresh token, so even colliding keys never serve one user's
+    /// token to another.
+    ///
+    /// [`complete_consent`]: crate::users::ConsentFlow::complete
+    pub fn for_user(&self, user_id: &str) -> Result<Connector> {
+        if self.inner.subject.is_some() {
+            return Err(Error::InvalidUser {
+                connector: self.inner.name.clone(),
+                reason: "this is already a per-user connector; call for_user on the template"
+                    .into(),
+            });
+        }
+        if user_id.is_empty() {
+            return Err(Error::InvalidUser {
+                connector: self.inner.name.clone(),
+                reason: "the user id is empty".into(),
+            });
+        }
+        let capacity = self.inner.runtime.options.user_capacity;
+        let users = self
+            .inner
+            .users
+            .get_or_init(|| quick_cache::sync::Cache::new(capacity));
+        users.get_or_insert_with(user_id, || Ok(self.make_user(user_id)))
+    }
+
+    fn make_user(&self, user_id: &str) -> Connector {
+        let plain = user_id.len() <= 12
+            && user_id
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+        let digest = key::user_subject(user_id);
+        let part = if plain {
+            user_id.to_owned()
+        } else {
+            format!("h{}", &digest[..11])
+        };
+        let name = format!("{}.{part}", self.inner.name);
+        let creds = Credentials::new(&name, &self.inner.config, None);
+        Self::assemble(
+            Arc::clone(&self.inner.config),
+            name,
+            Some(digest),
+            creds,
+            Arc::clone(&self.inner.runtime),
+            Arc::clone(&self.inner.metrics),
+        )
+    }
+
+    /// Forgets a user's resident connector (its records stay in the store).
+    pub(crate) fn evict_user(&self, user_id: &str) {
+        if let Some(users) = self.inner.users.get() {
+            users.remove(user_id);
+        }
+    }
+
+    /// How many per-user connectors are resident.
+    pub fn resident_users(&self) -> usize {
+        self.inner.users.get().map_or(0, |u| u.len())
+    }
+
+    /// The runtime's clock and store (for the consent flow).
+    pub(crate) fn runtime(&self) -> &Runtime {
+        &self.inner.runtime
     }
 
     /// The connector's configuration.
@@ -499,7 +598,7 @@ impl Connector {
         .await
         .len();
         ConnectorStatus {
-            name: self.inner.config.name.clone(),
+            name: self.inner.name.clone(),
             state,
             source: current.as_ref().map(|t| t.source),
             expires_at: current
@@ -583,7 +682,7 @@ impl Connector {
         {
             return false; // another caller claimed it
         }
-        tracing::debug!(connector = %self.inner.config.name, "refreshing in the background");
+        tracing::debug!(connector = %self.inner.name, "refreshing in the background");
         let flight = self.flight_or_start(Mode::Background);
         handle.spawn(async move {
             let _ = flight.await;
@@ -607,7 +706,7 @@ impl Connector {
         let result = match tokio::time::timeout(deadline, flight).await {
             Ok(r) => r,
             Err(_) => Err(Error::DeadlineExceeded {
-                connector: self.inner.config.name.clone(),
+                connector: self.inner.name.clone(),
                 deadline,
             }),
         };
@@ -698,7 +797,7 @@ impl Connector {
                     Error::MissingRefreshToken { .. } => Duration::ZERO,
                     _ => options.negative_ttl,
                 };
-                tracing::debug!(connector = %self.inner.config.name, retry_in_ms = ms(delay), "next refresh attempt scheduled");
+                tracing::debug!(connector = %self.inner.name, retry_in_ms = ms(delay), "next refresh attempt scheduled");
                 health.last_error = Some((e.clone(), now));
                 health.blocking_error = Some(e);
                 now.saturating_add(ms(delay))
@@ -735,11 +834,11 @@ impl Connector {
                 .delete(&key, Some(generation))
                 .await
                 .map_err(|source| Error::Store {
-                    connector: self.inner.config.name.clone(),
+                    connector: self.inner.name.clone(),
                     source,
                 })?;
         }
-        tracing::info!(connector = %self.inner.config.name, "token rejected by the API; it will be replaced");
+        tracing::info!(connector = %self.inner.name, "token rejected by the API; it will be replaced");
         Ok(true)
     }
 
@@ -761,10 +860,10 @@ impl Connector {
             .delete(&key, expected)
             .await
             .map_err(|source| Error::Store {
-                connector: self.inner.config.name.clone(),
+                connector: self.inner.name.clone(),
                 source,
             })?;
-        tracing::debug!(connector = %self.inner.config.name, "token invalidated");
+        tracing::debug!(connector = %self.inner.name, "token invalidated");
         Ok(())
     }
 
@@ -795,7 +894,7 @@ impl Connector {
         let response = runtime
             .client
             .request(
-                &config.name,
+                &self.inner.name,
                 token_url,
                 &config.client_id,
                 &config.client_secret,
@@ -803,7 +902,7 @@ impl Connector {
             )
             .await
             .inspect_err(
-                |e| tracing::warn!(connector = %config.name, error = %e, "code exchange failed"),
+                |e| tracing::warn!(connector = %self.inner.name, error = %e, "code exchange failed"),
             )?;
         let refresh_token = response.refresh_token.clone();
         let creds = self.inner.creds.load_full();
@@ -811,7 +910,7 @@ impl Connector {
         let access_token = self
             .save_minted(&creds, response, issued_at, expected)
             .await;
-        tracing::info!(connector = %config.name, got_refresh_token = refresh_token.is_some(), "grant code exchanged");
+        tracing::info!(connector = %self.inner.name, got_refresh_token = refresh_token.is_some(), "grant code exchanged");
         Ok(GeneratedTokens {
             access_token,
             refresh_token,
@@ -858,21 +957,21 @@ impl Connector {
         let creds = self.resolve_credentials().await?;
         let Some(rt) = creds.refresh_token.clone() else {
             return Err(Error::MissingRefreshToken {
-                connector: config.name.clone(),
+                connector: self.inner.name.clone(),
             });
         };
         let url = format!("{}/revoke", config.refresh_url.trim_end_matches('/'));
-        runtime.client.revoke(&config.name, &url, &rt).await?;
+        runtime.client.revoke(&self.inner.name, &url, &rt).await?;
         self.inner.current.store(None);
         for key in [&creds.key, &creds.refresh_key] {
             if let Err(e) = runtime.store.delete(key, None).await {
                 self.inner.metrics.store_errors.increment(1);
-                tracing::warn!(connector = %config.name, error = %e, "revoked at Zoho, but could not delete the local record");
+                tracing::warn!(connector = %self.inner.name, error = %e, "revoked at Zoho, but could not delete the local record");
             }
         }
-        let forgotten = Arc::new(Credentials::new(config, None));
+        let forgotten = Arc::new(Credentials::new(&self.inner.name, config, None));
         self.inner.creds.store(forgotten);
-        tracing::info!(connector = %config.name, "refresh token revoked");
+        tracing::info!(connector = %self.inner.name, "refresh token revoked");
         Ok(())
     }
 
@@ -882,7 +981,7 @@ impl Connector {
             Ok(v) => v.map(|v| v.generation),
             Err(e) => {
                 self.inner.metrics.store_errors.increment(1);
-                tracing::warn!(connector = %self.inner.config.name, error = %e, "token store read failed");
+                tracing::warn!(connector = %self.inner.name, error = %e, "token store read failed");
                 None
             }
         }
@@ -895,7 +994,7 @@ impl Connector {
         if creds.refresh_token.is_some() {
             return Ok(creds);
         }
-        let name = &self.inner.config.name;
+        let name = &self.inner.name;
         let missing = || Error::MissingRefreshToken {
             connector: name.clone(),
         };
@@ -908,12 +1007,20 @@ impl Connector {
                 return Err(missing());
             }
         };
-        let Some(rt) = RefreshRecord::parse(&stored.data, &self.inner.config) else {
+        let Some(rt) = RefreshRecord::parse(
+            &stored.data,
+            &self.inner.config,
+            self.inner.subject.as_deref(),
+        ) else {
             tracing::warn!(connector = %name, "ignoring a stored refresh token that is damaged or belongs to other credentials");
             return Err(missing());
         };
         tracing::debug!(connector = %name, "using the refresh token kept in the store");
-        let fresh = Arc::new(Credentials::new(&self.inner.config, Some(rt)));
+        let fresh = Arc::new(Credentials::new(
+            &self.inner.name,
+            &self.inner.config,
+            Some(rt),
+        ));
         // Only replace credentials nobody changed meanwhile.
         let previous = self
             .inner
@@ -929,7 +1036,7 @@ impl Connector {
     /// Store, then lease, then governor, then mint. Runs once per attempt of a flight. Returns
     /// what callers get, and what happened at the token endpoint.
     async fn acquire(&self, mode: Mode) -> (Result<AccessToken>, Attempt) {
-        let name = &self.inner.config.name;
+        let name = &self.inner.name;
         let runtime = &self.inner.runtime;
         let creds = match self.resolve_credentials().await {
             Ok(c) => c,
@@ -1006,7 +1113,7 @@ impl Connector {
         refresh_token: &RefreshToken,
         expected: Option<u64>,
     ) -> Result<AccessToken> {
-        let name = &self.inner.config.name;
+        let name = &self.inner.name;
         let runtime = &self.inner.runtime;
         let options = &runtime.options;
         let now = runtime.clock.now_millis();
@@ -1069,7 +1176,7 @@ impl Connector {
     }
 
     async fn read_store(&self, creds: &Credentials) -> StoreRead {
-        let name = &self.inner.config.name;
+        let name = &self.inner.name;
         let runtime = &self.inner.runtime;
         let stored = match runtime.store.get(&creds.key).await {
             Ok(Some(v)) => v,
@@ -1117,7 +1224,7 @@ impl Connector {
         mode: Mode,
         floor: EpochMillis,
     ) -> LeaseWait {
-        let name = &self.inner.config.name;
+        let name = &self.inner.name;
         let runtime = &self.inner.runtime;
         let ttl = runtime.options.lease_ttl;
         let mut delay = Duration::from_millis(10);
@@ -1168,10 +1275,11 @@ impl Connector {
         // connector's, and is written in the same store transaction as the token.
         let (creds, expected, refresh_record) = match &response.refresh_token {
             Some(rt) if creds.refresh_token.as_ref() != Some(rt) => {
-                let fresh = Arc::new(Credentials::new(config, Some(rt.clone())));
+                let fresh = Arc::new(Credentials::new(&self.inner.name, config, Some(rt.clone())));
                 self.inner.creds.store(Arc::clone(&fresh));
                 let expected = self.stored_generation(&fresh).await;
-                let record = RefreshRecord::to_json(rt, config, issued_at);
+                let record =
+                    RefreshRecord::to_json(rt, config, self.inner.subject.as_deref(), issued_at);
                 (fresh, expected, Some(record))
             }
             _ => (Arc::clone(creds), expected, None),
@@ -1200,12 +1308,12 @@ impl Connector {
         let generation = match runtime.store.compare_and_set(write).await {
             Ok(CasOutcome::Written { generation }) => Some(generation),
             Ok(CasOutcome::Conflict { current }) => {
-                tracing::debug!(connector = %config.name, ?current, "a newer token was stored meanwhile; keeping it there");
+                tracing::debug!(connector = %self.inner.name, ?current, "a newer token was stored meanwhile; keeping it there");
                 None
             }
             Err(e) => {
                 self.inner.metrics.store_errors.increment(1);
-                tracing::warn!(connector = %config.name, error = %e, "could not write the token to the store; serving it from memory");
+                tracing::warn!(connector = %self.inner.name, error = %e, "could not write the token to the store; serving it from memory");
                 None
             }
         };
@@ -1248,21 +1356,28 @@ impl Connector {
 struct RefreshRecord;
 
 impl RefreshRecord {
-    fn to_json(rt: &RefreshToken, config: &ConnectorConfig, obtained_at: EpochMillis) -> String {
+    fn to_json(
+        rt: &RefreshToken,
+        config: &ConnectorConfig,
+        subject: Option<&str>,
+        obtained_at: EpochMillis,
+    ) -> String {
         serde_json::json!({
             "refresh_token": rt.expose_secret(),
             "client_id": config.client_id,
             "refresh_url": config.refresh_url,
+            "subject": subject,
             "obtained_at": obtained_at,
         })
         .to_string()
     }
 
-    /// The refresh token, if the record is intact and belongs to this client and endpoint.
-    fn parse(data: &str, config: &ConnectorConfig) -> Option<RefreshToken> {
+    /// The refresh token, if the record is intact and belongs to this client, endpoint and user.
+    fn parse(data: &str, config: &ConnectorConfig, subject: Option<&str>) -> Option<RefreshToken> {
         let v: serde_json::Value = serde_json::from_str(data).ok()?;
         let matches = v.get("client_id")?.as_str()? == config.client_id
-            && v.get("refresh_url")?.as_str()? == config.refresh_url;
+            && v.get("refresh_url")?.as_str()? == config.refresh_url
+            && v.get("subject").and_then(|s| s.as_str()) == subject;
         let rt = v.get("refresh_token")?.as_str().filter(|s| !s.is_empty())?;
         matches.then(|| RefreshToken::new(rt))
     }

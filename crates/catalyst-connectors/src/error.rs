@@ -158,6 +158,26 @@ pub enum Error {
         deadline: Duration,
     },
 
+    /// A per-user connector could not be made or used.
+    #[error("connector `{connector}`: {reason}")]
+    InvalidUser {
+        /// The connector (template).
+        connector: String,
+        /// What is wrong.
+        reason: String,
+    },
+
+    /// A consent `state` was refused: forged, expired, replayed, or for another connector.
+    #[error(
+        "connector `{connector}`: the consent state was refused ({reason}); start the connection again"
+    )]
+    InvalidState {
+        /// The connector (template).
+        connector: String,
+        /// Why.
+        reason: &'static str,
+    },
+
     /// The token store could not be opened.
     #[error("cannot open the token store: {0}")]
     StoreOpen(#[source] StoreError),

@@ -46,6 +46,7 @@ pub mod middleware;
 mod oauth;
 mod secret;
 pub mod store;
+pub mod users;
 
 pub use clock::{
     Clock, EpochMillis, ManualClock, SystemClock, millis_to_system_time, system_time_to_millis,
