@@ -204,11 +204,14 @@ struct Credentials {
     fingerprint: String,
     /// Where a refresh token obtained at run time is kept (independent of the refresh token).
     refresh_key: String,
-    /// Where the mint governor counts mints for this refresh token.
-    governor_key: String,
 }
 
 impl Credentials {
+    /// Where the mint governor counts mints for this refresh token.
+    fn governor_key(&self) -> String {
+        format!("{}mints:{}", key::KEY_PREFIX, &self.fingerprint[..16])
+    }
+
     fn new(name: &str, config: &ConnectorConfig, refresh_token: Option<RefreshToken>) -> Self {
         let rt = refresh_token
             .as_ref()
@@ -227,13 +230,11 @@ impl Credentials {
         );
         let fingerprint = key::fingerprint(&config.client_id, rt, &config.refresh_url);
         let refresh_key = key::refresh_token_key(name, &config.client_id, &config.refresh_url);
-        let governor_key = format!("{}mints:{}", key::KEY_PREFIX, &fingerprint[..16]);
         Self {
             refresh_token,
             key,
             fingerprint,
             refresh_key,
-            governor_key,
         }
     }
 }
@@ -246,7 +247,7 @@ struct ConnectorInner {
     /// The connector's name (`<template>.<user part>` for per-user connectors).
     name: String,
     /// For per-user connectors: a hash of the user id, kept in refresh-token records.
-    subject: Option<String>,
+    subject: Option<Box<str>>,
     /// Per-user connectors made from this one, bounded (see [`Connector::for_user`]).
     users: std::sync::OnceLock<quick_cache::sync::Cache<String, Connector>>,
     runtime: Arc<Runtime>,
@@ -255,7 +256,8 @@ struct ConnectorInner {
     flight: Mutex<Option<Flight>>,
     /// Epoch ms before which no refresh is attempted; `IN_FLIGHT` while one runs in the background.
     next_attempt_at: AtomicI64,
-    health: Mutex<Health>,
+    /// Allocated on the first failure only, so healthy connectors stay small.
+    health: Mutex<Option<Box<Health>>>,
     waiters: AtomicUsize,
     /// Epoch ms of the last `access_token` call, to the second (for keep-warm).
     last_used: AtomicI64,
@@ -271,7 +273,6 @@ struct Health {
     last_error: Option<(Error, EpochMillis)>,
     /// The error a waiting caller gets while `next_attempt_at` is in the future.
     blocking_error: Option<Error>,
-    last_mint_at: Option<EpochMillis>,
 }
 
 /// Counters registered once per connector (install your `metrics` recorder before building the
@@ -410,7 +411,7 @@ impl Connector {
     fn assemble(
         config: Arc<ConnectorConfig>,
         name: String,
-        subject: Option<String>,
+        subject: Option<Box<str>>,
         creds: Credentials,
         runtime: Arc<Runtime>,
         metrics: Arc<Metrics>,
@@ -426,7 +427,7 @@ impl Connector {
                 current: ArcSwapOption::empty(),
                 flight: Mutex::new(None),
                 next_attempt_at: AtomicI64::new(0),
-                health: Mutex::new(Health::default()),
+                health: Mutex::new(None),
                 waiters: AtomicUsize::new(0),
                 last_used: AtomicI64::new(0),
                 metrics,
@@ -490,7 +491,7 @@ impl Connector {
         Self::assemble(
             Arc::clone(&self.inner.config),
             name,
-            Some(digest),
+            Some(digest.into_boxed_str()),
             creds,
             Arc::clone(&self.inner.runtime),
             Arc::clone(&self.inner.metrics),
@@ -585,13 +586,13 @@ impl Connector {
         let next = self.inner.next_attempt_at.load(Ordering::Acquire);
         let last_error = self
             .health()
-            .last_error
-            .clone()
+            .as_ref()
+            .and_then(|h| h.last_error.clone())
             .map(|(e, at)| (e, millis_to_system_time(at)));
         let creds = self.inner.creds.load_full();
         let mints = governor::recent_mints(
             &*self.inner.runtime.store,
-            &creds.governor_key,
+            &creds.governor_key(),
             now,
             self.inner.runtime.options.mint_window,
         )
@@ -657,7 +658,7 @@ impl Connector {
         }
     }
 
-    fn health(&self) -> std::sync::MutexGuard<'_, Health> {
+    fn health(&self) -> std::sync::MutexGuard<'_, Option<Box<Health>>> {
         self.inner.health.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -695,7 +696,11 @@ impl Connector {
         let next = self.inner.next_attempt_at.load(Ordering::Acquire);
         if next != IN_FLIGHT && now < next {
             // A recent attempt failed: answer with its error now rather than hammer the endpoint.
-            if let Some(e) = self.health().blocking_error.clone() {
+            if let Some(e) = self
+                .health()
+                .as_ref()
+                .and_then(|h| h.blocking_error.clone())
+            {
                 return Err(e);
             }
         }
@@ -765,21 +770,25 @@ impl Connector {
         let options = &self.inner.runtime.options;
         let now = self.inner.runtime.clock.now_millis();
         let ms = |d: Duration| i64::try_from(d.as_millis()).unwrap_or(i64::MAX);
-        let mut health = self.health();
+        let mut guard = self.health();
         let next = match outcome {
             Attempt::None => {
-                health.blocking_error = None;
+                if let Some(health) = guard.as_mut() {
+                    health.blocking_error = None;
+                }
                 let current = self.inner.next_attempt_at.load(Ordering::Acquire);
                 if current == IN_FLIGHT { 0 } else { current }
             }
             Attempt::Minted => {
                 self.inner.metrics.mints_ok.increment(1);
-                health.consecutive_failures = 0;
-                health.blocking_error = None;
-                health.last_mint_at = Some(now);
+                if let Some(health) = guard.as_mut() {
+                    health.consecutive_failures = 0;
+                    health.blocking_error = None;
+                }
                 0
             }
             Attempt::Failed(e) => {
+                let health = guard.get_or_insert_with(Box::default);
                 let delay = match &e {
                     Error::Throttled { retry_after, .. } => {
                         retry_after.unwrap_or(options.mint_window)
@@ -1120,7 +1129,7 @@ impl Connector {
         if options.mint_limit > 0 {
             let mints = governor::recent_mints(
                 &*runtime.store,
-                &creds.governor_key,
+                &creds.governor_key(),
                 now,
                 options.mint_window,
             )
@@ -1166,7 +1175,7 @@ impl Connector {
         if options.mint_limit > 0 {
             governor::record_mint(
                 &*runtime.store,
-                &creds.governor_key,
+                &creds.governor_key(),
                 issued_at,
                 options.mint_window,
             )

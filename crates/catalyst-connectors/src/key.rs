@@ -55,12 +55,13 @@ pub fn refresh_token_key(name: &str, client_id: &str, refresh_url: &str) -> Stri
     format!("{KEY_PREFIX}{name}:rt:{}", &digest[..6])
 }
 
-/// A per-user subject: SHA-256 of the user id, hex. Stored instead of the id itself.
+/// A per-user subject: the first 128 bits of SHA-256 of the user id, hex. Stored in refresh-token
+/// records instead of the id itself.
 pub fn user_subject(user_id: &str) -> String {
     let mut hasher = Sha256::new();
     hasher.update(b"catalyst-connectors/user/v1");
     hasher.update(user_id.as_bytes());
-    to_hex(&hasher.finalize())
+    to_hex(&hasher.finalize()[..16])
 }
 
 pub(crate) fn to_hex(bytes: &[u8]) -> String {
