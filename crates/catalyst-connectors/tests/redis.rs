@@ -8,7 +8,7 @@ use catalyst_connectors::store::conformance::{self, TimeControl};
 use catalyst_connectors::{
     ExposeSecret, RedisStore, StoreSpec, SystemClock, TokenStore, TokenWrite,
 };
-use common::{CLIENT_ID, CLIENT_SECRET, Setup};
+use common::Setup;
 use std::net::TcpListener;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -225,96 +225,12 @@ async fn keys_have_the_prefix_and_a_ttl_following_the_token() {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Multi-process: the test binary re-runs itself as the child (`redis_child_process`).
+// Multi-process tests (see `common::child_process_main`).
 
 #[test]
 #[ignore = "helper: the multi-process tests run it as a child process"]
-fn redis_child_process() {
-    let var = |k: &str| std::env::var(k).unwrap_or_else(|_| panic!("{k} not set"));
-    let callers: usize = var("CHILD_CALLERS").parse().unwrap();
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    runtime.block_on(async {
-        let connection = common::hermetic_without_store()
-            .store_spec(var("CHILD_STORE").parse().unwrap())
-            .lease_ttl(Duration::from_millis(
-                var("CHILD_LEASE_MS").parse().unwrap(),
-            ))
-            .json(serde_json::json!({"crm": {
-                "client_id": CLIENT_ID, "client_secret": CLIENT_SECRET,
-                "auth_url": var("CHILD_TOKEN_URL"), "refresh_url": var("CHILD_TOKEN_URL"),
-                "refresh_token": var("CHILD_REFRESH_TOKEN"),
-            }}))
-            .build()
-            .unwrap();
-        let tasks: Vec<_> = (0..callers)
-            .map(|_| {
-                let crm = connection.connector("crm").unwrap();
-                tokio::spawn(async move { crm.access_token().await })
-            })
-            .collect();
-        for t in tasks {
-            println!("TOKEN {}", t.await.unwrap().unwrap().expose_secret());
-        }
-    });
-}
-
-fn spawn_child(s: &Setup, store: &str, callers: usize, lease: Duration) -> Child {
-    Command::new(std::env::current_exe().unwrap())
-        .args([
-            "--ignored",
-            "--exact",
-            "redis_child_process",
-            "--nocapture",
-            "--test-threads=1",
-        ])
-        .env("CHILD_STORE", store)
-        .env("CHILD_TOKEN_URL", s.emulator.token_url())
-        .env("CHILD_REFRESH_TOKEN", &s.refresh_token)
-        .env("CHILD_CALLERS", callers.to_string())
-        .env("CHILD_LEASE_MS", lease.as_millis().to_string())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap()
-}
-
-fn tokens_of(child: Child) -> Vec<String> {
-    let out = child.wait_with_output().unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "child failed: {stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    stdout
-        .lines()
-        .filter_map(|l| l.find("TOKEN ").map(|i| l[i + 6..].to_owned()))
-        .collect()
-}
-
-async fn stampede(store: &str) {
-    let s = Setup::new().await;
-    s.emulator.set_latency(Duration::from_millis(200));
-    let children: Vec<Child> = (0..8)
-        .map(|_| spawn_child(&s, store, 50, Duration::from_secs(30)))
-        .collect();
-    let tokens: Vec<String> =
-        tokio::task::spawn_blocking(move || children.into_iter().flat_map(tokens_of).collect())
-            .await
-            .unwrap();
-    assert_eq!(tokens.len(), 400);
-    assert!(
-        tokens.iter().all(|t| *t == tokens[0]),
-        "all processes share one token"
-    );
-    assert_eq!(
-        s.token_requests(),
-        1,
-        "one mint for 8 processes × 50 callers"
-    );
+fn child_process() {
+    common::child_process_main();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -323,7 +239,7 @@ async fn eight_processes_of_fifty_callers_mint_once_standalone() {
         return;
     }
     let (server, _dir) = standalone();
-    stampede(&server.url()).await;
+    common::stampede(&Setup::new().await, &server.url()).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -332,7 +248,7 @@ async fn eight_processes_of_fifty_callers_mint_once_cluster() {
         return;
     }
     let cluster = tokio::task::spawn_blocking(Cluster::start).await.unwrap();
-    stampede(&cluster.url()).await;
+    common::stampede(&Setup::new().await, &cluster.url()).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -341,35 +257,7 @@ async fn a_lease_holder_killed_mid_mint_is_taken_over_within_the_lease() {
         return;
     }
     let (server, _dir) = standalone();
-    let s = Setup::new().await;
-    let lease = Duration::from_secs(2);
-    s.emulator.set_latency(Duration::from_secs(30));
-    let mut holder = spawn_child(&s, &server.url(), 1, lease);
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while s.token_requests() == 0 {
-        assert!(
-            Instant::now() < deadline,
-            "the holder never reached the token endpoint"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    holder.kill().unwrap();
-    holder.wait().unwrap();
-    let killed_at = Instant::now();
-    s.emulator.set_latency(Duration::ZERO);
-    let next = spawn_child(&s, &server.url(), 5, lease);
-    let tokens = tokio::task::spawn_blocking(move || tokens_of(next))
-        .await
-        .unwrap();
-    assert_eq!(tokens.len(), 5);
-    assert_eq!(
-        s.token_requests(),
-        2,
-        "the dead holder's request and one more"
-    );
-    let waited = killed_at.elapsed();
-    assert!(waited < lease + Duration::from_secs(10), "took {waited:?}");
-    eprintln!("recovered {waited:?} after the SIGKILL (lease {lease:?})");
+    common::sigkill_takeover(&Setup::new().await, &server.url()).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

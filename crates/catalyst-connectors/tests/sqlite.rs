@@ -11,9 +11,9 @@ use catalyst_connectors::{
 };
 use common::{CLIENT_ID, CLIENT_SECRET, Setup};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 fn manual() -> ManualClock {
     ManualClock::new(1_800_000_000_000)
@@ -291,104 +291,24 @@ fn contains(hay: &[u8], needle: &[u8]) -> bool {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Multi-process tests. The test binary re-runs itself as the child (`child_process`), selected by
-// the CHILD_* environment variables.
-
-const CHILD_TEST: &str = "child_process";
+// Multi-process tests (see `common::child_process_main`).
 
 #[test]
 #[ignore = "helper: the multi-process tests run it as a child process"]
 fn child_process() {
-    let var = |k: &str| std::env::var(k).unwrap_or_else(|_| panic!("{k} not set"));
-    let callers: usize = var("CHILD_CALLERS").parse().unwrap();
-    let lease_ms: u64 = var("CHILD_LEASE_MS").parse().unwrap();
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    runtime.block_on(async {
-        let connection = common::hermetic_without_store()
-            .store(SqliteStore::open(var("CHILD_DB")).unwrap())
-            .lease_ttl(Duration::from_millis(lease_ms))
-            .json(serde_json::json!({"crm": {
-                "client_id": CLIENT_ID, "client_secret": CLIENT_SECRET,
-                "auth_url": var("CHILD_TOKEN_URL"), "refresh_url": var("CHILD_TOKEN_URL"),
-                "refresh_token": var("CHILD_REFRESH_TOKEN"),
-            }}))
-            .build()
-            .unwrap();
-        let tasks: Vec<_> = (0..callers)
-            .map(|_| {
-                let crm = connection.connector("crm").unwrap();
-                tokio::spawn(async move { crm.access_token().await })
-            })
-            .collect();
-        for t in tasks {
-            let token = t.await.unwrap().unwrap();
-            println!("TOKEN {}", token.expose_secret());
-        }
-    });
+    common::child_process_main();
 }
 
-fn spawn_child(s: &Setup, db: &Path, callers: usize, lease: Duration) -> Child {
-    Command::new(std::env::current_exe().unwrap())
-        .args([
-            "--ignored",
-            "--exact",
-            CHILD_TEST,
-            "--nocapture",
-            "--test-threads=1",
-        ])
-        .env("CHILD_DB", db)
-        .env("CHILD_TOKEN_URL", s.emulator.token_url())
-        .env("CHILD_REFRESH_TOKEN", &s.refresh_token)
-        .env("CHILD_CALLERS", callers.to_string())
-        .env("CHILD_LEASE_MS", lease.as_millis().to_string())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap()
-}
-
-fn tokens_of(child: Child) -> Vec<String> {
-    let out = child.wait_with_output().unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "child failed: {stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    // The harness may print its own text before the first line.
-    stdout
-        .lines()
-        .filter_map(|l| l.find("TOKEN ").map(|i| l[i + 6..].to_owned()))
-        .collect()
+fn sqlite_spec(db: &Path) -> String {
+    SqliteStore::open(db).unwrap(); // create the schema once, as a first run would
+    format!("sqlite:{}", db.display())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn eight_processes_of_fifty_callers_mint_once() {
     let s = Setup::new().await;
-    s.emulator.set_latency(Duration::from_millis(200));
     let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("tokens.db");
-    SqliteStore::open(&db).unwrap(); // create the schema once, as a first run would
-    let children: Vec<Child> = (0..8)
-        .map(|_| spawn_child(&s, &db, 50, Duration::from_secs(30)))
-        .collect();
-    let tokens: Vec<String> =
-        tokio::task::spawn_blocking(move || children.into_iter().flat_map(tokens_of).collect())
-            .await
-            .unwrap();
-    assert_eq!(tokens.len(), 400, "every caller got a token");
-    assert!(
-        tokens.iter().all(|t| *t == tokens[0]),
-        "all processes share one token"
-    );
-    assert_eq!(
-        s.token_requests(),
-        1,
-        "one mint for 8 processes × 50 callers"
-    );
+    common::stampede(&s, &sqlite_spec(&dir.path().join("tokens.db"))).await;
 }
 
 #[cfg(unix)]
@@ -396,37 +316,7 @@ async fn eight_processes_of_fifty_callers_mint_once() {
 async fn a_lease_holder_killed_mid_mint_blocks_others_at_most_the_lease() {
     let s = Setup::new().await;
     let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("tokens.db");
-    SqliteStore::open(&db).unwrap();
-    let lease = Duration::from_secs(2);
-    s.emulator.set_latency(Duration::from_secs(30)); // the holder's mint hangs
-    let mut holder = spawn_child(&s, &db, 1, lease);
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while s.token_requests() == 0 {
-        assert!(
-            Instant::now() < deadline,
-            "the holder never reached the token endpoint"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    holder.kill().unwrap(); // SIGKILL
-    holder.wait().unwrap();
-    let killed_at = Instant::now();
-    s.emulator.set_latency(Duration::ZERO);
-    let next = spawn_child(&s, &db, 5, lease);
-    let tokens = tokio::task::spawn_blocking(move || tokens_of(next))
-        .await
-        .unwrap();
-    let waited = killed_at.elapsed();
-    assert_eq!(tokens.len(), 5);
-    assert_eq!(
-        s.token_requests(),
-        2,
-        "the dead holder's request and one more"
-    );
-    // Generous bound for process start-up on a loaded machine; the lease is 2 s.
-    assert!(waited < lease + Duration::from_secs(10), "took {waited:?}");
-    eprintln!("recovered {waited:?} after the SIGKILL (lease {lease:?})");
+    common::sigkill_takeover(&s, &sqlite_spec(&dir.path().join("tokens.db"))).await;
 }
 
 #[cfg(unix)]
