@@ -135,6 +135,42 @@ async fn no_secret_reaches_logs_errors_or_debug_output() {
     let err: Error = exchange.generate_access_token(&code).await.unwrap_err();
     seen.push(format!("{err} {err:?}"));
 
+    // A per-user connection through the consent flow, and a disconnect.
+    let template = common::hermetic()
+        .connector(
+            ConnectorConfig::builder("users")
+                .client_id(CLIENT_ID)
+                .client_secret(CLIENT_SECRET)
+                .token_url(s.emulator.token_url())
+                .build()
+                .unwrap(),
+        )
+        .build()
+        .unwrap()
+        .connector("users")
+        .unwrap();
+    let flow = catalyst_connectors::users::ConsentFlow::new(
+        template.clone(),
+        "http://127.0.0.1:9/cb",
+        catalyst_connectors::users::StateKey::generate(),
+    );
+    seen.push(format!("{flow:?}"));
+    let start = flow.start("alice", &["ZohoCRM.users.READ"]).unwrap();
+    let code = s.emulator.add_grant_code(CLIENT_ID, "ZohoCRM.users.READ", Some("http://127.0.0.1:9/cb"));
+    secrets.push(code.clone());
+    let (_, alice) = flow.complete(&start.state, &GrantCode::new(code), None).await.unwrap();
+    let t = alice.access_token().await.unwrap();
+    secrets.push(t.expose_secret().to_owned());
+    if let Some(rt) = s.emulator.refresh_token_of(t.expose_secret()) {
+        secrets.push(rt);
+    }
+    seen.push(format!("{alice:?} {:?}", alice.status().await));
+    let err = flow.complete(&start.state, &GrantCode::new("1000.x"), None).await.unwrap_err();
+    seen.push(format!("{err} {err:?}"));
+    flow.disconnect("alice").await.unwrap();
+    let err = alice.access_token().await;
+    seen.push(format!("{err:?}"));
+
     // Config errors quoting nothing.
     let err = common::from_json(&serde_json::json!({"c": {"client_id": "a", "client_secret": CLIENT_SECRET, "auth_url": "nope"}})).unwrap_err();
     seen.push(format!("{err} {err:?}"));
