@@ -156,16 +156,26 @@ async fn no_secret_reaches_logs_errors_or_debug_output() {
     );
     seen.push(format!("{flow:?}"));
     let start = flow.start("alice", &["ZohoCRM.users.READ"]).unwrap();
-    let code = s.emulator.add_grant_code(CLIENT_ID, "ZohoCRM.users.READ", Some("http://127.0.0.1:9/cb"));
+    let code = s.emulator.add_grant_code(
+        CLIENT_ID,
+        "ZohoCRM.users.READ",
+        Some("http://127.0.0.1:9/cb"),
+    );
     secrets.push(code.clone());
-    let (_, alice) = flow.complete(&start.state, &GrantCode::new(code), None).await.unwrap();
+    let (_, alice) = flow
+        .complete(&start.state, &GrantCode::new(code), None)
+        .await
+        .unwrap();
     let t = alice.access_token().await.unwrap();
     secrets.push(t.expose_secret().to_owned());
     if let Some(rt) = s.emulator.refresh_token_of(t.expose_secret()) {
         secrets.push(rt);
     }
     seen.push(format!("{alice:?} {:?}", alice.status().await));
-    let err = flow.complete(&start.state, &GrantCode::new("1000.x"), None).await.unwrap_err();
+    let err = flow
+        .complete(&start.state, &GrantCode::new("1000.x"), None)
+        .await
+        .unwrap_err();
     seen.push(format!("{err} {err:?}"));
     flow.disconnect("alice").await.unwrap();
     let err = alice.access_token().await;

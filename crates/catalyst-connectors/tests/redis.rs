@@ -311,3 +311,95 @@ async fn redis_down_is_not_an_outage() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_killed_and_restarted_mid_run_costs_callers_nothing() {
+    if !redis_available() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let mut server = Some(Server::start(port, dir.path(), false));
+    let s = Setup::new().await;
+    let connection = common::hermetic_without_store()
+        .store_spec(format!("redis://127.0.0.1:{port}").parse().unwrap())
+        .clock(s.clock.clone())
+        .json(s.config())
+        .build()
+        .unwrap();
+    let errors = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let calls = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    // Callers, active all along.
+    let callers: Vec<_> = (0..8)
+        .map(|_| {
+            let crm = connection.connector("crm").unwrap();
+            let (errors, calls, stop) = (errors.clone(), calls.clone(), stop.clone());
+            tokio::spawn(async move {
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    if crm.access_token().await.is_err() {
+                        errors.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    }
+                    calls.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                }
+            })
+        })
+        .collect();
+    let crm = connection.connector("crm").unwrap();
+    // Simulated hours pass; Redis dies in the second and comes back in the fourth.
+    for hour in 0..6 {
+        match hour {
+            1 => server.take().map(|mut srv| srv.stop()).unwrap_or(()),
+            3 => server = Some(Server::start(port, dir.path(), false)),
+            _ => {}
+        }
+        for _ in 0..12 {
+            s.advance(Duration::from_secs(300));
+            tokio::time::sleep(Duration::from_millis(30)).await;
+            common::settle(&crm).await;
+        }
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for c in callers {
+        c.await.unwrap();
+    }
+    let calls = calls.load(std::sync::atomic::Ordering::Relaxed);
+    assert!(calls > 100, "callers were active: {calls}");
+    assert_eq!(
+        errors.load(std::sync::atomic::Ordering::Relaxed),
+        0,
+        "no caller error in {calls} calls"
+    );
+    // Back on Redis: the current token is there.
+    let token = crm.access_token().await.unwrap();
+    let stored = RedisStore::open(&format!("redis://127.0.0.1:{port}"))
+        .unwrap()
+        .get(&crm.cache_key())
+        .await
+        .unwrap();
+    eprintln!(
+        "{calls} calls, 0 errors, {} token requests over 6 simulated hours",
+        s.token_requests()
+    );
+    assert!(
+        stored.is_some_and(|v| v.data.contains(token.expose_secret())),
+        "the refreshed token is in Redis again"
+    );
+}
+
+#[test]
+fn a_redis_store_can_be_built_outside_a_runtime() {
+    // Connections are made on first use, inside the caller's runtime: building never panics.
+    let store = RedisStore::open("redis://127.0.0.1:1").unwrap();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let err = runtime.block_on(store.get("ZC_CONN_x:00000")).unwrap_err();
+    assert_eq!(
+        err.kind,
+        catalyst_connectors::StoreErrorKind::Unavailable,
+        "{err}"
+    );
+}

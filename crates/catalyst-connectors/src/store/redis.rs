@@ -71,8 +71,16 @@ return 0
 "#;
 
 enum Backend {
-    Standalone(ConnectionManager),
+    Standalone(Box<StandaloneBackend>),
     Cluster(Box<ClusterBackend>),
+}
+
+/// The connection manager is made on first use (inside the caller's Tokio runtime) and then
+/// reconnects by itself.
+struct StandaloneBackend {
+    client: redis::Client,
+    config: ConnectionManagerConfig,
+    manager: OnceCell<ConnectionManager>,
 }
 
 struct ClusterBackend {
@@ -136,16 +144,13 @@ impl RedisStore {
             .set_response_timeout(Some(TIMEOUT))
             .set_number_of_retries(1)
             .set_max_delay(Duration::from_millis(500));
-        let manager = ConnectionManager::new_lazy_with_config(client, config).map_err(|e| {
-            StoreError::new(
-                &label,
-                StoreErrorKind::Unavailable,
-                format!("cannot set up the connection: {e}"),
-            )
-        })?;
         Ok(Self {
             inner: std::sync::Arc::new(Inner {
-                backend: Backend::Standalone(manager),
+                backend: Backend::Standalone(Box::new(StandaloneBackend {
+                    client,
+                    config,
+                    manager: OnceCell::new(),
+                })),
                 prefix: prefix.to_owned(),
                 label,
             }),
@@ -236,7 +241,17 @@ impl RedisStore {
 
     async fn run<T: redis::FromRedisValue>(&self, cmd: &redis::Cmd) -> Result<T, StoreError> {
         match &self.inner.backend {
-            Backend::Standalone(manager) => {
+            Backend::Standalone(standalone) => {
+                let manager = standalone
+                    .manager
+                    .get_or_try_init(|| {
+                        ConnectionManager::new_with_config(
+                            standalone.client.clone(),
+                            standalone.config.clone(),
+                        )
+                    })
+                    .await
+                    .map_err(|e| self.error(e))?;
                 let mut con = manager.clone();
                 query(&mut con, cmd).await.map_err(|e| self.error(e))
             }
