@@ -379,6 +379,27 @@ pub enum StoreSpec {
     },
 }
 
+/// A URL with its password replaced, for display (cluster URLs list several hosts and do not
+/// parse as one URL: they are shown without their credentials part).
+#[cfg(feature = "redis")]
+pub(crate) fn redact_url(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut u) => {
+            if u.password().is_some() {
+                let _ = u.set_password(Some("redacted"));
+            }
+            u.to_string()
+        }
+        Err(_) => match url
+            .split_once("://")
+            .and_then(|(s, rest)| rest.rsplit_once('@').map(|(_, h)| (s, h)))
+        {
+            Some((scheme, hosts)) => format!("{scheme}://[redacted]@{hosts}"),
+            None => url.to_owned(),
+        },
+    }
+}
+
 /// The environment variable that selects the store.
 pub const STORE_ENV: &str = "CONNECTOR_STORE";
 
@@ -438,13 +459,7 @@ impl std::fmt::Display for StoreSpec {
             #[cfg(feature = "sqlite")]
             Self::Sqlite(p) => write!(f, "sqlite:{}", p.display()),
             #[cfg(feature = "redis")]
-            Self::Redis { url, .. } => match url::Url::parse(url) {
-                Ok(mut u) if u.password().is_some() => {
-                    let _ = u.set_password(Some("redacted"));
-                    write!(f, "{u}")
-                }
-                _ => f.write_str(url),
-            },
+            Self::Redis { url, .. } => f.write_str(&redact_url(url)),
         }
     }
 }
@@ -643,6 +658,20 @@ mod tests {
         let p = TokenRecord::from_json(r#"{"access_token":"t","expires_in":3600,"expires_at":7}"#)
             .unwrap();
         assert_eq!(p.lifetime_secs, 3600);
+    }
+
+    #[cfg(feature = "redis")]
+    #[test]
+    fn redis_urls_are_shown_without_passwords() {
+        for url in [
+            "redis://:hunter2@127.0.0.1:6379/0",
+            "rediss://user:hunter2@cache.example.com:6380",
+            "redis+cluster://user:hunter2@10.0.0.1:7000,10.0.0.2:7000",
+        ] {
+            let spec: StoreSpec = url.parse().unwrap();
+            let shown = format!("{spec} {spec:?}");
+            assert!(!shown.contains("hunter2"), "{shown}");
+        }
     }
 
     #[test]

@@ -12,7 +12,9 @@
 //! Every command has short connect and response timeouts: when Redis is unreachable, store calls
 //! fail fast and connectors carry on from memory, minting directly (once per process).
 
-use super::{CasOutcome, StoreError, StoreErrorKind, StoredValue, TokenStore, TokenWrite};
+use super::{
+    CasOutcome, StoreError, StoreErrorKind, StoredValue, TokenStore, TokenWrite, redact_url,
+};
 use async_trait::async_trait;
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::cluster::ClusterClient;
@@ -106,19 +108,6 @@ impl fmt::Debug for RedisStore {
             .field("target", &self.inner.label)
             .field("prefix", &self.inner.prefix)
             .finish()
-    }
-}
-
-/// Removes credentials from a Redis URL for display.
-fn redact_url(url: &str) -> String {
-    match url::Url::parse(url) {
-        Ok(mut u) => {
-            if u.password().is_some() {
-                let _ = u.set_password(Some("redacted"));
-            }
-            u.to_string()
-        }
-        Err(_) => "(unparsable URL)".into(),
     }
 }
 
