@@ -609,6 +609,8 @@ pub(crate) fn read_file(path: &Path, issues: &mut Vec<ConfigIssue>) -> Option<Va
 pub(crate) struct Settings {
     pub store: Option<crate::store::StoreSpec>,
     pub encryption_key_file: Option<std::path::PathBuf>,
+    /// The connector whose token calls Catalyst's API (for a `catalyst://` store).
+    pub catalyst_auth: Option<String>,
 }
 
 /// Reads `$connector` settings (names starting with `$` are reserved for settings).
@@ -653,13 +655,14 @@ pub(crate) fn parse_settings(
                     Err(e) => issue(Some("store"), e),
                 },
                 ("encryption_key_file", Some(p)) => settings.encryption_key_file = Some(p.into()),
-                ("store" | "encryption_key_file", None) => issue(
+                ("catalyst_auth", Some(name)) => settings.catalyst_auth = Some(name.to_owned()),
+                ("store" | "encryption_key_file" | "catalyst_auth", None) => issue(
                     Some(field),
                     format!("expected a string, found {}", kind_of(v)),
                 ),
                 _ => issue(
                     Some(field),
-                    "unknown setting (known: store, encryption_key_file)".into(),
+                    "unknown setting (known: store, encryption_key_file, catalyst_auth)".into(),
                 ),
             }
         }

@@ -417,15 +417,65 @@ impl ConnectionBuilder {
             total: self.request_timeout,
         })?;
         let clock = self.clock;
+        // A Catalyst Cache store gets its API token from a connector of this config, which
+        // itself keeps its token in memory (it cannot use the store it authenticates).
+        #[allow(unused_mut)]
+        let mut catalyst_admin: Option<Connector> = None;
         let store = match self.store {
             Some(store) => store,
-            None => self
-                .store_spec
-                .or(env_spec)
-                .or(settings.store)
-                .unwrap_or_else(StoreSpec::default_store)
-                .open(Arc::clone(&clock))
-                .map_err(Error::StoreOpen)?,
+            None => {
+                let spec = self
+                    .store_spec
+                    .or(env_spec)
+                    .or(settings.store)
+                    .unwrap_or_else(StoreSpec::default_store);
+                #[cfg(feature = "catalyst")]
+                let store = if let StoreSpec::Catalyst {
+                    project,
+                    segment,
+                    origin,
+                } = &spec
+                {
+                    let issue = |problem: String| {
+                        Error::Config(ConfigErrors(vec![ConfigIssue {
+                            source: None,
+                            connector: Some("$connector".into()),
+                            field: Some("catalyst_auth".into()),
+                            problem,
+                        }]))
+                    };
+                    let name = settings.catalyst_auth.clone().ok_or_else(|| {
+                        issue("a `catalyst://` store needs the name of the connector whose token calls Catalyst's API".into())
+                    })?;
+                    let (config, _) = by_name.get(&name).ok_or_else(|| {
+                        issue(format!("no connector named `{name}` in this config"))
+                    })?;
+                    let admin_runtime = Arc::new(Runtime {
+                        store: Arc::new(crate::store::MemoryStore::with_clock(Arc::clone(&clock))),
+                        clock: Arc::clone(&clock),
+                        client: client.clone(),
+                        options: self.options.clone(),
+                    });
+                    let admin = Connector::new(config.clone(), admin_runtime);
+                    let mut builder = crate::store::CatalystCacheStore::builder(project.clone())
+                        .token_from(admin.clone());
+                    if let Some(s) = segment {
+                        builder = builder.segment(s.clone());
+                    }
+                    if let Some(o) = origin {
+                        builder = builder.origin(o.clone());
+                    }
+                    catalyst_admin = Some(admin);
+                    let store: Arc<dyn TokenStore> =
+                        Arc::new(builder.build().map_err(Error::StoreOpen)?);
+                    store
+                } else {
+                    spec.open(Arc::clone(&clock)).map_err(Error::StoreOpen)?
+                };
+                #[cfg(not(feature = "catalyst"))]
+                let store = spec.open(Arc::clone(&clock)).map_err(Error::StoreOpen)?;
+                store
+            }
         };
         let store: Arc<dyn TokenStore> = match &key {
             Some(key) => Arc::new(EncryptedStore::new(store, key)),
@@ -440,7 +490,13 @@ impl ConnectionBuilder {
         let connectors: Arc<BTreeMap<String, Connector>> = Arc::new(
             by_name
                 .into_iter()
-                .map(|(name, (config, _))| (name, Connector::new(config, Arc::clone(&runtime))))
+                .map(|(name, (config, _))| {
+                    let connector = match &catalyst_admin {
+                        Some(admin) if admin.name() == name => admin.clone(),
+                        _ => Connector::new(config, Arc::clone(&runtime)),
+                    };
+                    (name, connector)
+                })
                 .collect(),
         );
         if let Some(max) = runtime.store.max_key_len() {

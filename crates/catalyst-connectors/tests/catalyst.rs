@@ -297,3 +297,55 @@ async fn a_lease_store_elects_one_minter() {
     // Two admin tokens for the two stores, and one crm token.
     assert_eq!(refresh_grants(&s) - before, 3);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_store_can_be_chosen_in_the_config() {
+    let s = Setup::new().await;
+    let admin_rt = s.emulator.add_refresh_token(
+        CLIENT_ID,
+        "ZohoCatalyst.cache.READ,ZohoCatalyst.cache.CREATE",
+    );
+    let url = s.emulator.token_url();
+    let config = json!({
+        "$connector": {
+            "store": format!("catalyst://{PROJECT}?origin={}", s.emulator.url()),
+            "catalyst_auth": "catalyst_admin",
+        },
+        "catalyst_admin": {"client_id": CLIENT_ID, "client_secret": CLIENT_SECRET,
+            "auth_url": url, "refresh_url": url, "refresh_token": admin_rt},
+        "crm": {"client_id": CLIENT_ID, "client_secret": CLIENT_SECRET,
+            "auth_url": url, "refresh_url": url, "refresh_token": s.refresh_token},
+    });
+    let connection = Connection::builder()
+        .ignore_env()
+        .json(config.clone())
+        .build()
+        .unwrap();
+    let crm = connection.connector("crm").unwrap();
+    let token = crm.access_token().await.unwrap();
+    let stored = s
+        .emulator
+        .cache_value(PROJECT, None, &crm.cache_key())
+        .expect("in Catalyst Cache");
+    assert!(stored.as_str().unwrap().contains(token.expose_secret()));
+    // The admin connector keeps its own token in memory, not in the cache it authenticates.
+    let admin = connection.connector("catalyst_admin").unwrap();
+    admin.access_token().await.unwrap();
+    assert!(
+        s.emulator
+            .cache_value(PROJECT, None, &admin.cache_key())
+            .is_none()
+    );
+
+    let mut missing = config.clone();
+    missing["$connector"]
+        .as_object_mut()
+        .unwrap()
+        .remove("catalyst_auth");
+    let err = Connection::builder()
+        .ignore_env()
+        .json(missing)
+        .build()
+        .unwrap_err();
+    assert!(err.to_string().contains("`catalyst_auth`"), "{err}");
+}

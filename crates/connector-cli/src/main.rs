@@ -32,9 +32,10 @@ struct Cli {
     /// directory (e.g. ~/.config/catalyst-connectors/).
     #[arg(long, global = true, env = "CONNECTOR_CONFIG")]
     config: Option<PathBuf>,
-    /// Where tokens are kept and shared: `sqlite:PATH`, `memory:`, `redis://…`, `rediss://…` or
-    /// `redis+cluster://h1:p1,h2:p2`. Default: the config's `$connector.store`, else SQLite in the
-    /// user data directory.
+    /// Where tokens are kept and shared: `sqlite:PATH`, `memory:`, `redis://…`, `rediss://…`,
+    /// `redis+cluster://h1:p1,h2:p2` or `catalyst://PROJECT_ID[/SEGMENT]` (with
+    /// `$connector.catalyst_auth` in the config). Default: the config's `$connector.store`, else
+    /// SQLite in the user data directory.
     #[arg(long, global = true, env = "CONNECTOR_STORE", value_parser = parse_store)]
     store: Option<StoreSpec>,
     #[command(subcommand)]

@@ -377,6 +377,17 @@ pub enum StoreSpec {
         /// The key prefix.
         prefix: String,
     },
+    /// A [`CatalystCacheStore`]: `catalyst://PROJECT_ID[/SEGMENT_ID][?origin=URL]`. The token for
+    /// Catalyst's API comes from the connector named by the config's `$connector.catalyst_auth`.
+    #[cfg(feature = "catalyst")]
+    Catalyst {
+        /// The project id.
+        project: String,
+        /// The cache segment (default: the project's default segment).
+        segment: Option<String>,
+        /// The API origin (default: `X_ZOHO_CATALYST_CONSOLE_URL`, else the US origin).
+        origin: Option<String>,
+    },
 }
 
 /// A URL with its password replaced, for display (cluster URLs list several hosts and do not
@@ -426,6 +437,35 @@ impl std::str::FromStr for StoreSpec {
                 return Err("this build has no SQLite store (cargo feature `sqlite`)".into());
             }
         }
+        if let Some(rest) = s.strip_prefix("catalyst://") {
+            #[cfg(feature = "catalyst")]
+            {
+                let (path, origin) = match rest.split_once("?origin=") {
+                    Some((p, o)) => (p, Some(o.to_owned())),
+                    None => (rest, None),
+                };
+                let mut parts = path.trim_end_matches('/').splitn(2, '/');
+                let project = parts.next().unwrap_or_default().to_owned();
+                if project.is_empty() {
+                    return Err(
+                        "`catalyst://` needs a project id, e.g. catalyst://4000000001234".into(),
+                    );
+                }
+                let segment = parts.next().filter(|s| !s.is_empty()).map(str::to_owned);
+                return Ok(Self::Catalyst {
+                    project,
+                    segment,
+                    origin,
+                });
+            }
+            #[cfg(not(feature = "catalyst"))]
+            {
+                let _ = rest;
+                return Err(
+                    "this build has no Catalyst Cache store (cargo feature `catalyst`)".into(),
+                );
+            }
+        }
         if [
             "redis://",
             "rediss://",
@@ -460,6 +500,13 @@ impl std::fmt::Display for StoreSpec {
             Self::Sqlite(p) => write!(f, "sqlite:{}", p.display()),
             #[cfg(feature = "redis")]
             Self::Redis { url, .. } => f.write_str(&redact_url(url)),
+            #[cfg(feature = "catalyst")]
+            Self::Catalyst {
+                project, segment, ..
+            } => match segment {
+                Some(s) => write!(f, "catalyst://{project}/{s}"),
+                None => write!(f, "catalyst://{project}"),
+            },
         }
     }
 }
@@ -501,6 +548,12 @@ impl StoreSpec {
             Self::Sqlite(p) => Ok(Arc::new(SqliteStore::open_with_clock(p, clock)?)),
             #[cfg(feature = "redis")]
             Self::Redis { url, prefix } => Ok(Arc::new(RedisStore::from_url(url, prefix)?)),
+            #[cfg(feature = "catalyst")]
+            Self::Catalyst { .. } => Err(StoreError::new(
+                "catalyst cache",
+                StoreErrorKind::Rejected,
+                "a Catalyst Cache store needs a connector for Catalyst's API: name it in the config's `$connector.catalyst_auth`",
+            )),
         }
     }
 }
