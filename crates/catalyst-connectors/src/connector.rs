@@ -672,9 +672,9 @@ impl Connector {
         if now < next {
             return false; // backing off, or one is running
         }
-        let Ok(handle) = tokio::runtime::Handle::try_current() else {
+        if tokio::runtime::Handle::try_current().is_err() {
             return false; // no runtime to run it on: the next waiting caller refreshes
-        };
+        }
         if self
             .inner
             .next_attempt_at
@@ -684,10 +684,8 @@ impl Connector {
             return false; // another caller claimed it
         }
         tracing::debug!(connector = %self.inner.name, "refreshing in the background");
-        let flight = self.flight_or_start(Mode::Background);
-        handle.spawn(async move {
-            let _ = flight.await;
-        });
+        // The flight's own driver task runs it; nobody waits here.
+        drop(self.flight_or_start(Mode::Background));
         true
     }
 
@@ -731,8 +729,9 @@ impl Connector {
     }
 
     /// Joins the flight in progress or starts one. The flight is a shared future kept in the
-    /// connector's slot until it completes: whoever polls it drives it (a background refresh is
-    /// driven by a spawned task), and a cancelled caller does not cancel it.
+    /// connector's slot until it completes. A task on the Tokio runtime drives it to the end, so
+    /// a caller that gives up (deadline, cancellation) leaves it running for the next one;
+    /// waiting callers poll it too, so a result reaches them without a thread hop.
     fn flight_or_start(&self, mode: Mode) -> Flight {
         let mut slot = self.lock_flight();
         if let Some(f) = slot.as_ref() {
@@ -741,6 +740,12 @@ impl Connector {
         let this = self.clone();
         let f = async move { this.run_flight(mode).await }.boxed().shared();
         *slot = Some(f.clone());
+        if let Ok(handle) = tokio::runtime::Handle::try_current() {
+            let driver = f.clone();
+            handle.spawn(async move {
+                let _ = driver.await;
+            });
+        }
         f
     }
 

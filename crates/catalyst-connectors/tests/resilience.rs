@@ -404,3 +404,30 @@ async fn status_reports_source_schedule_errors_and_waiters() {
     );
     assert!(!failing.refreshing);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_caller_past_its_deadline_leaves_the_mint_running() {
+    let s = Setup::new().await;
+    s.emulator.set_latency(Duration::from_millis(600));
+    let crm = s
+        .builder()
+        .wait_deadline(Duration::from_millis(100))
+        .build()
+        .unwrap()
+        .connector("crm")
+        .unwrap();
+    let err = crm.access_token().await.unwrap_err();
+    assert!(matches!(err, Error::DeadlineExceeded { .. }), "{err:?}");
+    // Nobody calls again, yet the mint completes and the token is installed.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while crm.status().await.state != TokenState::Fresh {
+        assert!(
+            Instant::now() < deadline,
+            "the abandoned mint never completed"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(s.token_requests(), 1);
+    crm.access_token().await.unwrap();
+    assert_eq!(s.token_requests(), 1, "the next caller uses it");
+}
