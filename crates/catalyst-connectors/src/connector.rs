@@ -728,10 +728,12 @@ impl Connector {
         self.flight_or_start(mode).await
     }
 
-    /// Joins the flight in progress or starts one. The flight is a shared future kept in the
-    /// connector's slot until it completes. A task on the Tokio runtime drives it to the end, so
-    /// a caller that gives up (deadline, cancellation) leaves it running for the next one;
-    /// waiting callers poll it too, so a result reaches them without a thread hop.
+    /// Joins the flight in progress, or starts one and makes sure it runs to the end. The flight
+    /// is a shared future kept in the connector's slot until it completes. A waiting starter polls
+    /// it once at once: a flight that finishes there (a store hit) costs no task; one that must wait
+    /// (a mint, a store write) gets a driver task on the Tokio runtime, so a caller that gives up
+    /// (deadline, cancellation) leaves it running. Waiting callers poll it too, so its result
+    /// reaches them without a thread hop.
     fn flight_or_start(&self, mode: Mode) -> Flight {
         let mut slot = self.lock_flight();
         if let Some(f) = slot.as_ref() {
@@ -740,11 +742,15 @@ impl Connector {
         let this = self.clone();
         let f = async move { this.run_flight(mode).await }.boxed().shared();
         *slot = Some(f.clone());
-        if let Ok(handle) = tokio::runtime::Handle::try_current() {
-            let driver = f.clone();
-            handle.spawn(async move {
-                let _ = driver.await;
-            });
+        drop(slot);
+        // A background refresh never runs in the caller that triggered it.
+        if mode == Mode::Background || f.clone().now_or_never().is_none() {
+            if let Ok(handle) = tokio::runtime::Handle::try_current() {
+                let driver = f.clone();
+                handle.spawn(async move {
+                    let _ = driver.await;
+                });
+            }
         }
         f
     }
