@@ -349,3 +349,96 @@ async fn the_store_can_be_chosen_in_the_config() {
         .unwrap_err();
     assert!(err.to_string().contains("`catalyst_auth`"), "{err}");
 }
+
+// ---------------------------------------------------------------------------------------------
+// Interop with the official Node SDK 3.4.0 itself (interop/node, installed by `.ci/run`).
+
+fn node_sdk() -> Option<std::path::PathBuf> {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../interop/node");
+    let installed = dir.join("node_modules/zcatalyst-sdk-node").is_dir()
+        && std::process::Command::new("node")
+            .arg("--version")
+            .output()
+            .is_ok_and(|o| o.status.success());
+    if !installed {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "the Node SDK is not installed and CI is set: run `npm ci` in interop/node"
+        );
+        eprintln!(
+            "SKIPPED: the Node SDK is not installed (npm ci in interop/node; set CI to make this a failure)"
+        );
+        return None;
+    }
+    Some(dir)
+}
+
+/// Runs the Node SDK's `getAccessToken()` for connector `crm` of `s`'s config.
+async fn node_access_token(dir: &std::path::Path, s: &Setup, admin: &Connector) -> String {
+    let admin_token = admin
+        .access_token()
+        .await
+        .unwrap()
+        .expose_secret()
+        .to_owned();
+    let mut cmd = std::process::Command::new("node");
+    cmd.arg(dir.join("connector.js"))
+        .current_dir(dir)
+        .env("X_ZOHO_CATALYST_CONSOLE_URL", s.emulator.url())
+        .env("INTEROP_PROJECT", PROJECT)
+        .env("INTEROP_ADMIN_TOKEN", admin_token)
+        .env("INTEROP_CONNECTOR", "crm")
+        .env("INTEROP_CLIENT_ID", CLIENT_ID)
+        .env("INTEROP_CLIENT_SECRET", CLIENT_SECRET)
+        .env("INTEROP_TOKEN_URL", s.emulator.token_url())
+        .env("INTEROP_REFRESH_TOKEN", &s.refresh_token);
+    let out = tokio::task::spawn_blocking(move || cmd.output().unwrap())
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "node: {stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("TOKEN "))
+        .expect("a token line")
+        .to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_node_sdk_reads_our_token_without_minting() {
+    let Some(dir) = node_sdk() else { return };
+    let s = Setup::new().await;
+    let admin = admin(&s);
+    let crm = crm_on(&s, store_with(&s, admin.clone()));
+    let ours = crm.access_token().await.unwrap();
+    let before = refresh_grants(&s);
+    let theirs = node_access_token(&dir, &s, &admin).await;
+    assert_eq!(
+        theirs,
+        ours.expose_secret(),
+        "the Node SDK served our token"
+    );
+    assert_eq!(refresh_grants(&s), before, "and minted nothing");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn we_read_the_node_sdks_token_without_minting() {
+    let Some(dir) = node_sdk() else { return };
+    let s = Setup::new().await;
+    let admin = admin(&s);
+    let theirs = node_access_token(&dir, &s, &admin).await;
+    let before = refresh_grants(&s);
+    let crm = crm_on(&s, store_with(&s, admin.clone()));
+    let ours = crm.access_token().await.unwrap();
+    assert_eq!(
+        ours.expose_secret(),
+        theirs,
+        "we served the Node SDK's token"
+    );
+    assert_eq!(ours.source(), TokenSource::Store);
+    assert_eq!(refresh_grants(&s), before, "and minted nothing");
+}
