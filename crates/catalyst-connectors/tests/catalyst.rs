@@ -351,40 +351,67 @@ async fn the_store_can_be_chosen_in_the_config() {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Interop with the official Node SDK 3.4.0 itself (interop/node, installed by `.ci/run`).
+// Interop with the official SDKs themselves: Node 3.4.0 (interop/node) and Python 1.4.0
+// (interop/python), both installed by `.ci/run`.
 
-fn node_sdk() -> Option<std::path::PathBuf> {
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../interop/node");
-    let installed = dir.join("node_modules/zcatalyst-sdk-node").is_dir()
-        && std::process::Command::new("node")
-            .arg("--version")
-            .output()
-            .is_ok_and(|o| o.status.success());
-    if !installed {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "the Node SDK is not installed and CI is set: run `npm ci` in interop/node"
-        );
-        eprintln!(
-            "SKIPPED: the Node SDK is not installed (npm ci in interop/node; set CI to make this a failure)"
-        );
-        return None;
-    }
-    Some(dir)
+#[derive(Clone, Copy, Debug)]
+enum Sdk {
+    Node,
+    Python,
 }
 
-/// Runs the Node SDK's `getAccessToken()` for connector `crm` of `s`'s config.
-async fn node_access_token(dir: &std::path::Path, s: &Setup, admin: &Connector) -> String {
+impl Sdk {
+    fn dir(self) -> std::path::PathBuf {
+        let sub = match self {
+            Sdk::Node => "node",
+            Sdk::Python => "python",
+        };
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../interop")
+            .join(sub)
+    }
+
+    /// The command that runs the SDK's `get_access_token`, if the SDK is installed.
+    fn command(self) -> Option<std::process::Command> {
+        let dir = self.dir();
+        let (program, script, installed) = match self {
+            Sdk::Node => (
+                "node".into(),
+                dir.join("connector.js"),
+                dir.join("node_modules/zcatalyst-sdk-node").is_dir(),
+            ),
+            Sdk::Python => (
+                dir.join("venv/bin/python"),
+                dir.join("connector.py"),
+                dir.join("venv/bin/python").is_file(),
+            ),
+        };
+        if !installed {
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "the {self:?} SDK is not installed in {} and CI is set (see .ci/run)",
+                dir.display()
+            );
+            eprintln!(
+                "SKIPPED: the {self:?} SDK is not installed (see .ci/run; set CI to make this a failure)"
+            );
+            return None;
+        }
+        let mut cmd = std::process::Command::new::<std::path::PathBuf>(program);
+        cmd.arg(script).current_dir(dir);
+        Some(cmd)
+    }
+}
+
+/// Runs the SDK's access-token call for connector `crm` of `s`'s config.
+async fn sdk_access_token(mut cmd: std::process::Command, s: &Setup, admin: &Connector) -> String {
     let admin_token = admin
         .access_token()
         .await
         .unwrap()
         .expose_secret()
         .to_owned();
-    let mut cmd = std::process::Command::new("node");
-    cmd.arg(dir.join("connector.js"))
-        .current_dir(dir)
-        .env("X_ZOHO_CATALYST_CONSOLE_URL", s.emulator.url())
+    cmd.env("X_ZOHO_CATALYST_CONSOLE_URL", s.emulator.url())
         .env("INTEROP_PROJECT", PROJECT)
         .env("INTEROP_ADMIN_TOKEN", admin_token)
         .env("INTEROP_CONNECTOR", "crm")
@@ -398,47 +425,66 @@ async fn node_access_token(dir: &std::path::Path, s: &Setup, admin: &Connector) 
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),
-        "node: {stdout}\n{}",
+        "sdk: {stdout}\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
     stdout
         .lines()
         .find_map(|l| l.strip_prefix("TOKEN "))
         .expect("a token line")
+        .trim()
         .to_owned()
+}
+
+async fn sdk_reads_ours(sdk: Sdk) {
+    let Some(cmd) = sdk.command() else { return };
+    let s = Setup::new().await;
+    let admin = admin(&s);
+    let crm = crm_on(&s, store_with(&s, admin.clone()));
+    let ours = crm.access_token().await.unwrap();
+    let before = refresh_grants(&s);
+    let theirs = sdk_access_token(cmd, &s, &admin).await;
+    assert_eq!(
+        theirs,
+        ours.expose_secret(),
+        "the {sdk:?} SDK served our token"
+    );
+    assert_eq!(refresh_grants(&s), before, "and minted nothing");
+}
+
+async fn we_read_the_sdks(sdk: Sdk) {
+    let Some(cmd) = sdk.command() else { return };
+    let s = Setup::new().await;
+    let admin = admin(&s);
+    let theirs = sdk_access_token(cmd, &s, &admin).await;
+    let before = refresh_grants(&s);
+    let crm = crm_on(&s, store_with(&s, admin.clone()));
+    let ours = crm.access_token().await.unwrap();
+    assert_eq!(
+        ours.expose_secret(),
+        theirs,
+        "we served the {sdk:?} SDK's token"
+    );
+    assert_eq!(ours.source(), TokenSource::Store);
+    assert_eq!(refresh_grants(&s), before, "and minted nothing");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_node_sdk_reads_our_token_without_minting() {
-    let Some(dir) = node_sdk() else { return };
-    let s = Setup::new().await;
-    let admin = admin(&s);
-    let crm = crm_on(&s, store_with(&s, admin.clone()));
-    let ours = crm.access_token().await.unwrap();
-    let before = refresh_grants(&s);
-    let theirs = node_access_token(&dir, &s, &admin).await;
-    assert_eq!(
-        theirs,
-        ours.expose_secret(),
-        "the Node SDK served our token"
-    );
-    assert_eq!(refresh_grants(&s), before, "and minted nothing");
+    sdk_reads_ours(Sdk::Node).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn we_read_the_node_sdks_token_without_minting() {
-    let Some(dir) = node_sdk() else { return };
-    let s = Setup::new().await;
-    let admin = admin(&s);
-    let theirs = node_access_token(&dir, &s, &admin).await;
-    let before = refresh_grants(&s);
-    let crm = crm_on(&s, store_with(&s, admin.clone()));
-    let ours = crm.access_token().await.unwrap();
-    assert_eq!(
-        ours.expose_secret(),
-        theirs,
-        "we served the Node SDK's token"
-    );
-    assert_eq!(ours.source(), TokenSource::Store);
-    assert_eq!(refresh_grants(&s), before, "and minted nothing");
+    we_read_the_sdks(Sdk::Node).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_python_sdk_reads_our_token_without_minting() {
+    sdk_reads_ours(Sdk::Python).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn we_read_the_python_sdks_token_without_minting() {
+    we_read_the_sdks(Sdk::Python).await;
 }
