@@ -403,3 +403,127 @@ fn a_redis_store_can_be_built_outside_a_runtime() {
         "{err}"
     );
 }
+
+/// Makes a CA and a server certificate for 127.0.0.1 with the openssl command.
+fn tls_material(dir: &Path) {
+    let run = |args: &[&str]| {
+        let out = Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .expect("openssl");
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    run(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.crt",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=test-ca",
+    ]);
+    run(&[
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "server.key",
+        "-out",
+        "server.csr",
+        "-subj",
+        "/CN=127.0.0.1",
+        "-addext",
+        "subjectAltName=IP:127.0.0.1",
+    ]);
+    run(&[
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.crt",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "server.crt",
+        "-days",
+        "2",
+        "-copy_extensions",
+        "copy",
+    ]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rediss_works_with_a_private_ca_and_refuses_an_untrusted_server() {
+    if !redis_available() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    tls_material(dir.path());
+    let port = free_port();
+    let mut server = Command::new("redis-server")
+        .args([
+            "--port",
+            "0",
+            "--tls-port",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ])
+        .args([
+            "--tls-cert-file",
+            "server.crt",
+            "--tls-key-file",
+            "server.key",
+            "--tls-ca-cert-file",
+            "ca.crt",
+            "--tls-auth-clients",
+            "no",
+        ])
+        .current_dir(dir.path())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let url = format!("rediss://127.0.0.1:{port}");
+    let ca = std::fs::read(dir.path().join("ca.crt")).unwrap();
+    let store = RedisStore::open_tls(&url, "tls:", &ca).unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while store.get("ZC_CONN_tls:00000").await.is_err() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the TLS server never answered"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    conformance::get_put_delete(&store, "tls").await.unwrap();
+    conformance::compare_and_set(&store, "tls").await.unwrap();
+    conformance::lease_exclusivity(&store, "tls").await.unwrap();
+    // Without the private CA the server is not trusted: a typed store error, never a connection.
+    let untrusted = RedisStore::open(&url).unwrap();
+    let err = untrusted.get("ZC_CONN_tls:00000").await.unwrap_err();
+    assert_eq!(
+        err.kind,
+        catalyst_connectors::StoreErrorKind::Unavailable,
+        "{err}"
+    );
+    let _ = server.kill();
+    let _ = server.wait();
+}

@@ -128,12 +128,16 @@ impl RedisStore {
                 format!("invalid Redis URL: {e}"),
             )
         })?;
+        Ok(Self::with_client(client, prefix, label))
+    }
+
+    fn with_client(client: redis::Client, prefix: &str, label: String) -> Self {
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(TIMEOUT))
             .set_response_timeout(Some(TIMEOUT))
             .set_number_of_retries(1)
             .set_max_delay(Duration::from_millis(500));
-        Ok(Self {
+        Self {
             inner: std::sync::Arc::new(Inner {
                 backend: Backend::Standalone(Box::new(StandaloneBackend {
                     client,
@@ -143,7 +147,28 @@ impl RedisStore {
                 prefix: prefix.to_owned(),
                 label,
             }),
-        })
+        }
+    }
+
+    /// Connects to a TLS server (`rediss://…`) whose certificate chains to `root_ca_pem` (PEM)
+    /// instead of the public web roots, e.g. a private CA.
+    pub fn open_tls(url: &str, prefix: &str, root_ca_pem: &[u8]) -> Result<Self, StoreError> {
+        let label = format!("redis {}", redact_url(url));
+        let client = redis::Client::build_with_tls(
+            url,
+            redis::TlsCertificates {
+                client_tls: None,
+                root_cert: Some(root_ca_pem.to_vec()),
+            },
+        )
+        .map_err(|e| {
+            StoreError::new(
+                &label,
+                StoreErrorKind::Rejected,
+                format!("invalid TLS set-up: {e}"),
+            )
+        })?;
+        Ok(Self::with_client(client, prefix, label))
     }
 
     /// Connects (lazily) to a Redis Cluster through any of its nodes, e.g.
