@@ -29,9 +29,19 @@ impl Clock for SystemClock {
 /// Converts a [`SystemTime`] to epoch milliseconds (negative before 1970).
 pub fn system_time_to_millis(t: SystemTime) -> EpochMillis {
     match t.duration_since(UNIX_EPOCH) {
-        Ok(d) => i64::try_from(d.as_millis()).unwrap_or(i64::MAX),
-        Err(e) => -i64::try_from(e.duration().as_millis()).unwrap_or(i64::MAX),
+        Ok(d) => duration_millis(d),
+        Err(e) => -duration_millis(e.duration()),
     }
+}
+
+/// A duration in whole milliseconds, saturating at `i64::MAX`.
+pub(crate) fn duration_millis(d: Duration) -> EpochMillis {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
+
+/// The time from `now` until `at`, at least `floor`.
+pub(crate) fn until(now: EpochMillis, at: EpochMillis, floor: Duration) -> Duration {
+    Duration::from_millis(u64::try_from(at.saturating_sub(now)).unwrap_or(0)).max(floor)
 }
 
 /// Converts epoch milliseconds to a [`SystemTime`].
@@ -68,8 +78,7 @@ impl ManualClock {
 
     /// Moves the clock forward.
     pub fn advance(&self, by: Duration) {
-        let ms = i64::try_from(by.as_millis()).unwrap_or(i64::MAX);
-        self.0.fetch_add(ms, Ordering::SeqCst);
+        self.0.fetch_add(duration_millis(by), Ordering::SeqCst);
     }
 
     /// Sets the clock to `to` (epoch milliseconds).

@@ -13,7 +13,7 @@
 //! 5. **Mint** — one POST to the token endpoint; the record is written with a compare-and-set on the
 //!    generation read in step 3, so a late writer never overwrites a newer token.
 
-use crate::clock::{Clock, EpochMillis, millis_to_system_time};
+use crate::clock::{Clock, EpochMillis, duration_millis, millis_to_system_time, until};
 use crate::config::ConnectorConfig;
 use crate::error::{Error, Result};
 use crate::governor;
@@ -570,7 +570,7 @@ impl Connector {
     /// but not the mint governor.
     pub async fn force_refresh(&self) -> Result<AccessToken> {
         self.inner.current.store(None);
-        self.flight(Mode::Force).await
+        self.flight_or_start(Mode::Force).await
     }
 
     /// A snapshot of the connector's state: token, schedule, failures, governor, waiters.
@@ -629,7 +629,7 @@ impl Connector {
         let Some(token) = guard.as_ref() else {
             return false;
         };
-        let lead = i64::try_from(lead.as_millis()).unwrap_or(i64::MAX);
+        let lead = duration_millis(lead);
         if now < token.refresh_at.saturating_sub(lead) || now >= token.expires_at {
             return false;
         }
@@ -724,10 +724,6 @@ impl Connector {
         result
     }
 
-    async fn flight(&self, mode: Mode) -> Result<AccessToken> {
-        self.flight_or_start(mode).await
-    }
-
     /// Joins the flight in progress, or starts one and makes sure it runs to the end. The flight
     /// is a shared future kept in the connector's slot until it completes. A waiting starter polls
     /// it once at once: a flight that finishes there (a store hit) costs no task; one that must wait
@@ -780,7 +776,6 @@ impl Connector {
     fn record_outcome(&self, outcome: Attempt) {
         let options = &self.inner.runtime.options;
         let now = self.inner.runtime.clock.now_millis();
-        let ms = |d: Duration| i64::try_from(d.as_millis()).unwrap_or(i64::MAX);
         let mut guard = self.health();
         let next = match outcome {
             Attempt::None => {
@@ -817,10 +812,10 @@ impl Connector {
                     Error::MissingRefreshToken { .. } => Duration::ZERO,
                     _ => options.negative_ttl,
                 };
-                tracing::debug!(connector = %self.inner.name, retry_in_ms = ms(delay), "next refresh attempt scheduled");
+                tracing::debug!(connector = %self.inner.name, retry_in_ms = duration_millis(delay), "next refresh attempt scheduled");
                 health.last_error = Some((e.clone(), now));
                 health.blocking_error = Some(e);
-                now.saturating_add(ms(delay))
+                now.saturating_add(duration_millis(delay))
             }
         };
         self.inner.next_attempt_at.store(next, Ordering::Release);
@@ -847,16 +842,7 @@ impl Connector {
             return Ok(false);
         }
         if let Some(generation) = token.generation() {
-            let key = self.inner.creds.load().key.clone();
-            self.inner
-                .runtime
-                .store
-                .delete(&key, Some(generation))
-                .await
-                .map_err(|source| Error::Store {
-                    connector: self.inner.name.clone(),
-                    source,
-                })?;
+            self.delete_stored(Some(generation)).await?;
         }
         tracing::info!(connector = %self.inner.name, "token rejected by the API; it will be replaced");
         Ok(true)
@@ -872,17 +858,8 @@ impl Connector {
     /// next call mints a new one. A newer token written meanwhile by another process is kept.
     pub async fn invalidate(&self) -> Result<()> {
         let old = self.inner.current.swap(None);
-        let key = self.inner.creds.load().key.clone();
-        let expected = old.as_ref().and_then(|t| t.generation);
-        self.inner
-            .runtime
-            .store
-            .delete(&key, expected)
-            .await
-            .map_err(|source| Error::Store {
-                connector: self.inner.name.clone(),
-                source,
-            })?;
+        self.delete_stored(old.as_ref().and_then(|t| t.generation))
+            .await?;
         tracing::debug!(connector = %self.inner.name, "token invalidated");
         Ok(())
     }
@@ -993,6 +970,20 @@ impl Connector {
         self.inner.creds.store(forgotten);
         tracing::info!(connector = %self.inner.name, "refresh token revoked");
         Ok(())
+    }
+
+    /// Deletes the stored token record (only at `generation`, when given).
+    async fn delete_stored(&self, generation: Option<u64>) -> Result<bool> {
+        let key = self.inner.creds.load().key.clone();
+        self.inner
+            .runtime
+            .store
+            .delete(&key, generation)
+            .await
+            .map_err(|source| Error::Store {
+                connector: self.inner.name.clone(),
+                source,
+            })
     }
 
     /// The generation stored under the credentials' key, when the store can tell.
@@ -1146,10 +1137,12 @@ impl Connector {
             )
             .await;
             if mints.len() >= options.mint_limit as usize {
-                let window = i64::try_from(options.mint_window.as_millis()).unwrap_or(i64::MAX);
-                let frees_at = mints.first().copied().unwrap_or(now).saturating_add(window);
-                let retry_after =
-                    Duration::from_millis(u64::try_from(frees_at - now).unwrap_or(0).max(1000));
+                let frees_at = mints
+                    .first()
+                    .copied()
+                    .unwrap_or(now)
+                    .saturating_add(duration_millis(options.mint_window));
+                let retry_after = until(now, frees_at, Duration::from_secs(1));
                 self.inner.metrics.governor_refusals.increment(1);
                 tracing::warn!(connector = %name, mints = mints.len(), retry_after_secs = retry_after.as_secs(), "mint governor: limit reached for this refresh token");
                 return Err(Error::Throttled {
@@ -1319,7 +1312,7 @@ impl Connector {
             fingerprint: Some(creds.fingerprint.clone()),
         };
         let now = runtime.clock.now_millis();
-        let ttl = Duration::from_millis(u64::try_from(expires_at - now).unwrap_or(0).max(1000));
+        let ttl = until(now, expires_at, Duration::from_secs(1));
         let data = record.to_json();
         let mut write = TokenWrite::new(&creds.key, expected, &data, ttl);
         if let Some(r) = &refresh_record {
@@ -1473,13 +1466,15 @@ pub(crate) fn refresh_schedule(
     lifetime: Duration,
     refresh_in: Option<Duration>,
 ) -> (EpochMillis, EpochMillis) {
-    let ms = |d: Duration| i64::try_from(d.as_millis()).unwrap_or(i64::MAX);
-    let expires_at = issued_at.saturating_add(ms(lifetime));
+    let expires_at = issued_at.saturating_add(duration_millis(lifetime));
     let refresh_after = match refresh_in {
         Some(r) => r.min(lifetime),
         None => lifetime - (lifetime / 4).min(Duration::from_secs(15 * 60)),
     };
-    (issued_at.saturating_add(ms(refresh_after)), expires_at)
+    (
+        issued_at.saturating_add(duration_millis(refresh_after)),
+        expires_at,
+    )
 }
 
 #[cfg(test)]

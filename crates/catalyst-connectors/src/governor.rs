@@ -2,13 +2,9 @@
 //! process sharing the store counts together. Only the lease holder mints, so reading the log and
 //! then recording a mint does not race across processes that share a lease.
 
-use crate::clock::EpochMillis;
+use crate::clock::{EpochMillis, duration_millis};
 use crate::store::{CasOutcome, TokenStore, TokenWrite};
 use std::time::Duration;
-
-fn window_ms(window: Duration) -> i64 {
-    i64::try_from(window.as_millis()).unwrap_or(i64::MAX)
-}
 
 fn parse(data: &str) -> Vec<EpochMillis> {
     serde_json::from_str::<Vec<EpochMillis>>(data).unwrap_or_default()
@@ -22,7 +18,7 @@ pub(crate) async fn recent_mints(
     now: EpochMillis,
     window: Duration,
 ) -> Vec<EpochMillis> {
-    let since = now.saturating_sub(window_ms(window));
+    let since = now.saturating_sub(duration_millis(window));
     match store.get(key).await {
         Ok(Some(v)) => {
             let mut times: Vec<EpochMillis> =
@@ -45,7 +41,7 @@ pub(crate) async fn record_mint(
     at: EpochMillis,
     window: Duration,
 ) {
-    let since = at.saturating_sub(window_ms(window));
+    let since = at.saturating_sub(duration_millis(window));
     for _ in 0..8 {
         let current = match store.get(key).await {
             Ok(v) => v,

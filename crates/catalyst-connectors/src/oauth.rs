@@ -207,12 +207,13 @@ fn error_chain(e: &dyn std::error::Error) -> String {
 }
 
 /// Removes any secret we sent from provider-supplied text before it can reach an error message.
-fn scrub(text: &str, secrets: &[&str]) -> String {
-    let mut out: String = text.chars().take(300).collect();
+/// Replaces every secret we sent, then shortens (so no cut can leave part of a secret).
+pub(crate) fn scrub(text: &str, secrets: &[&str]) -> String {
+    let mut out = text.to_owned();
     for s in secrets.iter().filter(|s| s.len() >= 4) {
         out = out.replace(s, "[redacted]");
     }
-    out
+    out.chars().take(300).collect()
 }
 
 fn as_u64(v: &Value) -> Option<u64> {

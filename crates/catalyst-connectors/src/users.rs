@@ -23,6 +23,7 @@
 //! [`StateKey`]), valid 10 minutes, and usable once: its nonce is recorded in the token store, so a
 //! replay is refused even on another host sharing the store.
 
+use crate::clock::{duration_millis, until};
 use crate::connector::CodeExchange;
 use crate::error::{Error, Result};
 use crate::secret::GrantCode;
@@ -113,8 +114,7 @@ impl ConsentFlow {
                 reason: "the user id is empty".into(),
             });
         }
-        let expires = self.template.runtime().clock.now_millis()
-            + i64::try_from(self.ttl.as_millis()).unwrap_or(i64::MAX);
+        let expires = self.template.runtime().clock.now_millis() + duration_millis(self.ttl);
         let payload = serde_json::json!({
             "c": self.template.name(),
             "u": user_id,
@@ -192,11 +192,7 @@ impl ConsentFlow {
             .ok_or_else(|| self.refused("malformed"))?;
         // Single use: the first completion records the nonce; a replay finds it.
         let key = format!("ZC_CONN_state:{nonce}");
-        let ttl = Duration::from_millis(
-            u64::try_from(expires - runtime.clock.now_millis())
-                .unwrap_or(0)
-                .max(1000),
-        );
+        let ttl = until(runtime.clock.now_millis(), expires, Duration::from_secs(1));
         match runtime
             .store
             .compare_and_set(TokenWrite::new(&key, None, "used", ttl))

@@ -261,7 +261,12 @@ impl CatalystCacheStore {
         if let Some(key) = query {
             req = req.query(&[("cacheKey", key)]);
         }
+        // Never echo what we sent (the admin token, a cached record) into an error message.
+        let mut sent: Vec<String> = vec![token.clone()];
         if let Some(b) = body {
+            if let Some(v) = b.get("cache_value").and_then(Value::as_str) {
+                sent.push(v.to_owned());
+            }
             req = req.json(&b);
         }
         let response = req.send().await.map_err(|e| {
@@ -283,10 +288,12 @@ impl CatalystCacheStore {
             .and_then(|d| d.get("error_code"))
             .and_then(Value::as_str)
             .unwrap_or("unknown");
-        let message = data
-            .and_then(|d| d.get("message"))
-            .and_then(Value::as_str)
-            .unwrap_or("no message");
+        let message = crate::oauth::scrub(
+            data.and_then(|d| d.get("message"))
+                .and_then(Value::as_str)
+                .unwrap_or("no message"),
+            &sent.iter().map(String::as_str).collect::<Vec<_>>(),
+        );
         let kind = if status.is_server_error() {
             StoreErrorKind::Unavailable
         } else {

@@ -82,6 +82,26 @@ fn key(run: &str, name: &str) -> String {
 
 const HOUR: Duration = Duration::from_secs(3600);
 
+/// Performs a write that must happen; returns the new generation.
+async fn written(
+    store: &dyn TokenStore,
+    check: &'static str,
+    write: TokenWrite<'_>,
+    what: &str,
+) -> Result<u64, Failure> {
+    match store
+        .compare_and_set(write)
+        .await
+        .map_err(store_err(check))?
+    {
+        CasOutcome::Written { generation } => Ok(generation),
+        other => Err(Failure {
+            check,
+            detail: format!("{what}: {other:?}"),
+        }),
+    }
+}
+
 /// Runs every check; stops at the first failure.
 pub async fn run_all(store: Arc<dyn TokenStore>, time: TimeControl) -> Result<(), Failure> {
     let run = format!("{:08x}", rand::random::<u32>());
@@ -107,16 +127,13 @@ pub async fn get_put_delete(store: &dyn TokenStore, run: &str) -> Check {
         store.get(&k).await.map_err(store_err(C))?.is_none(),
         "absent key returned a value"
     );
-    let out = store
-        .compare_and_set(TokenWrite::new(&k, None, "v1", HOUR))
-        .await
-        .map_err(store_err(C))?;
-    let CasOutcome::Written { generation } = out else {
-        return Err(Failure {
-            check: C,
-            detail: format!("insert into an absent key: {out:?}"),
-        });
-    };
+    let generation = written(
+        store,
+        C,
+        TokenWrite::new(&k, None, "v1", HOUR),
+        "insert into an absent key",
+    )
+    .await?;
     ensure!(C, generation >= 1, "generation {generation} < 1");
     let got = store.get(&k).await.map_err(store_err(C))?;
     ensure!(
@@ -146,19 +163,13 @@ pub async fn get_put_delete(store: &dyn TokenStore, run: &str) -> Check {
 pub async fn compare_and_set(store: &dyn TokenStore, run: &str) -> Check {
     const C: &str = "compare_and_set";
     let k = key(run, "cas");
-    let g1 = match store
-        .compare_and_set(TokenWrite::new(&k, None, "a", HOUR))
-        .await
-        .map_err(store_err(C))?
-    {
-        CasOutcome::Written { generation } => generation,
-        other => {
-            return Err(Failure {
-                check: C,
-                detail: format!("first insert: {other:?}"),
-            });
-        }
-    };
+    let g1 = written(
+        store,
+        C,
+        TokenWrite::new(&k, None, "a", HOUR),
+        "first insert",
+    )
+    .await?;
     let dup = store
         .compare_and_set(TokenWrite::new(&k, None, "b", HOUR))
         .await
@@ -177,19 +188,13 @@ pub async fn compare_and_set(store: &dyn TokenStore, run: &str) -> Check {
         stale == CasOutcome::Conflict { current: Some(g1) },
         "write with a wrong generation: {stale:?}"
     );
-    let g2 = match store
-        .compare_and_set(TokenWrite::new(&k, Some(g1), "c", HOUR))
-        .await
-        .map_err(store_err(C))?
-    {
-        CasOutcome::Written { generation } => generation,
-        other => {
-            return Err(Failure {
-                check: C,
-                detail: format!("write with the right generation: {other:?}"),
-            });
-        }
-    };
+    let g2 = written(
+        store,
+        C,
+        TokenWrite::new(&k, Some(g1), "c", HOUR),
+        "write with the right generation",
+    )
+    .await?;
     ensure!(C, g2 > g1, "generation did not grow: {g1} then {g2}");
     let late = store
         .compare_and_set(TokenWrite::new(&k, Some(g1), "late", HOUR))
@@ -230,26 +235,19 @@ pub async fn generations_never_repeat(store: &dyn TokenStore, run: &str) -> Chec
     let k = key(run, "aba");
     let mut last = 0;
     for round in 0..3 {
-        match store
-            .compare_and_set(TokenWrite::new(&k, None, "x", HOUR))
-            .await
-            .map_err(store_err(C))?
-        {
-            CasOutcome::Written { generation } => {
-                ensure!(
-                    C,
-                    generation > last,
-                    "round {round}: generation {generation} after {last}"
-                );
-                last = generation;
-            }
-            other => {
-                return Err(Failure {
-                    check: C,
-                    detail: format!("round {round}: {other:?}"),
-                });
-            }
-        }
+        let generation = written(
+            store,
+            C,
+            TokenWrite::new(&k, None, "x", HOUR),
+            &format!("round {round}"),
+        )
+        .await?;
+        ensure!(
+            C,
+            generation > last,
+            "round {round}: generation {generation} after {last}"
+        );
+        last = generation;
         store.delete(&k, None).await.map_err(store_err(C))?;
     }
     Ok(())

@@ -23,7 +23,7 @@ pub use encrypted::{EncryptedStore, EncryptionKey, KEY_ENV, KEY_FILE_ENV, KeyErr
 #[cfg(feature = "sqlite")]
 pub use sqlite::SqliteStore;
 
-use crate::clock::{Clock, EpochMillis, SystemClock};
+use crate::clock::{Clock, EpochMillis, SystemClock, duration_millis};
 use crate::secret::{AccessTokenSecret, ExposeSecret};
 use async_trait::async_trait;
 use serde_json::{Value, json};
@@ -248,10 +248,6 @@ impl MemoryStore {
     }
 }
 
-fn ttl_millis(ttl: Duration) -> i64 {
-    i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX)
-}
-
 #[async_trait]
 impl TokenStore for MemoryStore {
     async fn get(&self, key: &str) -> Result<Option<StoredValue>, StoreError> {
@@ -305,7 +301,7 @@ impl TokenStore for MemoryStore {
             MemoryEntry {
                 generation,
                 data: data.to_owned(),
-                expires_at: now.saturating_add(ttl_millis(ttl)),
+                expires_at: now.saturating_add(duration_millis(ttl)),
             },
         );
         Ok(CasOutcome::Written { generation })
@@ -335,7 +331,7 @@ impl TokenStore for MemoryStore {
         if free {
             inner.leases.insert(
                 key.to_owned(),
-                (owner.to_owned(), now.saturating_add(ttl_millis(ttl))),
+                (owner.to_owned(), now.saturating_add(duration_millis(ttl))),
             );
         }
         Ok(free)

@@ -12,7 +12,7 @@
 //! transaction.
 
 use super::{CasOutcome, StoreError, StoreErrorKind, StoredValue, TokenStore, TokenWrite};
-use crate::clock::{Clock, EpochMillis, SystemClock};
+use crate::clock::{Clock, EpochMillis, SystemClock, duration_millis};
 use async_trait::async_trait;
 use rusqlite::{Connection, ErrorCode, OptionalExtension, TransactionBehavior, params};
 use std::fmt;
@@ -245,10 +245,6 @@ fn migrate(conn: &Connection, path: &Path, label: &str) -> Result<(), StoreError
     Ok(())
 }
 
-fn ttl_ms(ttl: Duration) -> i64 {
-    i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX)
-}
-
 /// The live generation at `key`, if any.
 fn live_generation(
     tx: &Connection,
@@ -305,7 +301,7 @@ impl TokenStore for SqliteStore {
         let key = write.key.to_owned();
         let data = write.data.to_owned();
         let expected = write.expected;
-        let ttl = ttl_ms(write.ttl);
+        let ttl = duration_millis(write.ttl);
         let refresh = write.refresh.map(|(k, d)| (k.to_owned(), d.to_owned()));
         self.blocking(move |inner, conn| {
             let now = inner.clock.now_millis();
@@ -355,7 +351,7 @@ impl TokenStore for SqliteStore {
     ) -> Result<bool, StoreError> {
         let key = key.to_owned();
         let owner = owner.to_owned();
-        let ttl = ttl_ms(ttl);
+        let ttl = duration_millis(ttl);
         self.blocking(move |inner, conn| {
             let now = inner.clock.now_millis();
             let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
