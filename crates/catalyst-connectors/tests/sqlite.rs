@@ -299,8 +299,9 @@ fn child_process() {
     common::child_process_main();
 }
 
+/// A store spec for a file that does not exist yet: the processes create it together, as on a
+/// host's first run.
 fn sqlite_spec(db: &Path) -> String {
-    SqliteStore::open(db).unwrap(); // create the schema once, as a first run would
     format!("sqlite:{}", db.display())
 }
 

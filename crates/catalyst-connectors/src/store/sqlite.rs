@@ -69,8 +69,8 @@ impl SqliteStore {
         let path = path.as_ref().to_owned();
         let label = format!("sqlite {}", path.display());
         prepare_file(&path, &label)?;
-        let write = open_connection(&path, &label)?;
-        migrate(&write, &path, &label)?;
+        let mut write = open_connection(&path, &label)?;
+        migrate(&mut write, &path, &label)?;
         let read = open_connection(&path, &label)?;
         Ok(Self {
             inner: Arc::new(Inner {
@@ -188,22 +188,49 @@ fn classify(path: &Path, label: &str, e: rusqlite::Error) -> StoreError {
     }
 }
 
+/// Runs `f` again while SQLite answers busy/locked without waiting: when several processes open
+/// a new file at once, switching it to WAL and creating the schema can be refused outright
+/// (SQLite does not call the busy handler there), for up to the busy timeout.
+fn retry_busy<T>(
+    path: &Path,
+    label: &str,
+    mut f: impl FnMut() -> rusqlite::Result<T>,
+) -> Result<T, StoreError> {
+    let deadline = std::time::Instant::now() + BUSY_TIMEOUT;
+    let mut pause = Duration::from_millis(5);
+    loop {
+        match f() {
+            Err(e)
+                if matches!(
+                    e.sqlite_error_code(),
+                    Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked)
+                ) && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(pause);
+                pause = (pause * 2).min(Duration::from_millis(100));
+            }
+            other => return other.map_err(|e| classify(path, label, e)),
+        }
+    }
+}
+
 fn open_connection(path: &Path, label: &str) -> Result<Connection, StoreError> {
     let conn = Connection::open(path).map_err(|e| classify(path, label, e))?;
     conn.busy_timeout(BUSY_TIMEOUT)
         .map_err(|e| classify(path, label, e))?;
     // journal_mode returns a row; pragma_update_and_check reads it.
-    conn.pragma_update_and_check(None, "journal_mode", "WAL", |row| row.get::<_, String>(0))
-        .map_err(|e| classify(path, label, e))?;
+    retry_busy(path, label, || {
+        conn.pragma_update_and_check(None, "journal_mode", "WAL", |row| row.get::<_, String>(0))
+    })?;
     conn.pragma_update(None, "synchronous", "NORMAL")
         .map_err(|e| classify(path, label, e))?;
     Ok(conn)
 }
 
-fn migrate(conn: &Connection, path: &Path, label: &str) -> Result<(), StoreError> {
-    let version: i64 = conn
-        .pragma_query_value(None, "user_version", |r| r.get(0))
-        .map_err(|e| classify(path, label, e))?;
+fn migrate(conn: &mut Connection, path: &Path, label: &str) -> Result<(), StoreError> {
+    let version: i64 = retry_busy(path, label, || {
+        conn.pragma_query_value(None, "user_version", |r| r.get(0))
+    })?;
     if version > SCHEMA_VERSION {
         return Err(StoreError::new(
             label,
@@ -214,9 +241,10 @@ fn migrate(conn: &Connection, path: &Path, label: &str) -> Result<(), StoreError
             ),
         ));
     }
-    conn.execute_batch(
-        "BEGIN IMMEDIATE;
-         CREATE TABLE IF NOT EXISTS records (
+    retry_busy(path, label, || {
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        tx.execute_batch(
+            "CREATE TABLE IF NOT EXISTS records (
              key        TEXT PRIMARY KEY NOT NULL,
              generation INTEGER NOT NULL,
              data       TEXT,
@@ -227,14 +255,14 @@ fn migrate(conn: &Connection, path: &Path, label: &str) -> Result<(), StoreError
              owner      TEXT NOT NULL,
              expires_at INTEGER NOT NULL
          ) WITHOUT ROWID;
-         PRAGMA user_version = 1;
-         COMMIT;",
-    )
-    .map_err(|e| classify(path, label, e))?;
+         PRAGMA user_version = 1;",
+        )?;
+        tx.commit()
+    })?;
     // A damaged file can open fine and fail later: check it now, with a clear error.
-    let check: String = conn
-        .query_row("PRAGMA quick_check", [], |r| r.get(0))
-        .map_err(|e| classify(path, label, e))?;
+    let check: String = retry_busy(path, label, || {
+        conn.query_row("PRAGMA quick_check", [], |r| r.get(0))
+    })?;
     if check != "ok" {
         return Err(StoreError::new(
             label,
