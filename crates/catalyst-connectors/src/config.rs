@@ -8,7 +8,7 @@ use serde_json::{Map, Value};
 use std::fmt;
 use std::path::Path;
 use std::time::Duration;
-use url::{Host, Url};
+use url::Url;
 
 /// The validated configuration of one connector.
 ///
@@ -409,22 +409,12 @@ pub(crate) fn check_name(name: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// Whether `host` is a loopback host, where plain http is allowed.
-fn is_loopback(url: &Url) -> bool {
-    match url.host() {
-        Some(Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
-        Some(Host::Ipv4(ip)) => ip.is_loopback(),
-        Some(Host::Ipv6(ip)) => ip.is_loopback(),
-        None => false,
-    }
-}
-
 /// Parses a URL and requires https (http only for loopback hosts).
 pub(crate) fn check_url(raw: &str) -> Result<Url, String> {
     let url = Url::parse(raw.trim()).map_err(|e| format!("not a valid URL ({e})"))?;
     match url.scheme() {
         "https" => Ok(url),
-        "http" if is_loopback(&url) => Ok(url),
+        "http" if crate::urls::is_loopback(&url) => Ok(url),
         "http" => Err(
             "plain http is allowed only for loopback hosts (localhost, 127.0.0.1, ::1); use https"
                 .into(),
@@ -652,7 +642,7 @@ pub(crate) fn parse_settings(
             match (field.as_str(), v.as_str()) {
                 ("store", Some(s)) => match s.parse() {
                     Ok(spec) => settings.store = Some(spec),
-                    Err(e) => issue(Some("store"), e),
+                    Err(e) => issue(Some("store"), e.to_string()),
                 },
                 ("encryption_key_file", Some(p)) => settings.encryption_key_file = Some(p.into()),
                 ("catalyst_auth", Some(name)) => settings.catalyst_auth = Some(name.to_owned()),

@@ -187,16 +187,46 @@ pub enum Error {
     HttpClient(String),
 }
 
+/// When a failed refresh may be tried again: the one classification of errors that the
+/// connector's retries, backoff and negative cache all follow ([`Error::retry_class`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum RetryClass {
+    /// Nothing was asked of Zoho (no refresh token yet): try again as soon as asked, since one
+    /// may arrive in the store at any time.
+    Immediate,
+    /// May pass on its own (network, timeout, 5xx, the store, the wait deadline, an answer that
+    /// is not a token response): retried a few times at once by a waiting caller, then with
+    /// exponential backoff and full jitter.
+    Backoff,
+    /// Zoho (or our governor) is throttling: retry when its window frees.
+    Window,
+    /// Needs a change by a person (configuration, revoked refresh token, an unknown refusal): the
+    /// error is remembered for the negative-cache TTL and not retried meanwhile.
+    Permanent,
+}
+
 impl Error {
-    /// Whether retrying later may succeed without anyone changing anything.
-    pub fn is_transient(&self) -> bool {
-        matches!(
-            self,
+    /// When a refresh that failed with this error may be tried again.
+    pub fn retry_class(&self) -> RetryClass {
+        match self {
+            Self::MissingRefreshToken { .. } => RetryClass::Immediate,
             Self::Transient { .. }
-                | Self::Throttled { .. }
-                | Self::Store { .. }
-                | Self::DeadlineExceeded { .. }
-        )
+            | Self::MalformedResponse { .. }
+            | Self::Store { .. }
+            | Self::DeadlineExceeded { .. } => RetryClass::Backoff,
+            Self::Throttled { .. } => RetryClass::Window,
+            _ => RetryClass::Permanent,
+        }
+    }
+
+    /// Whether retrying later may succeed without anyone changing anything: the
+    /// [`Backoff`](RetryClass::Backoff) and [`Window`](RetryClass::Window) classes, except an
+    /// answer that is not a token response (retried in case it was a passing fault, but it
+    /// usually means the token URL is wrong).
+    pub fn is_transient(&self) -> bool {
+        matches!(self.retry_class(), RetryClass::Backoff | RetryClass::Window)
+            && !matches!(self, Self::MalformedResponse { .. })
     }
 
     /// Whether a person must authorize the connector again.

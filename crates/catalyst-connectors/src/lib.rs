@@ -40,12 +40,19 @@ mod connector;
 mod dc;
 mod error;
 mod governor;
+mod keep_warm;
+#[cfg(feature = "testing")]
 pub mod key;
+#[cfg(not(feature = "testing"))]
+mod key;
 #[cfg(feature = "middleware")]
 pub mod middleware;
 mod oauth;
+mod record;
+mod runtime;
 mod secret;
 pub mod store;
+pub mod urls;
 pub mod users;
 
 pub use clock::{
@@ -57,18 +64,21 @@ pub use connector::{
     AccessToken, CodeExchange, Connector, ConnectorStatus, GeneratedTokens, TokenSource, TokenState,
 };
 pub use dc::{DataCenter, UnknownDataCenter};
-pub use error::{Error, Result, TransientKind};
+pub use error::{Error, Result, RetryClass, TransientKind};
+pub use record::{RecordError, TokenRecord};
 pub use secret::{AccessTokenSecret, ClientSecret, ExposeSecret, GrantCode, RefreshToken};
 #[cfg(feature = "redis")]
 pub use store::RedisStore;
 #[cfg(feature = "sqlite")]
 pub use store::SqliteStore;
 pub use store::{
-    CasOutcome, EncryptedStore, EncryptionKey, MemoryStore, StoreError, StoreErrorKind, StoreSpec,
-    StoredValue, TokenRecord, TokenStore, TokenWrite,
+    CasOutcome, EncryptedStore, EncryptionKey, MemoryStore, SpecError, StoreError, StoreErrorKind,
+    StoreSpec, StoredValue, TokenStore, TokenWrite,
 };
 #[cfg(feature = "catalyst")]
-pub use store::{CatalystAuth, CatalystCacheStore, CatalystCacheStoreBuilder};
+pub use store::{
+    CatalystAuth, CatalystCacheStore, CatalystCacheStoreBuilder, CatalystTokenProvider,
+};
 
 /// The README's Rust examples, compiled as doctests.
 #[cfg(doctest)]

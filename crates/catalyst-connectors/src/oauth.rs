@@ -2,6 +2,7 @@
 //! shape Zoho is known to send (see `zoho-protocol.md` sections 2–3).
 
 use crate::error::{Error, TransientKind};
+use crate::record::lenient_u64;
 use crate::secret::{AccessTokenSecret, ClientSecret, ExposeSecret, GrantCode, RefreshToken};
 use reqwest::StatusCode;
 use serde_json::Value;
@@ -216,16 +217,6 @@ pub(crate) fn scrub(text: &str, secrets: &[&str]) -> String {
     out.chars().take(300).collect()
 }
 
-fn as_u64(v: &Value) -> Option<u64> {
-    match v {
-        Value::Number(n) => n
-            .as_u64()
-            .or_else(|| n.as_f64().filter(|f| *f >= 0.0).map(|f| f as u64)),
-        Value::String(s) => s.trim().parse().ok(),
-        _ => None,
-    }
-}
-
 /// Classifies a token endpoint answer. Zoho reports errors with HTTP 200 and `{"error": …}`, so
 /// the body decides before the status does.
 pub(crate) fn parse_token_response(
@@ -296,9 +287,9 @@ pub(crate) fn parse_token_response(
     };
     // Legacy answers carry `expires_in_sec` (seconds) and `expires_in` in milliseconds.
     let seconds = match obj.get("expires_in_sec") {
-        Some(v) => as_u64(v).ok_or_else(|| malformed("`expires_in_sec` is not a number"))?,
+        Some(v) => lenient_u64(v).ok_or_else(|| malformed("`expires_in_sec` is not a number"))?,
         None => match obj.get("expires_in") {
-            Some(v) => as_u64(v).ok_or_else(|| malformed("`expires_in` is not a number"))?,
+            Some(v) => lenient_u64(v).ok_or_else(|| malformed("`expires_in` is not a number"))?,
             None => return Err(malformed("no `expires_in` in the answer")),
         },
     };

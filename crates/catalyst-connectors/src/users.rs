@@ -1,4 +1,5 @@
-//! Connecting your users' Zoho accounts from a web app: the server-based flow, per user.
+//! Per-user connectors ([`Connector::for_user`]) and connecting your users' Zoho accounts from a
+//! web app: the server-based consent flow, per user.
 //!
 //! ```no_run
 //! # async fn run(connection: catalyst_connectors::Connection) -> Result<(), catalyst_connectors::Error> {
@@ -23,20 +24,94 @@
 //! [`StateKey`]), valid 10 minutes, and usable once: its nonce is recorded in the token store, so a
 //! replay is refused even on another host sharing the store.
 
+use crate::Connector;
 use crate::clock::{duration_millis, until};
 use crate::connector::CodeExchange;
+use crate::connector::credentials::Credentials;
 use crate::error::{Error, Result};
+use crate::key;
 use crate::secret::GrantCode;
 use crate::store::{CasOutcome, TokenWrite};
-use crate::{Connector, DataCenter};
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use hmac::{Hmac, Mac};
 use secrecy::{ExposeSecret as _, SecretBox};
 use sha2::Sha256;
 use std::fmt;
+use std::sync::Arc;
 use std::time::Duration;
-use url::Url;
+
+impl Connector {
+    /// The connector for `user_id` made from this one (the template): same client, URLs and
+    /// scopes; its own refresh token (from the store, where [`complete_consent`] put it), its own
+    /// token and its own keys in every store. Connectors for recently used users stay resident
+    /// (at most the connection's `user_capacity`); an evicted user's connector is rebuilt on next
+    /// use and reloads from the store. Lookup is O(1); each user has its own single flight.
+    ///
+    /// The store name is `<template>.<user>`, with user ids longer than 12 characters, or not
+    /// made of letters, digits, `_` and `-`, replaced by a hash (so keys fit Catalyst Cache's 50
+    /// characters). Refresh-token records carry a full hash of the user id, and token records a
+    /// fingerprint of the user's refresh token, so even colliding keys never serve one user's
+    /// token to another.
+    ///
+    /// [`complete_consent`]: crate::users::ConsentFlow::complete
+    pub fn for_user(&self, user_id: &str) -> Result<Connector> {
+        if self.inner.subject.is_some() {
+            return Err(Error::InvalidUser {
+                connector: self.inner.name.clone(),
+                reason: "this is already a per-user connector; call for_user on the template"
+                    .into(),
+            });
+        }
+        if user_id.is_empty() {
+            return Err(Error::InvalidUser {
+                connector: self.inner.name.clone(),
+                reason: "the user id is empty".into(),
+            });
+        }
+        let capacity = self.inner.runtime.options.user_capacity;
+        let users = self
+            .inner
+            .users
+            .get_or_init(|| quick_cache::sync::Cache::new(capacity));
+        users.get_or_insert_with(user_id, || Ok(self.make_user(user_id)))
+    }
+
+    fn make_user(&self, user_id: &str) -> Connector {
+        let plain = user_id.len() <= 12
+            && user_id
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+        let digest = key::user_subject(user_id);
+        let part = if plain {
+            user_id.to_owned()
+        } else {
+            format!("h{}", &digest[..11])
+        };
+        let name = format!("{}.{part}", self.inner.name);
+        let creds = Credentials::new(&name, &self.inner.config, None);
+        Self::assemble(
+            Arc::clone(&self.inner.config),
+            name,
+            Some(digest.into_boxed_str()),
+            creds,
+            Arc::clone(&self.inner.runtime),
+            Arc::clone(&self.inner.metrics),
+        )
+    }
+
+    /// Forgets a user's resident connector (its records stay in the store).
+    pub(crate) fn evict_user(&self, user_id: &str) {
+        if let Some(users) = self.inner.users.get() {
+            users.remove(user_id);
+        }
+    }
+
+    /// How many per-user connectors are resident.
+    pub fn resident_users(&self) -> usize {
+        self.inner.users.get().map_or(0, |u| u.len())
+    }
+}
 
 /// The key that signs consent states. `Debug` never shows it.
 pub struct StateKey(SecretBox<[u8; 32]>);
@@ -125,27 +200,16 @@ impl ConsentFlow {
         let payload = URL_SAFE_NO_PAD.encode(payload);
         let tag = URL_SAFE_NO_PAD.encode(self.mac(&payload).finalize().into_bytes());
         let state = format!("{payload}.{tag}");
-        let auth =
-            Url::parse(self.template.config().auth_url()).map_err(|e| Error::InvalidUser {
-                connector: self.template.name().to_owned(),
-                reason: format!("auth_url is not a URL: {e}"),
-            })?;
-        let mut url = Url::parse(&format!(
-            "{}/oauth/v2/auth",
-            auth.origin().ascii_serialization()
-        ))
+        let url = crate::urls::consent_url(
+            self.template.config(),
+            &scopes.join(","),
+            &self.redirect_uri,
+            &state,
+        )
         .map_err(|e| Error::InvalidUser {
             connector: self.template.name().to_owned(),
-            reason: format!("cannot build the consent URL: {e}"),
+            reason: format!("cannot build the consent URL from auth_url: {e}"),
         })?;
-        url.query_pairs_mut()
-            .append_pair("scope", &scopes.join(","))
-            .append_pair("client_id", self.template.config().client_id())
-            .append_pair("response_type", "code")
-            .append_pair("access_type", "offline")
-            .append_pair("prompt", "consent")
-            .append_pair("redirect_uri", &self.redirect_uri)
-            .append_pair("state", &state);
         Ok(ConsentStart {
             url: url.into(),
             state,
@@ -234,27 +298,14 @@ impl ConsentFlow {
     }
 
     fn token_url_for(&self, server: &str) -> Result<String> {
-        let refuse = || Error::InvalidUser {
-            connector: self.template.name().to_owned(),
-            reason: "the redirect named an unknown accounts-server; the code was not sent there"
-                .into(),
-        };
-        let url = Url::parse(server).map_err(|_| refuse())?;
-        let configured = Url::parse(self.template.config().auth_url())
-            .map(|u| u.origin().ascii_serialization())
-            .unwrap_or_default();
-        let zoho = url.scheme() == "https"
-            && url
-                .host_str()
-                .and_then(DataCenter::from_accounts_host)
-                .is_some();
-        if !zoho && url.origin().ascii_serialization() != configured {
-            return Err(refuse());
-        }
-        Ok(format!(
-            "{}/oauth/v2/token",
-            url.origin().ascii_serialization()
-        ))
+        crate::urls::exchange_url_for(self.template.config(), server).ok_or_else(|| {
+            Error::InvalidUser {
+                connector: self.template.name().to_owned(),
+                reason:
+                    "the redirect named an unknown accounts-server; the code was not sent there"
+                        .into(),
+            }
+        })
     }
 
     /// Revokes `user_id`'s refresh token at Zoho and deletes their records locally.

@@ -21,9 +21,8 @@
 //!   in the connector's config or in a SQLite/Redis store.
 
 use super::{CasOutcome, StoreError, StoreErrorKind, StoredValue, TokenStore, TokenWrite};
-use crate::connector::AccessToken;
+use crate::DataCenter;
 use crate::secret::{AccessTokenSecret, ExposeSecret};
-use crate::{Connector, DataCenter};
 use async_trait::async_trait;
 use serde_json::{Map, Value, json};
 use std::fmt;
@@ -37,12 +36,21 @@ const GENERATION: &str = "_cc_generation";
 const WRAPPED: &str = "_cc_data";
 const DELETED: &str = "_cc_deleted";
 
+/// Supplies the OAuth token for Catalyst's own API (scopes `ZohoCatalyst.cache.*`). A
+/// [`Connector`](crate::Connector) is one (of another connection, e.g. on a memory or SQLite
+/// store); the store knows nothing else about connectors.
+#[async_trait]
+pub trait CatalystTokenProvider: Send + Sync + fmt::Debug + 'static {
+    /// A valid token for Catalyst's API. Errors must not contain secrets.
+    async fn catalyst_token(&self) -> crate::Result<AccessTokenSecret>;
+}
+
 /// Where the token for Catalyst's own API comes from.
 #[derive(Clone)]
+#[non_exhaustive]
 pub enum CatalystAuth {
-    /// A connector (of another connection, e.g. on a memory or SQLite store) whose token may call
-    /// the Catalyst Cache API.
-    Connector(Connector),
+    /// A provider asked before each request, e.g. a connector.
+    Provider(Arc<dyn CatalystTokenProvider>),
     /// A fixed token (e.g. the admin token a Catalyst function receives per request).
     Token(AccessTokenSecret),
 }
@@ -50,7 +58,7 @@ pub enum CatalystAuth {
 impl fmt::Debug for CatalystAuth {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Self::Connector(c) => write!(f, "Connector({})", c.name()),
+            Self::Provider(p) => write!(f, "Provider({p:?})"),
             Self::Token(_) => f.write_str("Token([redacted])"),
         }
     }
@@ -110,9 +118,9 @@ impl CatalystCacheStoreBuilder {
         self
     }
 
-    /// Calls Catalyst with this connector's tokens.
-    pub fn token_from(mut self, connector: Connector) -> Self {
-        self.auth = Some(CatalystAuth::Connector(connector));
+    /// Calls Catalyst with tokens from `provider`, e.g. a [`Connector`](crate::Connector).
+    pub fn token_from(mut self, provider: impl CatalystTokenProvider) -> Self {
+        self.auth = Some(CatalystAuth::Provider(Arc::new(provider)));
         self
     }
 
@@ -229,10 +237,10 @@ impl CatalystCacheStore {
     async fn token(&self) -> Result<String, StoreError> {
         match &self.inner.auth {
             CatalystAuth::Token(t) => Ok(t.expose_secret().to_owned()),
-            CatalystAuth::Connector(c) => c
-                .access_token()
+            CatalystAuth::Provider(p) => p
+                .catalyst_token()
                 .await
-                .map(|t: AccessToken| t.expose_secret().to_owned())
+                .map(|t| t.expose_secret().to_owned())
                 .map_err(|e| {
                     self.err(
                         StoreErrorKind::Unavailable,

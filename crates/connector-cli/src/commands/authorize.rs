@@ -1,11 +1,13 @@
 //! `connector authorize`: the server-based client flow with a loopback redirect.
 
-use crate::Failure;
+use super::Context;
+use crate::exit::{Exit, Failure};
 use axum::Router;
 use axum::extract::{Query, State};
 use axum::response::Html;
 use axum::routing::get;
-use catalyst_connectors::{CodeExchange, Connector, DataCenter, GrantCode};
+use catalyst_connectors::urls;
+use catalyst_connectors::{CodeExchange, Connector, GrantCode};
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -26,17 +28,12 @@ pub struct Options {
     pub timeout: Duration,
 }
 
-fn fail(code: u8, message: impl Into<String>, hint: Option<&str>) -> Failure {
+fn fail(exit: Exit, message: impl Into<String>, hint: Option<&str>) -> Failure {
     Failure {
-        code,
+        exit,
         message: message.into(),
         hint: hint.map(str::to_owned),
     }
-}
-
-/// The `scheme://host[:port]` of a URL.
-fn origin(url: &Url) -> String {
-    url.origin().ascii_serialization()
 }
 
 /// Where the redirect lands: the connector's `redirect_url` when it is a loopback http URL (it
@@ -46,9 +43,14 @@ fn redirect_target(
     port: u16,
 ) -> Result<(SocketAddr, String, Option<Url>), Failure> {
     if let Some(configured) = connector.config().redirect_url() {
-        let url = Url::parse(configured)
-            .map_err(|e| fail(3, format!("redirect_url is not a URL: {e}"), None))?;
-        let loopback = matches!(url.host_str(), Some("127.0.0.1" | "localhost" | "[::1]"));
+        let url = Url::parse(configured).map_err(|e| {
+            fail(
+                Exit::Config,
+                format!("redirect_url is not a URL: {e}"),
+                None,
+            )
+        })?;
+        let loopback = urls::is_loopback(&url);
         if url.scheme() == "http" && loopback {
             let port = url.port_or_known_default().unwrap_or(80);
             let ip = if url.host_str() == Some("[::1]") {
@@ -56,13 +58,17 @@ fn redirect_target(
             } else {
                 "127.0.0.1"
             };
-            let addr: SocketAddr = format!("{ip}:{port}")
-                .parse()
-                .map_err(|e| fail(3, format!("cannot listen for redirect_url: {e}"), None))?;
+            let addr: SocketAddr = format!("{ip}:{port}").parse().map_err(|e| {
+                fail(
+                    Exit::Config,
+                    format!("cannot listen for redirect_url: {e}"),
+                    None,
+                )
+            })?;
             return Ok((addr, url.path().to_owned(), Some(url)));
         }
         return Err(fail(
-            3,
+            Exit::Config,
             format!(
                 "connector `{}` has redirect_url {configured}, which this command cannot receive (it listens on loopback only)",
                 connector.name()
@@ -79,38 +85,50 @@ fn redirect_target(
     ))
 }
 
+/// `connector authorize NAME`: runs the flow, then reports where the refresh token went.
+pub async fn command(ctx: &Context, name: &str, options: Options) -> Result<(), Failure> {
+    let connector = ctx.connector(name)?;
+    let name = run(connector.clone(), options).await?;
+    eprintln!("Connector `{name}` is authorized; its refresh token is in the token store.");
+    if connector.config().has_refresh_token() {
+        eprintln!(
+            "Note: the config also has a refresh_token for `{name}`, which takes precedence: remove it to use the new one."
+        );
+    }
+    Ok(())
+}
+
+/// The server-based flow with a loopback redirect; returns the connector's name.
 pub async fn run(connector: Connector, options: Options) -> Result<String, Failure> {
     let name = connector.name().to_owned();
-    let auth_url = Url::parse(connector.config().auth_url())
-        .map_err(|e| fail(3, format!("auth_url is not a URL: {e}"), None))?;
-    let accounts = origin(&auth_url);
     let (addr, path, configured) = redirect_target(&connector, options.port)?;
     let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| {
         fail(
-            1,
+            Exit::Unexpected,
             format!("cannot listen on {addr} for the redirect: {e}"),
             Some("free the port, or pass --port"),
         )
     })?;
-    let local = listener
-        .local_addr()
-        .map_err(|e| fail(1, format!("cannot read the listening address: {e}"), None))?;
+    let local = listener.local_addr().map_err(|e| {
+        fail(
+            Exit::Unexpected,
+            format!("cannot read the listening address: {e}"),
+            None,
+        )
+    })?;
     let redirect_uri = match configured {
         Some(url) => url.to_string(),
         None => format!("http://127.0.0.1:{}{path}", local.port()),
     };
     let state = format!("{:032x}", rand::random::<u128>());
-    let mut consent = Url::parse(&format!("{accounts}/oauth/v2/auth"))
-        .map_err(|e| fail(3, format!("cannot build the consent URL: {e}"), None))?;
-    consent
-        .query_pairs_mut()
-        .append_pair("scope", &options.scope)
-        .append_pair("client_id", connector.config().client_id())
-        .append_pair("response_type", "code")
-        .append_pair("access_type", "offline")
-        .append_pair("prompt", "consent")
-        .append_pair("redirect_uri", &redirect_uri)
-        .append_pair("state", &state);
+    let consent = urls::consent_url(connector.config(), &options.scope, &redirect_uri, &state)
+        .map_err(|e| {
+            fail(
+                Exit::Config,
+                format!("cannot build the consent URL from auth_url: {e}"),
+                None,
+            )
+        })?;
 
     let (tx, mut rx) = mpsc::channel::<Result<Redirect, String>>(1);
     let shared = Arc::new(CallbackState {
@@ -138,15 +156,21 @@ pub async fn run(connector: Connector, options: Options) -> Result<String, Failu
     let redirect = match received {
         Err(_) => {
             return Err(fail(
-                6,
+                Exit::Transient,
                 format!("no redirect within {}s", options.timeout.as_secs()),
                 Some("run the command again and finish the consent in the browser"),
             ));
         }
-        Ok(None) => return Err(fail(1, "the redirect listener stopped", None)),
+        Ok(None) => {
+            return Err(fail(
+                Exit::Unexpected,
+                "the redirect listener stopped",
+                None,
+            ));
+        }
         Ok(Some(Err(denied))) => {
             return Err(fail(
-                4,
+                Exit::Reauthorize,
                 format!("authorization was not granted: {denied}"),
                 None,
             ));
@@ -158,26 +182,17 @@ pub async fn run(connector: Connector, options: Options) -> Result<String, Failu
     // configured one, e.g. an emulator).
     let token_url = match redirect.accounts_server.as_deref() {
         None => None,
-        Some(server) => {
-            let url = Url::parse(server)
-                .map_err(|_| fail(1, "the redirect named an invalid accounts-server", None))?;
-            let known = url.scheme() == "https"
-                && url
-                    .host_str()
-                    .and_then(DataCenter::from_accounts_host)
-                    .is_some();
-            if !known && origin(&url) != accounts {
-                return Err(fail(
-                    1,
+        Some(server) => Some(urls::exchange_url_for(connector.config(), server).ok_or_else(
+            || {
+                fail(
+                    Exit::Unexpected,
                     format!(
-                        "the redirect named an unknown accounts-server {}; refusing to send the code there",
-                        origin(&url)
+                        "the redirect named an unknown accounts-server {server:?}; refusing to send the code there"
                     ),
                     None,
-                ));
-            }
-            Some(format!("{}/oauth/v2/token", origin(&url)))
-        }
+                )
+            },
+        )?),
     };
     let mut with = CodeExchange::default().redirect_uri(redirect_uri);
     if let Some(t) = token_url {
@@ -189,7 +204,7 @@ pub async fn run(connector: Connector, options: Options) -> Result<String, Failu
         .map_err(Failure::from)?;
     if generated.refresh_token.is_none() {
         return Err(fail(
-            4,
+            Exit::Reauthorize,
             "Zoho returned no refresh token",
             Some(
                 "the consent must use access_type=offline and prompt=consent; run authorize again",

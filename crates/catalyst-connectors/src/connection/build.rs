@@ -1,0 +1,238 @@
+//! [`ConnectionBuilder::build`] in five named steps.
+
+use super::{Connection, ConnectionBuilder, Source};
+use crate::clock::Clock;
+use crate::config::{self, ConfigErrors, ConfigIssue, ConnectorConfig, Settings};
+use crate::connector::Connector;
+use crate::error::{Error, Result};
+use crate::keep_warm::{AbortOnDrop, keep_warm};
+use crate::oauth::{HttpTimeouts, TokenClient};
+use crate::runtime::{Options, Runtime};
+use crate::store::{EncryptedStore, EncryptionKey, KeyError, STORE_ENV, StoreSpec, TokenStore};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+/// The validated connector configs by name, with where each came from.
+type ByName = BTreeMap<String, (ConnectorConfig, String)>;
+
+pub(super) fn build(b: ConnectionBuilder) -> Result<Connection> {
+    let mut issues = Vec::new();
+    // 1. Read every config source.
+    let (by_name, settings) = read_sources(b.sources, &mut issues);
+    // 2. Resolve the store's name and the encryption key (code, then environment, then config).
+    let env_spec = if b.use_env && b.store.is_none() && b.store_spec.is_none() {
+        store_from_env(&mut issues)
+    } else {
+        None
+    };
+    let key = resolve_key(b.encryption_key, b.use_env, &settings, &mut issues);
+    if !issues.is_empty() {
+        return Err(Error::Config(ConfigErrors(issues)));
+    }
+    let client = TokenClient::new(HttpTimeouts {
+        connect: b.connect_timeout,
+        total: b.request_timeout,
+    })?;
+    // 3. Open the store (a Catalyst Cache store also gets the connector for Catalyst's API).
+    let spec = b
+        .store_spec
+        .or(env_spec)
+        .or(settings.store.clone())
+        .unwrap_or_else(StoreSpec::default_store);
+    let (store, catalyst_admin) = match b.store {
+        Some(store) => (store, None),
+        None => open_store(&spec, &settings, &by_name, &b.clock, &b.options, &client)?,
+    };
+    let store: Arc<dyn TokenStore> = match &key {
+        Some(key) => Arc::new(EncryptedStore::new(store, key)),
+        None => store,
+    };
+    let runtime = Arc::new(Runtime {
+        store,
+        clock: b.clock,
+        client,
+        options: b.options,
+    });
+    // 4. Make the connectors; refuse names whose keys the store cannot hold.
+    let connectors = make_connectors(by_name, &runtime, catalyst_admin)?;
+    // 5. Start keep-warm.
+    let keep_warm = if b.keep_warm {
+        Some(start_keep_warm(&connectors, &runtime, b.keep_warm_tick)?)
+    } else {
+        None
+    };
+    Ok(Connection {
+        connectors,
+        _keep_warm: keep_warm,
+    })
+}
+
+fn issue(field: Option<&str>, problem: impl Into<String>) -> ConfigIssue {
+    ConfigIssue {
+        source: None,
+        connector: None,
+        field: field.map(str::to_owned),
+        problem: problem.into(),
+    }
+}
+
+/// Step 1: parses every source; a connector defined twice is an issue.
+fn read_sources(sources: Vec<Source>, issues: &mut Vec<ConfigIssue>) -> (ByName, Settings) {
+    let mut configs: Vec<(ConnectorConfig, String)> = Vec::new();
+    let mut settings = Settings::default();
+    for (i, source) in sources.into_iter().enumerate() {
+        let numbered = format!("source #{}", i + 1);
+        let (value, origin, shown) = match source {
+            Source::Json(v) => (Some(v), numbered, None),
+            Source::File(p) => {
+                let shown = p.display().to_string();
+                (config::read_file(&p, issues), shown.clone(), Some(shown))
+            }
+            Source::Toml(t) => {
+                let v = config::parse_toml_text(&t)
+                    .map_err(|problem| issues.push(issue(None, problem.to_string())))
+                    .ok();
+                (v, numbered, None)
+            }
+            Source::Config(c) => {
+                configs.push((*c, numbered));
+                continue;
+            }
+        };
+        if let Some(v) = value {
+            config::parse_settings(&v, shown.as_deref(), &mut settings, issues);
+            let found = config::parse_value(&v, shown.as_deref(), issues);
+            configs.extend(found.into_iter().map(|c| (c, origin.clone())));
+        }
+    }
+    let mut by_name = ByName::new();
+    for (c, origin) in configs {
+        if let Some((_, first)) = by_name.get(&c.name) {
+            issues.push(ConfigIssue {
+                source: None,
+                connector: Some(c.name.clone()),
+                field: None,
+                problem: format!(
+                    "defined more than once ({first} and {origin}); connector names must be unique, or tokens overwrite each other"
+                ),
+            });
+            continue;
+        }
+        by_name.insert(c.name.clone(), (c, origin));
+    }
+    (by_name, settings)
+}
+
+/// Step 2a: the store named by `CONNECTOR_STORE`, if any.
+fn store_from_env(issues: &mut Vec<ConfigIssue>) -> Option<StoreSpec> {
+    StoreSpec::from_env().unwrap_or_else(|problem| {
+        issues.push(issue(Some(STORE_ENV), problem.to_string()));
+        None
+    })
+}
+
+/// Step 2b: the encryption key, from code, else the environment, else the config's file.
+fn resolve_key(
+    given: Option<EncryptionKey>,
+    use_env: bool,
+    settings: &Settings,
+    issues: &mut Vec<ConfigIssue>,
+) -> Option<EncryptionKey> {
+    let key_issue = |e: KeyError| issue(Some("encryption key"), e.to_string());
+    if given.is_some() {
+        return given;
+    }
+    if use_env {
+        match EncryptionKey::from_env() {
+            Ok(Some(key)) => return Some(key),
+            Ok(None) => {}
+            Err(e) => {
+                issues.push(key_issue(e));
+                return None;
+            }
+        }
+    }
+    let path = settings.encryption_key_file.as_ref()?;
+    EncryptionKey::from_file(path)
+        .map_err(|e| issues.push(key_issue(e)))
+        .ok()
+}
+
+/// Step 3: opens the store `spec` names. A Catalyst Cache store needs a connector of this config
+/// for Catalyst's own API; it is returned so that step 4 uses the same one.
+#[cfg_attr(not(feature = "catalyst"), allow(unused_variables))]
+fn open_store(
+    spec: &StoreSpec,
+    settings: &Settings,
+    by_name: &ByName,
+    clock: &Arc<dyn Clock>,
+    options: &Options,
+    client: &TokenClient,
+) -> Result<(Arc<dyn TokenStore>, Option<Connector>)> {
+    #[cfg(feature = "catalyst")]
+    if let StoreSpec::Catalyst { .. } = spec {
+        let (store, admin) =
+            super::catalyst::open(spec, settings, by_name, clock, options, client)?;
+        return Ok((store, Some(admin)));
+    }
+    let store = spec.open(Arc::clone(clock)).map_err(Error::StoreOpen)?;
+    Ok((store, None))
+}
+
+/// Step 4: one connector per config (the Catalyst admin connector is reused as is).
+fn make_connectors(
+    by_name: ByName,
+    runtime: &Arc<Runtime>,
+    catalyst_admin: Option<Connector>,
+) -> Result<Arc<BTreeMap<String, Connector>>> {
+    let connectors: BTreeMap<String, Connector> = by_name
+        .into_iter()
+        .map(|(name, (config, _))| {
+            let connector = match &catalyst_admin {
+                Some(admin) if admin.name() == name => admin.clone(),
+                _ => Connector::new(config, Arc::clone(runtime)),
+            };
+            (name, connector)
+        })
+        .collect();
+    if let Some(max) = runtime.store.max_key_len() {
+        let too_long: Vec<ConfigIssue> = connectors
+            .values()
+            .filter(|c| c.longest_key_len() > max)
+            .map(|c| ConfigIssue {
+                source: None,
+                connector: Some(c.name().to_owned()),
+                field: None,
+                problem: format!(
+                    "the name is too long for this store, whose keys are at most {max} characters (this connector needs {}): shorten it by {}",
+                    c.longest_key_len(),
+                    c.longest_key_len() - max
+                ),
+            })
+            .collect();
+        if !too_long.is_empty() {
+            return Err(Error::Config(ConfigErrors(too_long)));
+        }
+    }
+    Ok(Arc::new(connectors))
+}
+
+/// Step 5: the keep-warm task, which needs a Tokio runtime.
+fn start_keep_warm(
+    connectors: &Arc<BTreeMap<String, Connector>>,
+    runtime: &Runtime,
+    tick: std::time::Duration,
+) -> Result<Arc<AbortOnDrop>> {
+    let handle = tokio::runtime::Handle::try_current().map_err(|_| {
+        Error::Config(ConfigErrors(vec![issue(
+            Some("keep_warm"),
+            "keep-warm needs a Tokio runtime: build the connection inside one",
+        )]))
+    })?;
+    let task = handle.spawn(keep_warm(
+        Arc::downgrade(connectors),
+        Arc::clone(&runtime.clock),
+        tick,
+    ));
+    Ok(Arc::new(AbortOnDrop(task)))
+}

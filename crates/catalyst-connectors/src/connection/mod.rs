@@ -1,0 +1,287 @@
+//! A connection: a validated set of named connectors sharing one store, clock and HTTP client.
+
+mod build;
+#[cfg(feature = "catalyst")]
+mod catalyst;
+
+use crate::clock::{Clock, SystemClock};
+use crate::config::ConnectorConfig;
+use crate::connector::Connector;
+use crate::error::{Error, Result};
+use crate::keep_warm::AbortOnDrop;
+use crate::runtime::Options;
+use crate::store::{EncryptionKey, StoreSpec, TokenStore};
+use serde_json::Value;
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// A set of connectors, like the SDKs' `app.connection({...})`.
+///
+/// ```no_run
+/// # async fn run() -> Result<(), catalyst_connectors::Error> {
+/// use catalyst_connectors::Connection;
+/// let connection = Connection::from_json(&serde_json::json!({
+///     "crm": {
+///         "client_id": "1000.XXXX",
+///         "client_secret": "…",
+///         "dc": "us",
+///         "refresh_token": "1000.yyyy"
+///     }
+/// }))?;
+/// let token = connection.connector("crm")?.access_token().await?;
+/// println!("calling {} with a token valid until {:?}", token.api_domain().unwrap_or("?"), token.expires_at());
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct Connection {
+    connectors: Arc<BTreeMap<String, Connector>>,
+    _keep_warm: Option<Arc<AbortOnDrop>>,
+}
+
+impl fmt::Debug for Connection {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Connection")
+            .field("connectors", &self.connectors.keys().collect::<Vec<_>>())
+            .finish()
+    }
+}
+
+impl Connection {
+    /// Starts a builder.
+    pub fn builder() -> ConnectionBuilder {
+        ConnectionBuilder::default()
+    }
+
+    /// Builds a connection from the SDKs' JSON shape with default settings.
+    pub fn from_json(value: &Value) -> Result<Self> {
+        Self::builder().json(value.clone()).build()
+    }
+
+    /// Builds a connection from a `.json` or `.toml` file with default settings.
+    pub fn from_file(path: impl AsRef<Path>) -> Result<Self> {
+        Self::builder().file(path).build()
+    }
+
+    /// The connector called `name`. Every call for one name returns a clone sharing one token.
+    pub fn connector(&self, name: &str) -> Result<Connector> {
+        self.connectors
+            .get(name)
+            .cloned()
+            .ok_or_else(|| Error::UnknownConnector {
+                name: name.to_owned(),
+                known: self
+                    .connectors
+                    .keys()
+                    .map(String::as_str)
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            })
+    }
+
+    /// The configured connector names, sorted.
+    pub fn connector_names(&self) -> impl Iterator<Item = &str> {
+        self.connectors.keys().map(String::as_str)
+    }
+}
+
+/// One config source given to the builder.
+enum Source {
+    Json(Value),
+    File(PathBuf),
+    Toml(String),
+    Config(Box<ConnectorConfig>),
+}
+
+/// Builds a [`Connection`] from one or more config sources, validating everything at
+/// [`build`](Self::build).
+pub struct ConnectionBuilder {
+    sources: Vec<Source>,
+    store: Option<Arc<dyn TokenStore>>,
+    store_spec: Option<StoreSpec>,
+    encryption_key: Option<EncryptionKey>,
+    use_env: bool,
+    clock: Arc<dyn Clock>,
+    options: Options,
+    keep_warm: bool,
+    keep_warm_tick: Duration,
+    connect_timeout: Duration,
+    request_timeout: Duration,
+}
+
+impl fmt::Debug for ConnectionBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ConnectionBuilder")
+            .field("sources", &self.sources.len())
+            .field("store", &self.store)
+            .field("clock", &self.clock)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Default for ConnectionBuilder {
+    fn default() -> Self {
+        Self {
+            sources: Vec::new(),
+            store: None,
+            store_spec: None,
+            encryption_key: None,
+            use_env: true,
+            clock: Arc::new(SystemClock),
+            options: Options::default(),
+            keep_warm: false,
+            keep_warm_tick: Duration::from_secs(1),
+            connect_timeout: Duration::from_secs(5),
+            request_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+impl ConnectionBuilder {
+    /// Adds connectors from a JSON value of the SDKs' shape: `{name: {client_id, …}}`.
+    pub fn json(mut self, value: Value) -> Self {
+        self.sources.push(Source::Json(value));
+        self
+    }
+
+    /// Adds connectors from a `.json` or `.toml` file (by extension; anything else is read as JSON).
+    pub fn file(mut self, path: impl AsRef<Path>) -> Self {
+        self.sources.push(Source::File(path.as_ref().to_owned()));
+        self
+    }
+
+    /// Adds connectors from TOML text of the same shape (`[crm]` tables).
+    pub fn toml_str(mut self, text: impl Into<String>) -> Self {
+        self.sources.push(Source::Toml(text.into()));
+        self
+    }
+
+    /// Adds one connector built with [`ConnectorConfig::builder`].
+    pub fn connector(mut self, config: ConnectorConfig) -> Self {
+        self.sources.push(Source::Config(Box::new(config)));
+        self
+    }
+
+    /// Uses `store` to share tokens. Default: the store named by `CONNECTOR_STORE`, else by the
+    /// config's `$connector.store`, else SQLite in the user's data directory
+    /// ([`StoreSpec::default_store`]).
+    pub fn store(mut self, store: impl TokenStore) -> Self {
+        self.store = Some(Arc::new(store));
+        self
+    }
+
+    /// Uses an already shared store.
+    pub fn shared_store(mut self, store: Arc<dyn TokenStore>) -> Self {
+        self.store = Some(store);
+        self
+    }
+
+    /// Opens the store named by `spec` (`memory:`, `sqlite:PATH`) when the connection is built.
+    pub fn store_spec(mut self, spec: StoreSpec) -> Self {
+        self.store_spec = Some(spec);
+        self
+    }
+
+    /// Encrypts every record at rest with `key` (XChaCha20-Poly1305, bound to the record key).
+    pub fn encryption_key(mut self, key: EncryptionKey) -> Self {
+        self.encryption_key = Some(key);
+        self
+    }
+
+    /// Ignores `CONNECTOR_STORE`, `CONNECTOR_ENCRYPTION_KEY` and `CONNECTOR_ENCRYPTION_KEY_FILE`
+    /// (read by default when the code sets no store or key).
+    pub fn ignore_env(mut self) -> Self {
+        self.use_env = false;
+        self
+    }
+
+    /// Uses `clock` for every expiry decision (default: the system clock).
+    pub fn clock(mut self, clock: impl Clock) -> Self {
+        self.clock = Arc::new(clock);
+        self
+    }
+
+    /// How long a process may hold the right to mint before others take over (default 30 s).
+    pub fn lease_ttl(mut self, ttl: Duration) -> Self {
+        self.options.lease_ttl = ttl;
+        self
+    }
+
+    /// How long a caller with no valid token waits for one before [`Error::DeadlineExceeded`]
+    /// (default 30 s). Callers holding a valid token never wait.
+    pub fn wait_deadline(mut self, deadline: Duration) -> Self {
+        self.options.wait_deadline = deadline;
+        self
+    }
+
+    /// How long a permanent failure (revoked refresh token, bad client) is remembered before the
+    /// token endpoint is asked again (default 30 s). Meanwhile callers get the remembered error.
+    pub fn negative_cache_ttl(mut self, ttl: Duration) -> Self {
+        self.options.negative_ttl = ttl;
+        self
+    }
+
+    /// Backoff between failed refreshes: a random delay in `[0, min(cap, base·2ⁿ)]` after the
+    /// n-th consecutive transient failure (default base 1 s, cap 120 s).
+    pub fn backoff(mut self, base: Duration, cap: Duration) -> Self {
+        self.options.backoff_base = base;
+        self.options.backoff_cap = cap.max(base);
+        self
+    }
+
+    /// The mint governor: at most `limit` mints per refresh token per `window`, counted in the
+    /// store so processes sharing it count together (default 10 per 10 minutes, Zoho's limit;
+    /// `0` disables it). At the limit, callers keep the current token if it is valid, else get
+    /// [`Error::Throttled`] saying when a slot frees.
+    pub fn mint_limit(mut self, limit: u32, window: Duration) -> Self {
+        self.options.mint_limit = limit;
+        self.options.mint_window = window;
+        self
+    }
+
+    /// How many per-user connectors ([`Connector::for_user`]) each template keeps resident
+    /// (default 10,000); others are rebuilt on use and reload from the store.
+    pub fn user_capacity(mut self, users: usize) -> Self {
+        self.options.user_capacity = users.max(1);
+        self
+    }
+
+    /// Keep-warm: a background task refreshes connectors used in the last hour shortly before
+    /// their refresh point (with a random 1–11 % of the margin, so hosts do not refresh in
+    /// lockstep), so no caller ever waits for a refresh. It stops when the connection is dropped.
+    /// Needs a Tokio runtime when the connection is built.
+    pub fn keep_warm(mut self, on: bool) -> Self {
+        self.keep_warm = on;
+        self
+    }
+
+    /// How often keep-warm looks at the connectors (default 1 s).
+    pub fn keep_warm_interval(mut self, every: Duration) -> Self {
+        self.keep_warm_tick = every;
+        self
+    }
+
+    /// Connect timeout for token requests (default 5 s).
+    pub fn connect_timeout(mut self, t: Duration) -> Self {
+        self.connect_timeout = t;
+        self
+    }
+
+    /// Total timeout for one token request (default 30 s).
+    pub fn request_timeout(mut self, t: Duration) -> Self {
+        self.request_timeout = t;
+        self
+    }
+
+    /// Validates every source and builds the connection. All configuration problems are reported
+    /// together in [`Error::Config`].
+    ///
+    /// Five steps (see `build.rs`): read the config sources; resolve the store and the encryption
+    /// key; open the store; make the connectors (refusing names too long for the store's keys);
+    /// start keep-warm.
+    pub fn build(self) -> Result<Connection> {
+        build::build(self)
+    }
+}

@@ -1,0 +1,252 @@
+//! The single flight: one acquisition at a time, shared by every caller that asks meanwhile.
+//!
+//! A flight is a shared future kept in its owner's [`SingleFlight`] slot until it completes.
+//! Whoever polls it drives it; a caller that gives up (deadline, cancellation) does not cancel it,
+//! because a flight that cannot finish at once gets a driver task on the Tokio runtime. Every
+//! waiter gets its result, success or error. The slot is cleared by the flight itself, after its
+//! work and before its waiters see the result, so a caller that arrives later starts a new one.
+//!
+//! Generic over what it runs, so it is tested here with a counting fetcher.
+
+use futures::FutureExt as _;
+use futures::future::{BoxFuture, Shared};
+use std::future::Future;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Mutex, MutexGuard};
+
+/// A flight in progress: await it (or a clone) for its result.
+pub(crate) type Flight<T> = Shared<BoxFuture<'static, T>>;
+
+/// How a newly started flight is driven.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Drive {
+    /// The starter waits for it: it is polled once at once, and gets a driver task only if it
+    /// cannot finish there (a flight that finishes at once costs no task).
+    Caller,
+    /// Nobody waits: it always runs on a driver task, never in the caller that started it.
+    Background,
+}
+
+/// Something that owns a [`SingleFlight`] and can be moved into the flight (a cheap clone).
+pub(crate) trait FlightOwner: Clone + Send + Sync + 'static {
+    /// What a flight yields; every waiter gets a clone.
+    type Output: Clone + Send + Sync + 'static;
+    /// The owner's flight slot.
+    fn single_flight(&self) -> &SingleFlight<Self::Output>;
+}
+
+/// The slot holding an owner's flight in progress, if any.
+pub(crate) struct SingleFlight<T> {
+    slot: Mutex<Option<Flight<T>>>,
+}
+
+impl<T: Clone + Send + Sync + 'static> SingleFlight<T> {
+    pub(crate) fn new() -> Self {
+        Self {
+            slot: Mutex::new(None),
+        }
+    }
+
+    /// Whether a flight is running now.
+    pub(crate) fn is_running(&self) -> bool {
+        self.lock().is_some()
+    }
+
+    // A std mutex, never held across an await.
+    fn lock(&self) -> MutexGuard<'_, Option<Flight<T>>> {
+        self.slot.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Joins `owner`'s flight in progress, or starts `run(owner)` as its new flight and makes
+    /// sure it runs to the end (see [`Drive`]). Without a Tokio runtime a flight that cannot
+    /// finish at once is driven by whoever awaits it.
+    pub(crate) fn join_or_start<O, F, Fut>(owner: &O, drive: Drive, run: F) -> Flight<T>
+    where
+        O: FlightOwner<Output = T>,
+        F: FnOnce(O) -> Fut,
+        Fut: Future<Output = T> + Send + 'static,
+    {
+        let mut slot = owner.single_flight().lock();
+        if let Some(f) = slot.as_ref() {
+            return f.clone();
+        }
+        let work = run(owner.clone());
+        let this = owner.clone();
+        let f = async move {
+            let result = work.await;
+            *this.single_flight().lock() = None;
+            result
+        }
+        .boxed()
+        .shared();
+        *slot = Some(f.clone());
+        drop(slot);
+        if drive == Drive::Background || f.clone().now_or_never().is_none() {
+            if let Ok(handle) = tokio::runtime::Handle::try_current() {
+                let driver = f.clone();
+                handle.spawn(async move {
+                    let _ = driver.await;
+                });
+            }
+        }
+        f
+    }
+}
+
+/// Counts a waiting caller for as long as it lives.
+pub(crate) struct WaiterGuard<'a>(&'a AtomicUsize);
+
+impl<'a> WaiterGuard<'a> {
+    pub(crate) fn new(counter: &'a AtomicUsize) -> Self {
+        counter.fetch_add(1, Ordering::Relaxed);
+        Self(counter)
+    }
+}
+
+impl Drop for WaiterGuard<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+    use std::time::Duration;
+    use tokio::sync::Semaphore;
+
+    /// A fetcher that counts its runs and finishes only when the test opens its gate.
+    struct Counting {
+        flight: SingleFlight<Result<u32, String>>,
+        runs: AtomicUsize,
+        gate: Semaphore,
+        fail: bool,
+    }
+
+    #[derive(Clone)]
+    struct Owner(Arc<Counting>);
+
+    impl FlightOwner for Owner {
+        type Output = Result<u32, String>;
+        fn single_flight(&self) -> &SingleFlight<Self::Output> {
+            &self.0.flight
+        }
+    }
+
+    impl Owner {
+        fn new(fail: bool) -> Self {
+            Self(Arc::new(Counting {
+                flight: SingleFlight::new(),
+                runs: AtomicUsize::new(0),
+                gate: Semaphore::new(0),
+                fail,
+            }))
+        }
+
+        fn fetch(&self, drive: Drive) -> Flight<Result<u32, String>> {
+            SingleFlight::join_or_start(self, drive, |o: Owner| async move {
+                let n = o.0.runs.fetch_add(1, Ordering::SeqCst) as u32 + 1;
+                let _permit = o.0.gate.acquire().await.map_err(|e| e.to_string())?;
+                if o.0.fail {
+                    Err(format!("run {n} failed"))
+                } else {
+                    Ok(n)
+                }
+            })
+        }
+
+        fn runs(&self) -> usize {
+            self.0.runs.load(Ordering::SeqCst)
+        }
+    }
+
+    #[tokio::test]
+    async fn concurrent_callers_share_one_run() {
+        let owner = Owner::new(false);
+        let waiters: Vec<_> = (0..50)
+            .map(|_| tokio::spawn(owner.fetch(Drive::Caller)))
+            .collect();
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(owner.0.flight.is_running());
+        owner.0.gate.add_permits(1);
+        for w in waiters {
+            assert_eq!(w.await.unwrap(), Ok(1));
+        }
+        assert_eq!(owner.runs(), 1);
+        assert!(!owner.0.flight.is_running(), "the slot is cleared");
+        // A later caller starts a new flight.
+        owner.0.gate.add_permits(1);
+        assert_eq!(owner.fetch(Drive::Caller).await, Ok(2));
+        assert_eq!(owner.runs(), 2);
+    }
+
+    #[tokio::test]
+    async fn a_cancelled_waiter_does_not_cancel_the_flight() {
+        let owner = Owner::new(false);
+        // The starter gives up before the flight can finish.
+        let gave_up =
+            tokio::time::timeout(Duration::from_millis(10), owner.fetch(Drive::Caller)).await;
+        assert!(gave_up.is_err());
+        assert!(
+            owner.0.flight.is_running(),
+            "still in flight after its starter left"
+        );
+        // Nobody waits now; the driver task finishes it.
+        owner.0.gate.add_permits(1);
+        for _ in 0..100 {
+            if !owner.0.flight.is_running() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert!(
+            !owner.0.flight.is_running(),
+            "the driver task completed the flight"
+        );
+        assert_eq!(owner.runs(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_joiner_gets_the_result_of_a_flight_its_starter_abandoned() {
+        let owner = Owner::new(false);
+        let starter = tokio::spawn(owner.fetch(Drive::Caller));
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        starter.abort();
+        let joiner = tokio::spawn(owner.fetch(Drive::Caller));
+        owner.0.gate.add_permits(1);
+        assert_eq!(joiner.await.unwrap(), Ok(1));
+        assert_eq!(owner.runs(), 1);
+    }
+
+    #[tokio::test]
+    async fn an_error_reaches_every_waiter() {
+        let owner = Owner::new(true);
+        let waiters: Vec<_> = (0..10)
+            .map(|_| tokio::spawn(owner.fetch(Drive::Caller)))
+            .collect();
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        owner.0.gate.add_permits(1);
+        for w in waiters {
+            assert_eq!(w.await.unwrap(), Err("run 1 failed".to_owned()));
+        }
+        assert_eq!(owner.runs(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_background_flight_never_runs_in_its_starter() {
+        let owner = Owner::new(false);
+        owner.0.gate.add_permits(1);
+        // Dropped at once: a caller-driven flight that could finish would have run here.
+        drop(owner.fetch(Drive::Background));
+        assert_eq!(owner.runs(), 0, "not polled by the starter");
+        for _ in 0..100 {
+            if owner.runs() == 1 && !owner.0.flight.is_running() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert_eq!(owner.runs(), 1);
+        assert!(!owner.0.flight.is_running());
+    }
+}

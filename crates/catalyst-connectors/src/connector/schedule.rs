@@ -1,0 +1,177 @@
+//! The schedule: when a refresh may run, what is remembered after a failure, and the retries.
+//!
+//! After each flight, [`Connector::record_outcome`] sets `next_attempt_at` from the failure's
+//! [`RetryClass`] (the one classification of errors, in `error.rs`): 0 after success; now +
+//! full-jitter backoff for `Backoff`; now + Zoho's window for `Window`; now + the negative-cache
+//! TTL for `Permanent`, with the error kept for waiting callers.
+
+use super::{AccessToken, Connector};
+use crate::clock::{EpochMillis, duration_millis};
+use crate::error::{Error, Result, RetryClass};
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+/// `next_attempt_at` while a background refresh runs.
+pub(super) const IN_FLIGHT: i64 = i64::MAX;
+
+/// What the connector remembers about its recent refresh attempts.
+#[derive(Default)]
+pub(super) struct Health {
+    pub(super) consecutive_failures: u32,
+    pub(super) last_error: Option<(Error, EpochMillis)>,
+    /// The error a waiting caller gets while `next_attempt_at` is in the future.
+    pub(super) blocking_error: Option<Error>,
+}
+
+/// Why a flight runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Mode {
+    /// A caller has no valid token and waits: a stale token from the store is good enough, and
+    /// transient failures are retried a few times at once.
+    Wait,
+    /// The token is stale (or about to be): refresh it, nobody waits.
+    Background,
+    /// `force_refresh`: mint even if the store has a fresh token.
+    Force,
+}
+
+/// What a flight did at the token endpoint.
+pub(super) enum Attempt {
+    /// No request was needed (the store had a token).
+    None,
+    Minted,
+    Failed(Error),
+}
+
+impl Connector {
+    /// Starts a background refresh if the token is within `lead` of its refresh point (or past
+    /// it) and no refresh is running or backing off. Used by keep-warm.
+    pub(crate) fn refresh_if_due(&self, now: EpochMillis, lead: Duration) -> bool {
+        let guard = self.inner.current.load();
+        let Some(token) = guard.as_ref() else {
+            return false;
+        };
+        let lead = duration_millis(lead);
+        if now < token.refresh_at.saturating_sub(lead) || now >= token.expires_at {
+            return false;
+        }
+        drop(guard);
+        self.refresh_in_background(now)
+    }
+
+    /// Epoch ms of the last `access_token` call (to the second), 0 if never.
+    pub(crate) fn last_used(&self) -> EpochMillis {
+        self.inner.last_used.load(Ordering::Relaxed)
+    }
+
+    /// The token in memory's `(refresh_at, expires_at)`, if any.
+    pub(crate) fn schedule(&self) -> Option<(EpochMillis, EpochMillis)> {
+        self.inner
+            .current
+            .load()
+            .as_ref()
+            .map(|t| (t.refresh_at, t.expires_at))
+    }
+
+    /// Claims the right to start a background refresh and starts it. Returns whether it did.
+    pub(super) fn refresh_in_background(&self, now: EpochMillis) -> bool {
+        let next = self.inner.next_attempt_at.load(Ordering::Acquire);
+        if now < next {
+            return false; // backing off, or one is running
+        }
+        if tokio::runtime::Handle::try_current().is_err() {
+            return false; // no runtime to run it on: the next waiting caller refreshes
+        }
+        if self
+            .inner
+            .next_attempt_at
+            .compare_exchange(next, IN_FLIGHT, Ordering::AcqRel, Ordering::Acquire)
+            .is_err()
+        {
+            return false; // another caller claimed it
+        }
+        tracing::debug!(connector = %self.inner.name, "refreshing in the background");
+        // The flight's own driver task runs it; nobody waits here.
+        drop(self.flight_or_start(Mode::Background));
+        true
+    }
+
+    pub(super) async fn run_flight(&self, mode: Mode) -> Result<AccessToken> {
+        let options = &self.inner.runtime.options;
+        let mut attempt = 0;
+        let (result, outcome) = loop {
+            attempt += 1;
+            let (result, outcome) = self.acquire(mode).await;
+            let retry = mode == Mode::Wait
+                && attempt < options.wait_attempts
+                && matches!(&outcome, Attempt::Failed(e) if e.retry_class() == RetryClass::Backoff);
+            if !retry {
+                break (result, outcome);
+            }
+            let ceiling = Duration::from_millis(100).saturating_mul(1 << attempt.min(10));
+            tokio::time::sleep(full_jitter(ceiling)).await;
+        };
+        self.record_outcome(outcome);
+        result
+    }
+
+    /// Updates the schedule after a flight: when the next attempt may run, and what waiting
+    /// callers are told until then.
+    fn record_outcome(&self, outcome: Attempt) {
+        let options = &self.inner.runtime.options;
+        let now = self.inner.runtime.clock.now_millis();
+        let mut guard = self.health();
+        let next = match outcome {
+            Attempt::None => {
+                if let Some(health) = guard.as_mut() {
+                    health.blocking_error = None;
+                }
+                let current = self.inner.next_attempt_at.load(Ordering::Acquire);
+                if current == IN_FLIGHT { 0 } else { current }
+            }
+            Attempt::Minted => {
+                self.inner.metrics.mints_ok.increment(1);
+                if let Some(health) = guard.as_mut() {
+                    health.consecutive_failures = 0;
+                    health.blocking_error = None;
+                }
+                0
+            }
+            Attempt::Failed(e) => {
+                let health = guard.get_or_insert_with(Box::default);
+                let delay = match e.retry_class() {
+                    RetryClass::Window => match &e {
+                        Error::Throttled {
+                            retry_after: Some(after),
+                            ..
+                        } => *after,
+                        _ => options.mint_window,
+                    },
+                    RetryClass::Backoff => {
+                        health.consecutive_failures = health.consecutive_failures.saturating_add(1);
+                        let exp = health.consecutive_failures.saturating_sub(1).min(20);
+                        full_jitter(
+                            options
+                                .backoff_base
+                                .saturating_mul(1 << exp)
+                                .min(options.backoff_cap),
+                        )
+                    }
+                    RetryClass::Immediate => Duration::ZERO,
+                    RetryClass::Permanent => options.negative_ttl,
+                };
+                tracing::debug!(connector = %self.inner.name, retry_in_ms = duration_millis(delay), "next refresh attempt scheduled");
+                health.last_error = Some((e.clone(), now));
+                health.blocking_error = Some(e);
+                now.saturating_add(duration_millis(delay))
+            }
+        };
+        self.inner.next_attempt_at.store(next, Ordering::Release);
+    }
+}
+
+/// A uniformly random duration in `[0, ceiling]` ("full jitter").
+fn full_jitter(ceiling: Duration) -> Duration {
+    let ms = u64::try_from(ceiling.as_millis()).unwrap_or(u64::MAX);
+    Duration::from_millis(rand::random_range(0..=ms))
+}

@@ -1,0 +1,164 @@
+//! Exit codes and failures: what the process tells its caller.
+
+use catalyst_connectors::{Error, RetryClass};
+
+/// The documented exit codes. The discriminant is the code; the README's table and every
+/// `--help` footer are checked against [`Exit::ALL`] by tests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Exit {
+    Success = 0,
+    Unexpected = 1,
+    Usage = 2,
+    Config = 3,
+    Reauthorize = 4,
+    Throttled = 5,
+    Transient = 6,
+}
+
+impl Exit {
+    /// Every code, in order.
+    pub const ALL: [Exit; 7] = [
+        Exit::Success,
+        Exit::Unexpected,
+        Exit::Usage,
+        Exit::Config,
+        Exit::Reauthorize,
+        Exit::Throttled,
+        Exit::Transient,
+    ];
+
+    /// The code as the process returns it.
+    pub fn code(self) -> u8 {
+        self as u8
+    }
+
+    /// What the code means, as `--help` and the README say it.
+    pub fn meaning(self) -> &'static str {
+        match self {
+            Exit::Success => "success",
+            Exit::Unexpected => "unexpected failure",
+            Exit::Usage => "usage error",
+            Exit::Config => {
+                "configuration error (config file, unknown connector, client rejected by Zoho, store cannot open)"
+            }
+            Exit::Reauthorize => "re-authorization needed (no refresh token, or it was revoked)",
+            Exit::Throttled => "throttled (by Zoho, or by our mint governor): wait, then retry",
+            Exit::Transient => "transient failure (network, timeout, Zoho 5xx): retry later",
+        }
+    }
+}
+
+/// The `--help` footer listing the exit codes, generated from [`Exit::ALL`].
+pub fn footer() -> String {
+    let mut out = String::from("Exit codes:");
+    for e in Exit::ALL {
+        out.push_str(&format!("\n  {}  {}", e.code(), e.meaning()));
+    }
+    out
+}
+
+/// A failure to report: one line, an optional hint, an exit code.
+pub struct Failure {
+    pub exit: Exit,
+    pub message: String,
+    pub hint: Option<String>,
+}
+
+impl Failure {
+    pub fn new(exit: Exit, message: impl Into<String>) -> Self {
+        Self {
+            exit,
+            message: message.into(),
+            hint: None,
+        }
+    }
+
+    pub fn hint(mut self, hint: impl Into<String>) -> Self {
+        self.hint = Some(hint.into());
+        self
+    }
+}
+
+impl From<Error> for Failure {
+    fn from(e: Error) -> Self {
+        let (exit, hint) = match &e {
+            Error::Config(_) => (
+                Exit::Config,
+                Some("run `connector config check` to see every problem".to_owned()),
+            ),
+            Error::UnknownConnector { .. } => (
+                Exit::Config,
+                Some("run `connector list` to see the configured names".to_owned()),
+            ),
+            Error::InvalidClient { .. } => (
+                Exit::Config,
+                Some(
+                    "check client_id, client_secret and the data centre (dc) in the config"
+                        .to_owned(),
+                ),
+            ),
+            Error::StoreOpen(_) => (
+                Exit::Config,
+                Some("choose another store with --store or CONNECTOR_STORE".to_owned()),
+            ),
+            Error::ReauthorizationRequired { connector, .. }
+            | Error::MissingRefreshToken { connector } => (
+                Exit::Reauthorize,
+                Some(format!(
+                    "run `connector authorize {connector} --scope …` (server-based client) or `connector exchange {connector} --code …` (Self Client)"
+                )),
+            ),
+            e if e.retry_class() == RetryClass::Window => (
+                Exit::Throttled,
+                Some(
+                    "wait, then retry; `connector status` shows the mints used in the window"
+                        .to_owned(),
+                ),
+            ),
+            e if e.is_transient() => (
+                Exit::Transient,
+                Some("check the network and retry later".to_owned()),
+            ),
+            _ => (Exit::Unexpected, None),
+        };
+        Failure {
+            exit,
+            message: e.to_string(),
+            hint,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_readme_table_lists_every_code() {
+        let readme = include_str!("../../../README.md");
+        for e in Exit::ALL {
+            let row = format!("| {} | {} |", e.code(), e.meaning());
+            assert!(readme.contains(&row), "README lacks the row `{row}`");
+        }
+        let rows = readme
+            .lines()
+            .filter(|l| {
+                let l = l.trim_start_matches("| ");
+                l.len() > 2 && l.as_bytes()[0].is_ascii_digit() && l[1..].starts_with(" | ")
+            })
+            .count();
+        assert_eq!(
+            rows,
+            Exit::ALL.len(),
+            "the README's exit-code table has extra rows"
+        );
+    }
+
+    #[test]
+    fn discriminants_are_the_codes() {
+        for (i, e) in Exit::ALL.iter().enumerate() {
+            assert_eq!(usize::from(e.code()), i);
+        }
+    }
+}
