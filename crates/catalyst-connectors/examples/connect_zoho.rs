@@ -23,20 +23,13 @@ struct App {
 
 type Params = Query<HashMap<String, String>>;
 
-fn escape(s: &str) -> String {
-    s.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
-        .replace('"', "&quot;")
-}
-
 async fn home(State(app): State<Arc<App>>, Query(q): Params) -> Html<String> {
     let user = q.get("user").cloned().unwrap_or_else(|| "alice".into());
     let connected = match app.crm.for_user(&user) {
         Ok(c) => c.has_refresh_token().await,
         Err(_) => false,
     };
-    let u = escape(&user);
+    let u = html_escape::encode_double_quoted_attribute(&user);
     Html(if connected {
         format!(
             "<h1>Hello {u}</h1><p>Your Zoho account is connected.</p><p><a href=\"/users?user={u}\">List your CRM users</a> · <a href=\"/disconnect?user={u}\">Disconnect</a></p>"
@@ -52,9 +45,11 @@ async fn connect(State(app): State<Arc<App>>, Query(q): Params) -> Response {
     let user = q.get("user").cloned().unwrap_or_default();
     match app.flow.start(&user, &["ZohoCRM.users.READ"]) {
         Ok(start) => Redirect::to(&start.url).into_response(),
-        Err(e) => {
-            Html(format!("<p>Cannot connect: {}</p>", escape(&e.to_string()))).into_response()
-        }
+        Err(e) => Html(format!(
+            "<p>Cannot connect: {}</p>",
+            html_escape::encode_double_quoted_attribute(&e.to_string())
+        ))
+        .into_response(),
     }
 }
 
@@ -72,7 +67,11 @@ async fn callback(State(app): State<Arc<App>>, Query(q): Params) -> Response {
         .await
     {
         Ok((user, _)) => Redirect::to(&format!("/?user={user}")).into_response(),
-        Err(e) => Html(format!("<p>Not connected: {}</p>", escape(&e.to_string()))).into_response(),
+        Err(e) => Html(format!(
+            "<p>Not connected: {}</p>",
+            html_escape::encode_double_quoted_attribute(&e.to_string())
+        ))
+        .into_response(),
     }
 }
 
@@ -80,7 +79,10 @@ async fn users(State(app): State<Arc<App>>, Query(q): Params) -> Response {
     let user = q.get("user").cloned().unwrap_or_default();
     let connector = match app.crm.for_user(&user) {
         Ok(c) => c,
-        Err(e) => return Html(escape(&e.to_string())).into_response(),
+        Err(e) => {
+            return Html(html_escape::encode_double_quoted_attribute(&e.to_string()).into_owned())
+                .into_response();
+        }
     };
     let client = reqwest_middleware::ClientBuilder::new(reqwest::Client::new())
         .with(ZohoAuth::new(connector))
@@ -88,10 +90,14 @@ async fn users(State(app): State<Arc<App>>, Query(q): Params) -> Response {
     match client.get(api_url("/crm/v8/users")).send().await {
         Ok(r) => Html(format!(
             "<pre>{}</pre>",
-            escape(&r.text().await.unwrap_or_default())
+            html_escape::encode_double_quoted_attribute(&r.text().await.unwrap_or_default())
         ))
         .into_response(),
-        Err(e) => Html(format!("<p>{}</p>", escape(&e.to_string()))).into_response(),
+        Err(e) => Html(format!(
+            "<p>{}</p>",
+            html_escape::encode_double_quoted_attribute(&e.to_string())
+        ))
+        .into_response(),
     }
 }
 
@@ -99,7 +105,8 @@ async fn disconnect(State(app): State<Arc<App>>, Query(q): Params) -> Response {
     let user = q.get("user").cloned().unwrap_or_default();
     match app.flow.disconnect(&user).await {
         Ok(()) => Redirect::to(&format!("/?user={user}")).into_response(),
-        Err(e) => Html(escape(&e.to_string())).into_response(),
+        Err(e) => Html(html_escape::encode_double_quoted_attribute(&e.to_string()).into_owned())
+            .into_response(),
     }
 }
 

@@ -81,7 +81,7 @@ mod tests {
     const AUTH: &str = "https://accounts.zoho.com/oauth/v2/auth";
     const TOKEN: &str = "https://accounts.zoho.com/oauth/v2/token";
 
-    /// Golden vectors computed by the official Node SDK 3.4.0 (reference section 9).
+    /// Golden vectors computed by the official Node SDK 3.4.0 (docs/zoho-protocol.md, section 5).
     #[test]
     fn golden_sdk_keys() {
         assert_eq!(

@@ -32,6 +32,8 @@
 //! Secrets (client secret, refresh token, access token, grant code) live in redacting types:
 //! `Debug` and error messages never show them; [`ExposeSecret`] is the only way to read one.
 #![warn(missing_docs)]
+// docs.rs builds with `--cfg docsrs` on nightly: items behind a feature get a badge naming it.
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod clock;
 mod config;

@@ -1,5 +1,5 @@
 //! The token endpoint client: form-encoded POSTs to Zoho Accounts and a parser for every answer
-//! shape Zoho is known to send (see `zoho-protocol.md` sections 2–3).
+//! shape Zoho is known to send (see docs/zoho-protocol.md, sections 1–2).
 
 use crate::error::{Error, TransientKind};
 use crate::record::lenient_u64;

@@ -220,13 +220,6 @@ struct CallbackState {
     tx: Mutex<Option<mpsc::Sender<Result<Redirect, String>>>>,
 }
 
-fn escape(s: &str) -> String {
-    s.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
-        .replace('"', "&quot;")
-}
-
 fn page(title: &str, body: &str) -> Html<String> {
     Html(format!(
         "<!doctype html><html><head><meta charset=\"utf-8\"><title>{title}</title>\
@@ -269,7 +262,7 @@ async fn callback(
                 "Connector authorized",
                 &format!(
                     "Connector <b>{}</b> is authorized. You can close this tab.",
-                    escape(&shared.connector)
+                    html_escape::encode_double_quoted_attribute(&shared.connector)
                 ),
             ),
         )
