@@ -69,8 +69,6 @@ pub use dc::{DataCenter, UnknownDataCenter};
 pub use error::{Error, Result, RetryClass, TransientKind};
 pub use record::{RecordError, TokenRecord};
 pub use secret::{AccessTokenSecret, ClientSecret, ExposeSecret, GrantCode, RefreshToken};
-#[cfg(feature = "redis")]
-pub use store::RedisStore;
 #[cfg(feature = "sqlite")]
 pub use store::SqliteStore;
 pub use store::{
@@ -81,6 +79,8 @@ pub use store::{
 pub use store::{
     CatalystAuth, CatalystCacheStore, CatalystCacheStoreBuilder, CatalystTokenProvider,
 };
+#[cfg(feature = "redis")]
+pub use store::{RedisStore, RedisStoreBuilder};
 
 /// The README's Rust examples, compiled as doctests.
 #[cfg(doctest)]

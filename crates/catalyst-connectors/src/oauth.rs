@@ -271,11 +271,21 @@ pub(crate) fn parse_token_response(
             description: None,
         });
     }
+    read_success(connector, json.as_ref(), obj)
+}
+
+/// Reads a 2xx answer without an `error`: the token, its lifetime, the API domain and any new
+/// refresh token.
+fn read_success(
+    connector: String,
+    json: Option<&Value>,
+    obj: Option<&serde_json::Map<String, Value>>,
+) -> Result<TokenResponse, Error> {
     let malformed = |detail: &str| Error::MalformedResponse {
         connector: connector.clone(),
         detail: detail.to_owned(),
     };
-    let obj = match (&json, obj) {
+    let obj = match (json, obj) {
         (_, Some(o)) => o,
         (None, _) => return Err(malformed("the body is not JSON")),
         (Some(_), None) => return Err(malformed("the body is not a JSON object")),

@@ -12,7 +12,7 @@ use std::fmt;
 ///
 /// Serialized as JSON: `access_token` and `expires_at` (epoch ms of the refresh point) are what the
 /// SDKs read; `expiry_in_seconds` and `expires_in` give the lifetime; `api_domain`, `issued_at`
-/// (epoch ms when the request was sent) and `fingerprint` (see [`crate::key::fingerprint`]) are ours.
+/// (epoch ms when the request was sent) and `fingerprint` (a SHA-256 of the client id, refresh token and token URL) are ours.
 #[derive(Clone)]
 pub struct TokenRecord {
     /// The access token.

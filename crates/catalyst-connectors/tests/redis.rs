@@ -204,7 +204,10 @@ async fn keys_have_the_prefix_and_a_ttl_following_the_token() {
         return;
     }
     let (server, _dir) = standalone();
-    let store = RedisStore::open_with_prefix(&server.url(), "myapp:").unwrap();
+    let store = RedisStore::builder(server.url())
+        .prefix("myapp:")
+        .build()
+        .unwrap();
     store
         .compare_and_set(TokenWrite::new(
             "ZC_CONN_crm:abcde",
@@ -504,7 +507,11 @@ async fn rediss_works_with_a_private_ca_and_refuses_an_untrusted_server() {
         .unwrap();
     let url = format!("rediss://127.0.0.1:{port}");
     let ca = std::fs::read(dir.path().join("ca.crt")).unwrap();
-    let store = RedisStore::open_tls(&url, "tls:", &ca).unwrap();
+    let store = RedisStore::builder(url.as_str())
+        .prefix("tls:")
+        .root_ca_pem(ca.clone())
+        .build()
+        .unwrap();
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     while store.get("ZC_CONN_tls:00000").await.is_err() {
         assert!(

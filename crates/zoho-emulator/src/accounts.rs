@@ -139,10 +139,10 @@ pub(crate) fn code_grant(inner: &mut Inner, p: &HashMap<String, String>) -> Gran
     if entry.client_id != client_id || entry.expires_at <= now {
         return Err(("invalid_code", None));
     }
-    if let Some(expected) = &entry.redirect_uri {
-        if p.get("redirect_uri") != Some(expected) {
-            return Err(("invalid_redirect_uri", None));
-        }
+    if let Some(expected) = &entry.redirect_uri
+        && p.get("redirect_uri") != Some(expected)
+    {
+        return Err(("invalid_redirect_uri", None));
     }
     let rt = random_token("1000.");
     inner.add_refresh_token(&client_id, &rt, &entry.scope, "");

@@ -44,7 +44,7 @@ pub struct Stats {
     pub live_tokens: u64,
     /// Access tokens revoked because a refresh token exceeded the live-token cap.
     pub evicted_by_cap: u64,
-    /// Successful mints per refresh-token label (see [`Emulator::add_refresh_token_labeled`]).
+    /// Successful mints per refresh-token label (see [`Emulator::add_refresh_token_labeled`](crate::Emulator::add_refresh_token_labeled)).
     pub mints_by_label: BTreeMap<String, u64>,
     /// Sample API calls answered 200.
     pub api_ok: u64,

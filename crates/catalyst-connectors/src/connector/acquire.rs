@@ -105,14 +105,13 @@ impl Connector {
             return (Ok(self.install(&creds, token)), Attempt::None);
         }
         let mut expected = read.generation();
-        if let StoreRead::Fresh(token) | StoreRead::Stale(token) = read {
-            if mode != Mode::Force
-                && fallback
-                    .as_ref()
-                    .is_none_or(|f| token.0.expires_at > f.0.expires_at)
-            {
-                fallback = Some(token);
-            }
+        if let StoreRead::Fresh(token) | StoreRead::Stale(token) = read
+            && mode != Mode::Force
+            && fallback
+                .as_ref()
+                .is_none_or(|f| token.0.expires_at > f.0.expires_at)
+        {
+            fallback = Some(token);
         }
 
         let owner = format!("{}:{:016x}", std::process::id(), rand::random::<u64>());
@@ -129,11 +128,9 @@ impl Connector {
         }
 
         let outcome = self.mint(&creds, &refresh_token, expected).await;
-        if leased {
-            if let Err(e) = runtime.store.release_lease(&creds.key, &owner).await {
-                self.inner.metrics.store_errors.increment(1);
-                tracing::warn!(connector = %name, error = %e, "could not release the mint lease; it will expire");
-            }
+        if leased && let Err(e) = runtime.store.release_lease(&creds.key, &owner).await {
+            self.inner.metrics.store_errors.increment(1);
+            tracing::warn!(connector = %name, error = %e, "could not release the mint lease; it will expire");
         }
         match outcome {
             Ok(token) => (Ok(token), Attempt::Minted),

@@ -81,13 +81,13 @@ impl<T: Clone + Send + Sync + 'static> SingleFlight<T> {
         .shared();
         *slot = Some(f.clone());
         drop(slot);
-        if drive == Drive::Background || f.clone().now_or_never().is_none() {
-            if let Ok(handle) = tokio::runtime::Handle::try_current() {
-                let driver = f.clone();
-                handle.spawn(async move {
-                    let _ = driver.await;
-                });
-            }
+        if (drive == Drive::Background || f.clone().now_or_never().is_none())
+            && let Ok(handle) = tokio::runtime::Handle::try_current()
+        {
+            let driver = f.clone();
+            handle.spawn(async move {
+                let _ = driver.await;
+            });
         }
         f
     }

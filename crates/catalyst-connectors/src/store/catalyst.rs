@@ -182,7 +182,7 @@ impl CatalystCacheStoreBuilder {
     }
 }
 
-/// A token store in Catalyst Cache. See the [module docs](self).
+/// A token store in Catalyst Cache: the official SDKs' keys and records, Catalyst's limits.
 #[derive(Clone)]
 pub struct CatalystCacheStore {
     inner: Arc<Inner>,

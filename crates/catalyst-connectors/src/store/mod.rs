@@ -3,7 +3,7 @@
 //! A store keeps opaque string records under keys, each with a **generation** number so that a
 //! late writer cannot overwrite a newer token (every write is a compare-and-set on the generation),
 //! and offers a **lease**: a named, expiring right to mint, so that among many processes sharing a
-//! store only one asks the token endpoint. Records are JSON ([`TokenRecord`]) in the official SDKs'
+//! store only one asks the token endpoint. Records are JSON ([`TokenRecord`](crate::TokenRecord)) in the official SDKs'
 //! format; stores never interpret them.
 
 #[cfg(feature = "catalyst")]
@@ -19,7 +19,7 @@ mod spec;
 mod sqlite;
 
 #[cfg(feature = "redis")]
-pub use self::redis::{DEFAULT_PREFIX as REDIS_DEFAULT_PREFIX, RedisStore};
+pub use self::redis::{DEFAULT_PREFIX as REDIS_DEFAULT_PREFIX, RedisStore, RedisStoreBuilder};
 #[cfg(feature = "catalyst")]
 pub use catalyst::{
     CatalystAuth, CatalystCacheStore, CatalystCacheStoreBuilder, CatalystTokenProvider,

@@ -111,109 +111,47 @@ impl fmt::Debug for RedisStore {
     }
 }
 
-impl RedisStore {
-    /// Connects (lazily: the first command connects, and reconnects after failures) to a
-    /// standalone server: `redis://[user:password@]host:port[/db]` or `rediss://…` for TLS.
-    pub fn open(url: &str) -> Result<Self, StoreError> {
-        Self::open_with_prefix(url, DEFAULT_PREFIX)
+/// Builds a [`RedisStore`]: [`RedisStore::builder`].
+#[derive(Clone)]
+#[must_use]
+pub struct RedisStoreBuilder {
+    url: String,
+    prefix: String,
+    root_ca_pem: Option<Vec<u8>>,
+}
+
+impl fmt::Debug for RedisStoreBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisStoreBuilder")
+            .field("url", &redact_url(&self.url))
+            .field("prefix", &self.prefix)
+            .field("root_ca_pem", &self.root_ca_pem.is_some())
+            .finish()
+    }
+}
+
+impl RedisStoreBuilder {
+    /// The key prefix (default [`DEFAULT_PREFIX`]), so several apps can share one Redis.
+    pub fn prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.prefix = prefix.into();
+        self
     }
 
-    /// Like [`open`](Self::open), with a key prefix (several apps can share one Redis).
-    pub fn open_with_prefix(url: &str, prefix: &str) -> Result<Self, StoreError> {
-        let label = format!("redis {}", redact_url(url));
-        let client = redis::Client::open(url).map_err(|e| {
-            StoreError::new(
-                &label,
-                StoreErrorKind::Rejected,
-                format!("invalid Redis URL: {e}"),
-            )
-        })?;
-        Ok(Self::with_client(client, prefix, label))
+    /// For TLS (`rediss://`): trust certificates that chain to this CA (PEM) instead of the
+    /// public web roots, e.g. a private CA.
+    pub fn root_ca_pem(mut self, pem: impl Into<Vec<u8>>) -> Self {
+        self.root_ca_pem = Some(pem.into());
+        self
     }
 
-    fn with_client(client: redis::Client, prefix: &str, label: String) -> Self {
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(TIMEOUT))
-            .set_response_timeout(Some(TIMEOUT))
-            .set_number_of_retries(1)
-            .set_max_delay(Duration::from_millis(500));
-        Self {
-            inner: std::sync::Arc::new(Inner {
-                backend: Backend::Standalone(Box::new(StandaloneBackend {
-                    client,
-                    config,
-                    manager: OnceCell::new(),
-                })),
-                prefix: prefix.to_owned(),
-                label,
-            }),
-        }
-    }
-
-    /// Connects to a TLS server (`rediss://…`) whose certificate chains to `root_ca_pem` (PEM)
-    /// instead of the public web roots, e.g. a private CA.
-    pub fn open_tls(url: &str, prefix: &str, root_ca_pem: &[u8]) -> Result<Self, StoreError> {
-        let label = format!("redis {}", redact_url(url));
-        let client = redis::Client::build_with_tls(
-            url,
-            redis::TlsCertificates {
-                client_tls: None,
-                root_cert: Some(root_ca_pem.to_vec()),
-            },
-        )
-        .map_err(|e| {
-            StoreError::new(
-                &label,
-                StoreErrorKind::Rejected,
-                format!("invalid TLS set-up: {e}"),
-            )
-        })?;
-        Ok(Self::with_client(client, prefix, label))
-    }
-
-    /// Connects (lazily) to a Redis Cluster through any of its nodes, e.g.
-    /// `["redis://127.0.0.1:7000", "redis://127.0.0.1:7001"]`.
-    pub fn open_cluster(nodes: &[String], prefix: &str) -> Result<Self, StoreError> {
-        let label = format!(
-            "redis cluster {}",
-            nodes
-                .iter()
-                .map(|n| redact_url(n))
-                .collect::<Vec<_>>()
-                .join(",")
-        );
-        let client = ClusterClient::builder(nodes.iter().map(String::as_str))
-            .connection_timeout(TIMEOUT)
-            .response_timeout(TIMEOUT)
-            .retries(2)
-            .build()
-            .map_err(|e| {
-                StoreError::new(
-                    &label,
-                    StoreErrorKind::Rejected,
-                    format!("invalid cluster nodes: {e}"),
-                )
-            })?;
-        Ok(Self {
-            inner: std::sync::Arc::new(Inner {
-                backend: Backend::Cluster(Box::new(ClusterBackend {
-                    client,
-                    connection: OnceCell::new(),
-                })),
-                prefix: prefix.to_owned(),
-                label,
-            }),
-        })
-    }
-
-    /// Opens a store from a URL: `redis://`, `rediss://`, or `redis+cluster://h1:p1,h2:p2`
-    /// (`rediss+cluster://` for TLS).
-    pub fn from_url(url: &str, prefix: &str) -> Result<Self, StoreError> {
+    /// Makes the store. Nothing connects yet: the first command connects (and reconnects after
+    /// failures), inside the caller's runtime.
+    pub fn build(self) -> Result<RedisStore, StoreError> {
         for (scheme, node_scheme) in [
             ("redis+cluster://", "redis://"),
             ("rediss+cluster://", "rediss://"),
         ] {
-            if let Some(rest) = url.strip_prefix(scheme) {
+            if let Some(rest) = self.url.strip_prefix(scheme) {
                 let (auth, hosts) = match rest.rsplit_once('@') {
                     Some((a, h)) => (format!("{a}@"), h),
                     None => (String::new(), rest),
@@ -224,10 +162,107 @@ impl RedisStore {
                     .filter(|h| !h.is_empty())
                     .map(|h| format!("{node_scheme}{auth}{h}"))
                     .collect();
-                return Self::open_cluster(&nodes, prefix);
+                return self.cluster(&nodes);
             }
         }
-        Self::open_with_prefix(url, prefix)
+        self.standalone()
+    }
+
+    fn certificates(&self) -> Option<redis::TlsCertificates> {
+        self.root_ca_pem.as_ref().map(|pem| redis::TlsCertificates {
+            client_tls: None,
+            root_cert: Some(pem.clone()),
+        })
+    }
+
+    fn standalone(self) -> Result<RedisStore, StoreError> {
+        let label = format!("redis {}", redact_url(&self.url));
+        let client = match self.certificates() {
+            Some(certs) => redis::Client::build_with_tls(self.url.as_str(), certs),
+            None => redis::Client::open(self.url.as_str()),
+        }
+        .map_err(|e| {
+            StoreError::new(
+                &label,
+                StoreErrorKind::Rejected,
+                format!("invalid Redis URL or TLS set-up: {e}"),
+            )
+        })?;
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(TIMEOUT))
+            .set_response_timeout(Some(TIMEOUT))
+            .set_number_of_retries(1)
+            .set_max_delay(Duration::from_millis(500));
+        Ok(RedisStore::assemble(
+            Backend::Standalone(Box::new(StandaloneBackend {
+                client,
+                config,
+                manager: OnceCell::new(),
+            })),
+            self.prefix,
+            label,
+        ))
+    }
+
+    fn cluster(self, nodes: &[String]) -> Result<RedisStore, StoreError> {
+        let label = format!(
+            "redis cluster {}",
+            nodes
+                .iter()
+                .map(|n| redact_url(n))
+                .collect::<Vec<_>>()
+                .join(",")
+        );
+        let mut builder = ClusterClient::builder(nodes.iter().map(String::as_str))
+            .connection_timeout(TIMEOUT)
+            .response_timeout(TIMEOUT)
+            .retries(2);
+        if let Some(certs) = self.certificates() {
+            builder = builder.certs(certs);
+        }
+        let client = builder.build().map_err(|e| {
+            StoreError::new(
+                &label,
+                StoreErrorKind::Rejected,
+                format!("invalid cluster nodes: {e}"),
+            )
+        })?;
+        Ok(RedisStore::assemble(
+            Backend::Cluster(Box::new(ClusterBackend {
+                client,
+                connection: OnceCell::new(),
+            })),
+            self.prefix,
+            label,
+        ))
+    }
+}
+
+impl RedisStore {
+    /// A builder for a store at `url`: `redis://[user:password@]host:port[/db]`, `rediss://…` for
+    /// TLS, or `redis+cluster://[user:password@]h1:p1,h2:p2` (`rediss+cluster://` for TLS) for a
+    /// Redis Cluster reached through any of its nodes.
+    pub fn builder(url: impl Into<String>) -> RedisStoreBuilder {
+        RedisStoreBuilder {
+            url: url.into(),
+            prefix: DEFAULT_PREFIX.to_owned(),
+            root_ca_pem: None,
+        }
+    }
+
+    /// `RedisStore::builder(url).build()`: the store at `url` with the default prefix.
+    pub fn open(url: &str) -> Result<Self, StoreError> {
+        Self::builder(url).build()
+    }
+
+    fn assemble(backend: Backend, prefix: String, label: String) -> Self {
+        Self {
+            inner: std::sync::Arc::new(Inner {
+                backend,
+                prefix,
+                label,
+            }),
+        }
     }
 
     /// `<prefix>{<connector part>}<rest>`: the part before the second `:` (e.g. `ZC_CONN_crm`) is

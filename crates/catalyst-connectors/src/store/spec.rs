@@ -55,10 +55,10 @@ pub enum SpecError {
 pub enum StoreSpec {
     /// A process-local [`MemoryStore`].
     Memory,
-    /// A [`SqliteStore`] at this path.
+    /// A [`SqliteStore`](crate::SqliteStore) at this path.
     #[cfg(feature = "sqlite")]
     Sqlite(std::path::PathBuf),
-    /// A [`RedisStore`]: `redis://…`, `rediss://…`, `redis+cluster://h1:p1,h2:p2`, with an
+    /// A [`RedisStore`](crate::RedisStore): `redis://…`, `rediss://…`, `redis+cluster://h1:p1,h2:p2`, with an
     /// optional trailing `?prefix=…` for the key prefix.
     #[cfg(feature = "redis")]
     Redis {
@@ -67,7 +67,7 @@ pub enum StoreSpec {
         /// The key prefix.
         prefix: String,
     },
-    /// A [`CatalystCacheStore`]: `catalyst://PROJECT_ID[/SEGMENT_ID][?origin=URL]`. The token for
+    /// A [`CatalystCacheStore`](crate::CatalystCacheStore): `catalyst://PROJECT_ID[/SEGMENT_ID][?origin=URL]`. The token for
     /// Catalyst's API comes from the connector named by the config's `$connector.catalyst_auth`.
     #[cfg(feature = "catalyst")]
     Catalyst {
@@ -240,7 +240,11 @@ impl StoreSpec {
             #[cfg(feature = "sqlite")]
             Self::Sqlite(p) => Ok(Arc::new(SqliteStore::open_with_clock(p, clock)?)),
             #[cfg(feature = "redis")]
-            Self::Redis { url, prefix } => Ok(Arc::new(RedisStore::from_url(url, prefix)?)),
+            Self::Redis { url, prefix } => Ok(Arc::new(
+                RedisStore::builder(url.as_str())
+                    .prefix(prefix.as_str())
+                    .build()?,
+            )),
             #[cfg(feature = "catalyst")]
             Self::Catalyst { .. } => Err(StoreError::new(
                 "catalyst cache",

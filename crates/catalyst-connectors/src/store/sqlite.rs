@@ -121,20 +121,20 @@ fn io_error(label: &str, what: String, e: std::io::Error) -> StoreError {
 
 /// Creates the directory (0700) and the file (0600) if they do not exist.
 fn prepare_file(path: &Path, label: &str) -> Result<(), StoreError> {
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        if !dir.exists() {
-            let mut builder = std::fs::DirBuilder::new();
-            builder.recursive(true);
-            #[cfg(unix)]
-            std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
-            builder.create(dir).map_err(|e| {
-                io_error(
-                    label,
-                    format!("cannot create the directory {}", dir.display()),
-                    e,
-                )
-            })?;
-        }
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty())
+        && !dir.exists()
+    {
+        let mut builder = std::fs::DirBuilder::new();
+        builder.recursive(true);
+        #[cfg(unix)]
+        std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+        builder.create(dir).map_err(|e| {
+            io_error(
+                label,
+                format!("cannot create the directory {}", dir.display()),
+                e,
+            )
+        })?;
     }
     let mut options = std::fs::OpenOptions::new();
     options.write(true).create_new(true);

@@ -130,7 +130,7 @@ pub async fn run(connector: Connector, options: Options) -> Result<String, Failu
             )
         })?;
 
-    let (tx, mut rx) = mpsc::channel::<Result<Redirect, String>>(1);
+    let (tx, rx) = mpsc::channel::<Result<Redirect, String>>(1);
     let shared = Arc::new(CallbackState {
         state: state.clone(),
         connector: name.clone(),
@@ -146,71 +146,11 @@ pub async fn run(connector: Connector, options: Options) -> Result<String, Failu
     if options.open_browser {
         open_browser(consent.as_str());
     }
-    let spinner = indicatif::ProgressBar::new_spinner();
-    spinner.set_draw_target(indicatif::ProgressDrawTarget::stderr());
-    spinner.enable_steady_tick(Duration::from_millis(100));
-    spinner.set_message(format!("waiting for the redirect on {redirect_uri} …"));
-    let received = tokio::time::timeout(options.timeout, rx.recv()).await;
-    spinner.finish_and_clear();
+    let redirect = wait_for_redirect(rx, &redirect_uri, options.timeout).await;
     server.abort();
-    let redirect = match received {
-        Err(_) => {
-            return Err(fail(
-                Exit::Transient,
-                format!("no redirect within {}s", options.timeout.as_secs()),
-                Some("run the command again and finish the consent in the browser"),
-            ));
-        }
-        Ok(None) => {
-            return Err(fail(
-                Exit::Unexpected,
-                "the redirect listener stopped",
-                None,
-            ));
-        }
-        Ok(Some(Err(denied))) => {
-            return Err(fail(
-                Exit::Reauthorize,
-                format!("authorization was not granted: {denied}"),
-                None,
-            ));
-        }
-        Ok(Some(Ok(r))) => r,
-    };
+    let redirect = redirect?;
 
-    // Multi-DC: exchange at the accounts server the redirect names, if it is a Zoho one (or the
-    // configured one, e.g. an emulator).
-    let token_url = match redirect.accounts_server.as_deref() {
-        None => None,
-        Some(server) => Some(urls::exchange_url_for(connector.config(), server).ok_or_else(
-            || {
-                fail(
-                    Exit::Unexpected,
-                    format!(
-                        "the redirect named an unknown accounts-server {server:?}; refusing to send the code there"
-                    ),
-                    None,
-                )
-            },
-        )?),
-    };
-    let mut with = CodeExchange::default().redirect_uri(redirect_uri);
-    if let Some(t) = token_url {
-        with = with.token_url(t);
-    }
-    let generated = connector
-        .exchange_code(&GrantCode::new(redirect.code), with)
-        .await
-        .map_err(Failure::from)?;
-    if generated.refresh_token.is_none() {
-        return Err(fail(
-            Exit::Reauthorize,
-            "Zoho returned no refresh token",
-            Some(
-                "the consent must use access_type=offline and prompt=consent; run authorize again",
-            ),
-        ));
-    }
+    exchange(&connector, redirect, redirect_uri).await?;
     Ok(name)
 }
 
@@ -294,4 +234,78 @@ fn open_browser(url: &str) {
             return;
         }
     }
+}
+
+/// Waits (with a spinner) for the browser's redirect, at most `timeout`.
+async fn wait_for_redirect(
+    mut rx: mpsc::Receiver<Result<Redirect, String>>,
+    redirect_uri: &str,
+    timeout: Duration,
+) -> Result<Redirect, Failure> {
+    let spinner = indicatif::ProgressBar::new_spinner();
+    spinner.set_draw_target(indicatif::ProgressDrawTarget::stderr());
+    spinner.enable_steady_tick(Duration::from_millis(100));
+    spinner.set_message(format!("waiting for the redirect on {redirect_uri} …"));
+    let received = tokio::time::timeout(timeout, rx.recv()).await;
+    spinner.finish_and_clear();
+    match received {
+        Err(_) => Err(fail(
+            Exit::Transient,
+            format!("no redirect within {}s", timeout.as_secs()),
+            Some("run the command again and finish the consent in the browser"),
+        )),
+        Ok(None) => Err(fail(
+            Exit::Unexpected,
+            "the redirect listener stopped",
+            None,
+        )),
+        Ok(Some(Err(denied))) => Err(fail(
+            Exit::Reauthorize,
+            format!("authorization was not granted: {denied}"),
+            None,
+        )),
+        Ok(Some(Ok(r))) => Ok(r),
+    }
+}
+
+/// Exchanges the code the redirect brought, at the accounts server it names (multi-DC).
+async fn exchange(
+    connector: &Connector,
+    redirect: Redirect,
+    redirect_uri: String,
+) -> Result<(), Failure> {
+    // Multi-DC: exchange at the accounts server the redirect names, if it is a Zoho one (or the
+    // configured one, e.g. an emulator).
+    let token_url = match redirect.accounts_server.as_deref() {
+        None => None,
+        Some(server) => Some(urls::exchange_url_for(connector.config(), server).ok_or_else(
+            || {
+                fail(
+                    Exit::Unexpected,
+                    format!(
+                        "the redirect named an unknown accounts-server {server:?}; refusing to send the code there"
+                    ),
+                    None,
+                )
+            },
+        )?),
+    };
+    let mut with = CodeExchange::default().redirect_uri(redirect_uri);
+    if let Some(t) = token_url {
+        with = with.token_url(t);
+    }
+    let generated = connector
+        .exchange_code(&GrantCode::new(redirect.code), with)
+        .await
+        .map_err(Failure::from)?;
+    if generated.refresh_token.is_none() {
+        return Err(fail(
+            Exit::Reauthorize,
+            "Zoho returned no refresh token",
+            Some(
+                "the consent must use access_type=offline and prompt=consent; run authorize again",
+            ),
+        ));
+    }
+    Ok(())
 }

@@ -35,24 +35,7 @@ pub async fn run(callers: usize, latency_ms: u64) -> Result<(), Failure> {
 
     println!("{callers} tasks ask connector `crm` for a token at the same moment…");
     let started = Instant::now();
-    let tasks: Vec<_> = (0..callers)
-        .map(|_| {
-            let crm = connection.connector("crm");
-            tokio::spawn(async move { crm?.access_token().await })
-        })
-        .collect();
-    let mut served = 0usize;
-    let mut failed = 0usize;
-    let mut distinct = HashSet::new();
-    for task in futures::future::join_all(tasks).await {
-        match task {
-            Ok(Ok(token)) => {
-                served += 1;
-                distinct.insert(token.expose_secret().to_owned());
-            }
-            _ => failed += 1,
-        }
-    }
+    let (served, failed, distinct) = stampede(&connection, callers).await;
     let cold = started.elapsed();
     let cold_requests = emulator.stats().token_requests;
 
@@ -68,8 +51,8 @@ pub async fn run(callers: usize, latency_ms: u64) -> Result<(), Failure> {
     println!("  token requests made    {cold_requests}");
     println!(
         "  callers served         {served} ({} distinct token{})",
-        distinct.len(),
-        if distinct.len() == 1 { "" } else { "s" }
+        distinct,
+        if distinct == 1 { "" } else { "s" }
     );
     println!("  callers failed         {failed}");
     println!("  time taken             {} ms", cold.as_millis());
@@ -92,4 +75,27 @@ pub async fn run(callers: usize, latency_ms: u64) -> Result<(), Failure> {
             ),
         ))
     }
+}
+
+/// `callers` tasks ask for a token at once: (served, failed, distinct tokens).
+async fn stampede(connection: &Connection, callers: usize) -> (usize, usize, usize) {
+    let tasks: Vec<_> = (0..callers)
+        .map(|_| {
+            let crm = connection.connector("crm");
+            tokio::spawn(async move { crm?.access_token().await })
+        })
+        .collect();
+    let mut served = 0usize;
+    let mut failed = 0usize;
+    let mut distinct = HashSet::new();
+    for task in futures::future::join_all(tasks).await {
+        match task {
+            Ok(Ok(token)) => {
+                served += 1;
+                distinct.insert(token.expose_secret().to_owned());
+            }
+            _ => failed += 1,
+        }
+    }
+    (served, failed, distinct.len())
 }

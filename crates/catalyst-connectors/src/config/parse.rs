@@ -1,0 +1,274 @@
+//! Reading configs: the SDKs' JSON shape, TOML of the same shape, `$connector` settings.
+
+use super::validate::validate;
+use super::{ConfigIssue, ConnectorConfig};
+use crate::secret::{ClientSecret, RefreshToken};
+use serde_json::{Map, Value};
+use std::path::Path;
+
+#[derive(Clone, Debug)]
+pub(super) enum Number {
+    Seconds(u64),
+    Invalid(String),
+}
+
+/// Unvalidated fields of one connector, as read from any source.
+#[derive(Clone, Debug, Default)]
+pub(super) struct RawConnector {
+    pub(super) client_id: Option<String>,
+    pub(super) client_secret: Option<ClientSecret>,
+    pub(super) auth_url: Option<String>,
+    pub(super) refresh_url: Option<String>,
+    pub(super) refresh_token: Option<RefreshToken>,
+    pub(super) redirect_url: Option<String>,
+    pub(super) expires_in: Option<Number>,
+    pub(super) refresh_in: Option<Number>,
+    pub(super) dc: Option<String>,
+    pub(super) api_domain: Option<String>,
+    /// Fields present with the wrong type (already reported; not to be reported missing too).
+    pub(super) mistyped: Vec<String>,
+}
+
+const KNOWN_FIELDS: &[&str] = &[
+    "client_id",
+    "client_secret",
+    "auth_url",
+    "refresh_url",
+    "refresh_token",
+    "redirect_url",
+    "expires_in",
+    "refresh_in",
+    "dc",
+    "api_domain",
+];
+
+/// Reads connector configs from a JSON value of the SDK shape (`{name: {client_id, …}}`), adding
+/// every problem to `issues`.
+pub(crate) fn parse_value(
+    value: &Value,
+    source: Option<&str>,
+    issues: &mut Vec<ConfigIssue>,
+) -> Vec<ConnectorConfig> {
+    let issue = |connector: Option<&str>, field: Option<&str>, problem: String| ConfigIssue {
+        source: source.map(str::to_owned),
+        connector: connector.map(str::to_owned),
+        field: field.map(str::to_owned),
+        problem,
+    };
+    let Some(map) = value.as_object() else {
+        issues.push(issue(
+            None,
+            None,
+            format!(
+                "expected an object mapping connector names to their settings, found {}",
+                kind_of(value)
+            ),
+        ));
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for (name, entry) in map {
+        if name.starts_with('$') {
+            continue; // connection settings; see `parse_settings`
+        }
+        let Some(fields) = entry.as_object() else {
+            issues.push(issue(
+                Some(name),
+                None,
+                format!("expected an object of settings, found {}", kind_of(entry)),
+            ));
+            continue;
+        };
+        let mut local = Vec::new();
+        let raw = read_raw(name, fields, &mut local);
+        if let Some(c) = validate(name, raw, &mut local)
+            && local.is_empty()
+        {
+            out.push(c);
+        }
+        issues.extend(local.into_iter().map(|mut i| {
+            i.source = source.map(str::to_owned);
+            i
+        }));
+    }
+    out
+}
+
+fn read_raw(
+    name: &str,
+    fields: &Map<String, Value>,
+    issues: &mut Vec<ConfigIssue>,
+) -> RawConnector {
+    for key in fields.keys() {
+        if !KNOWN_FIELDS.contains(&key.as_str()) {
+            tracing::warn!(connector = %name, field = %key, "ignoring unknown connector setting");
+        }
+    }
+    let mut mistyped = Vec::new();
+    let mut string = |field: &str| -> Option<String> {
+        match fields.get(field) {
+            None | Some(Value::Null) => None,
+            Some(Value::String(s)) => Some(s.clone()),
+            Some(other) => {
+                issues.push(ConfigIssue {
+                    source: None,
+                    connector: Some(name.to_owned()),
+                    field: Some(field.to_owned()),
+                    problem: format!("expected a string, found {}", kind_of(other)),
+                });
+                mistyped.push(field.to_owned());
+                None
+            }
+        }
+    };
+    let mut raw = RawConnector {
+        client_id: string("client_id"),
+        client_secret: string("client_secret").map(ClientSecret::new),
+        auth_url: string("auth_url"),
+        refresh_url: string("refresh_url"),
+        refresh_token: string("refresh_token").map(RefreshToken::new),
+        redirect_url: string("redirect_url"),
+        dc: string("dc"),
+        api_domain: string("api_domain"),
+        ..RawConnector::default()
+    };
+    raw.mistyped = mistyped;
+    let number = |field: &str| -> Option<Number> {
+        match fields.get(field) {
+            None | Some(Value::Null) => None,
+            Some(Value::Number(n)) => Some(match n.as_u64() {
+                Some(v) => Number::Seconds(v),
+                None => Number::Invalid(n.to_string()),
+            }),
+            Some(Value::String(s)) => Some(match s.trim().parse::<u64>() {
+                Ok(v) => Number::Seconds(v),
+                Err(_) => Number::Invalid(format!("{s:?}")),
+            }),
+            Some(other) => Some(Number::Invalid(kind_of(other).to_owned())),
+        }
+    };
+    raw.expires_in = number("expires_in");
+    raw.refresh_in = number("refresh_in");
+    raw
+}
+
+fn kind_of(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+/// Reads a `.json` or `.toml` file (by extension) into the JSON value model.
+pub(crate) fn read_file(path: &Path, issues: &mut Vec<ConfigIssue>) -> Option<Value> {
+    let source_issue = |problem: String| ConfigIssue {
+        source: Some(path.display().to_string()),
+        connector: None,
+        field: None,
+        problem,
+    };
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) => {
+            issues.push(source_issue(format!("cannot read the file ({e})")));
+            return None;
+        }
+    };
+    let is_toml = path
+        .extension()
+        .and_then(|e| e.to_str())
+        .is_some_and(|e| e.eq_ignore_ascii_case("toml"));
+    let value = if is_toml {
+        parse_toml_text(&text).map_err(source_issue)
+    } else {
+        serde_json::from_str::<Value>(&text)
+            // serde_json's syntax errors name a position, never the content.
+            .map_err(|e| source_issue(format!("not valid JSON ({e})")))
+    };
+    value.map_err(|issue| issues.push(issue)).ok()
+}
+
+/// Connection-wide settings, from the reserved top-level `$connector` object of a config:
+/// `{"$connector": {"store": "sqlite:/path/tokens.db", "encryption_key_file": "/path/key"}}`.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Settings {
+    pub store: Option<crate::store::StoreSpec>,
+    pub encryption_key_file: Option<std::path::PathBuf>,
+    /// The connector whose token calls Catalyst's API (for a `catalyst://` store).
+    pub catalyst_auth: Option<String>,
+}
+
+/// Reads `$connector` settings (names starting with `$` are reserved for settings).
+pub(crate) fn parse_settings(
+    value: &Value,
+    source: Option<&str>,
+    settings: &mut Settings,
+    issues: &mut Vec<ConfigIssue>,
+) {
+    let Some(map) = value.as_object() else {
+        return;
+    };
+    let mut issue = |field: Option<&str>, problem: String| {
+        issues.push(ConfigIssue {
+            source: source.map(str::to_owned),
+            connector: Some("$connector".into()),
+            field: field.map(str::to_owned),
+            problem,
+        })
+    };
+    for (name, entry) in map.iter().filter(|(n, _)| n.starts_with('$')) {
+        if name != "$connector" {
+            issue(
+                None,
+                format!(
+                    "`{name}`: names starting with `$` are reserved; the settings object is `$connector`"
+                ),
+            );
+            continue;
+        }
+        let Some(fields) = entry.as_object() else {
+            issue(
+                None,
+                format!("expected an object, found {}", kind_of(entry)),
+            );
+            continue;
+        };
+        for (field, v) in fields {
+            match (field.as_str(), v.as_str()) {
+                ("store", Some(s)) => match s.parse() {
+                    Ok(spec) => settings.store = Some(spec),
+                    Err(e) => issue(Some("store"), e.to_string()),
+                },
+                ("encryption_key_file", Some(p)) => settings.encryption_key_file = Some(p.into()),
+                ("catalyst_auth", Some(name)) => settings.catalyst_auth = Some(name.to_owned()),
+                ("store" | "encryption_key_file" | "catalyst_auth", None) => issue(
+                    Some(field),
+                    format!("expected a string, found {}", kind_of(v)),
+                ),
+                _ => issue(
+                    Some(field),
+                    "unknown setting (known: store, encryption_key_file, catalyst_auth)".into(),
+                ),
+            }
+        }
+    }
+}
+
+/// Parses TOML text into the JSON value model, with errors that name a line but never quote the
+/// text (it may hold secrets).
+pub(crate) fn parse_toml_text(text: &str) -> Result<Value, String> {
+    let table: toml::Table = toml::from_str(text).map_err(|e| {
+        let line = e
+            .span()
+            .map(|s| text[..s.start.min(text.len())].lines().count().max(1));
+        match line {
+            Some(l) => format!("not valid TOML at line {l}: {}", e.message()),
+            None => format!("not valid TOML: {}", e.message()),
+        }
+    })?;
+    serde_json::to_value(table).map_err(|e| format!("unsupported TOML value ({e})"))
+}
