@@ -1,7 +1,6 @@
 //! The URL rules of the OAuth flows, in one place for the library and the CLI: the consent URL,
 //! which accounts server a grant code may be sent to, and where plain http is allowed.
 
-use crate::config::ConnectorConfig;
 use crate::dc::DataCenter;
 use url::{Host, Url};
 
@@ -17,22 +16,23 @@ pub fn is_loopback(url: &Url) -> bool {
 }
 
 /// The consent page for a server-based client: `{accounts}/oauth/v2/auth` on the origin of the
-/// connector's `auth_url`, asking for `scope` (comma-separated) with `access_type=offline` and
+/// connector's `auth_url` (its token endpoint), for `client_id`, asking for `scope` (comma-separated) with `access_type=offline` and
 /// `prompt=consent` (so Zoho issues a refresh token), the `redirect_uri` and the `state`.
 pub fn consent_url(
-    config: &ConnectorConfig,
+    auth_url: &str,
+    client_id: &str,
     scope: &str,
     redirect_uri: &str,
     state: &str,
 ) -> Result<Url, url::ParseError> {
-    let auth = Url::parse(config.auth_url())?;
+    let auth = Url::parse(auth_url)?;
     let mut url = Url::parse(&format!(
         "{}/oauth/v2/auth",
         auth.origin().ascii_serialization()
     ))?;
     url.query_pairs_mut()
         .append_pair("scope", scope)
-        .append_pair("client_id", config.client_id())
+        .append_pair("client_id", client_id)
         .append_pair("response_type", "code")
         .append_pair("access_type", "offline")
         .append_pair("prompt", "consent")
@@ -45,10 +45,10 @@ pub fn consent_url(
 /// `accounts-server` parameter): its `/oauth/v2/token`, when it is a Zoho accounts server over
 /// https or the origin of the connector's own `auth_url` (e.g. an emulator). `None` for any other
 /// server: a code must never be sent there.
-pub fn exchange_url_for(config: &ConnectorConfig, accounts_server: &str) -> Option<String> {
+pub fn exchange_url_for(auth_url: &str, accounts_server: &str) -> Option<String> {
     let url = Url::parse(accounts_server).ok()?;
     let origin = url.origin().ascii_serialization();
-    let configured = Url::parse(config.auth_url())
+    let configured = Url::parse(auth_url)
         .map(|u| u.origin().ascii_serialization())
         .unwrap_or_default();
     let zoho = url.scheme() == "https"
@@ -63,19 +63,13 @@ pub fn exchange_url_for(config: &ConnectorConfig, accounts_server: &str) -> Opti
 mod tests {
     use super::*;
 
-    fn config() -> ConnectorConfig {
-        ConnectorConfig::builder("crm")
-            .client_id("1000.ID")
-            .client_secret("s")
-            .token_url("http://127.0.0.1:9/oauth/v2/token")
-            .build()
-            .unwrap()
-    }
+    const AUTH_URL: &str = "http://127.0.0.1:9/oauth/v2/token";
 
     #[test]
     fn consent_url_asks_for_a_refresh_token() {
         let u = consent_url(
-            &config(),
+            AUTH_URL,
+            "1000.ID",
             "ZohoCRM.users.READ",
             "http://127.0.0.1:1/cb",
             "st",
@@ -97,18 +91,18 @@ mod tests {
 
     #[test]
     fn codes_go_only_to_zoho_or_the_configured_server() {
-        let c = config();
+        let c = AUTH_URL;
         assert_eq!(
-            exchange_url_for(&c, "https://accounts.zoho.eu").as_deref(),
+            exchange_url_for(c, "https://accounts.zoho.eu").as_deref(),
             Some("https://accounts.zoho.eu/oauth/v2/token")
         );
         assert_eq!(
-            exchange_url_for(&c, "http://127.0.0.1:9").as_deref(),
+            exchange_url_for(c, "http://127.0.0.1:9").as_deref(),
             Some("http://127.0.0.1:9/oauth/v2/token")
         );
-        assert_eq!(exchange_url_for(&c, "http://accounts.zoho.eu"), None);
-        assert_eq!(exchange_url_for(&c, "https://evil.example"), None);
-        assert_eq!(exchange_url_for(&c, "not a url"), None);
+        assert_eq!(exchange_url_for(c, "http://accounts.zoho.eu"), None);
+        assert_eq!(exchange_url_for(c, "https://evil.example"), None);
+        assert_eq!(exchange_url_for(c, "not a url"), None);
     }
 
     #[test]

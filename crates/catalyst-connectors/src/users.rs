@@ -200,8 +200,10 @@ impl ConsentFlow {
         let payload = URL_SAFE_NO_PAD.encode(payload);
         let tag = URL_SAFE_NO_PAD.encode(self.mac(&payload).finalize().into_bytes());
         let state = format!("{payload}.{tag}");
+        let config = self.template.config();
         let url = crate::urls::consent_url(
-            self.template.config(),
+            config.auth_url(),
+            config.client_id(),
             &scopes.join(","),
             &self.redirect_uri,
             &state,
@@ -298,7 +300,7 @@ impl ConsentFlow {
     }
 
     fn token_url_for(&self, server: &str) -> Result<String> {
-        crate::urls::exchange_url_for(self.template.config(), server).ok_or_else(|| {
+        crate::urls::exchange_url_for(self.template.config().auth_url(), server).ok_or_else(|| {
             Error::InvalidUser {
                 connector: self.template.name().to_owned(),
                 reason:

@@ -121,14 +121,20 @@ pub async fn run(connector: Connector, options: Options) -> Result<String, Failu
         None => format!("http://127.0.0.1:{}{path}", local.port()),
     };
     let state = format!("{:032x}", rand::random::<u128>());
-    let consent = urls::consent_url(connector.config(), &options.scope, &redirect_uri, &state)
-        .map_err(|e| {
-            fail(
-                Exit::Config,
-                format!("cannot build the consent URL from auth_url: {e}"),
-                None,
-            )
-        })?;
+    let consent = urls::consent_url(
+        connector.config().auth_url(),
+        connector.config().client_id(),
+        &options.scope,
+        &redirect_uri,
+        &state,
+    )
+    .map_err(|e| {
+        fail(
+            Exit::Config,
+            format!("cannot build the consent URL from auth_url: {e}"),
+            None,
+        )
+    })?;
 
     let (tx, rx) = mpsc::channel::<Result<Redirect, String>>(1);
     let shared = Arc::new(CallbackState {
@@ -278,7 +284,7 @@ async fn exchange(
     // configured one, e.g. an emulator).
     let token_url = match redirect.accounts_server.as_deref() {
         None => None,
-        Some(server) => Some(urls::exchange_url_for(connector.config(), server).ok_or_else(
+        Some(server) => Some(urls::exchange_url_for(connector.config().auth_url(), server).ok_or_else(
             || {
                 fail(
                     Exit::Unexpected,
