@@ -46,7 +46,7 @@ pub enum Error {
 
     /// The connector has no refresh token yet.
     #[error(
-        "connector `{connector}` has no refresh token: set `refresh_token` in its config or exchange a grant code with generate_access_token"
+        "connector `{connector}` has no refresh token: set `refresh_token` in its config, or authorize the connector (a grant-code exchange keeps the refresh token in the token store)"
     )]
     MissingRefreshToken {
         /// The connector.
@@ -111,6 +111,17 @@ pub enum Error {
         detail: String,
     },
 
+    /// The token endpoint's TLS certificate was refused.
+    #[error(
+        "connector `{connector}`: the token endpoint's TLS certificate was refused ({detail}); check the token URL in its config (and any proxy in between)"
+    )]
+    Tls {
+        /// The connector.
+        connector: String,
+        /// What the TLS layer said.
+        detail: String,
+    },
+
     /// The token endpoint answered something that is not a valid token response.
     #[error(
         "connector `{connector}`: unexpected answer from the token endpoint: {detail}; check that the token URL points at Zoho Accounts"
@@ -144,6 +155,33 @@ pub enum Error {
         /// The store's error.
         #[source]
         source: StoreError,
+    },
+
+    /// A stored record cannot be read with the configured encryption key (another key wrote it,
+    /// or no key is set). It is never overwritten.
+    #[error(
+        "connector `{connector}`: {detail}; set CONNECTOR_ENCRYPTION_KEY (or `$connector.encryption_key_file`) to the key that wrote the token store"
+    )]
+    EncryptionKey {
+        /// The connector.
+        connector: String,
+        /// What is wrong, never a key.
+        detail: String,
+    },
+
+    /// The token endpoint issues tokens that cannot live as long as the caller asked.
+    #[error(
+        "connector `{connector}`: a token valid for {}s was asked for, but this endpoint's tokens live about {}s; ask for less",
+        wanted.as_secs(),
+        lifetime.as_secs()
+    )]
+    LifetimeTooShort {
+        /// The connector.
+        connector: String,
+        /// The minimum lifetime asked for.
+        wanted: Duration,
+        /// What a fresh token had left.
+        lifetime: Duration,
     },
 
     /// No valid token could be obtained within the wait deadline.
@@ -227,6 +265,34 @@ impl Error {
     pub fn is_transient(&self) -> bool {
         matches!(self.retry_class(), RetryClass::Backoff | RetryClass::Window)
             && !matches!(self, Self::MalformedResponse { .. })
+    }
+
+    /// A stable, machine-readable name for the error: `config`, `unknown_connector`,
+    /// `missing_refresh_token`, `reauthorization_required`, `invalid_client`, `throttled`,
+    /// `transient`, `tls`, `malformed_response`, `rejected`, `store`, `encryption_key`,
+    /// `lifetime_too_short`, `deadline_exceeded`, `invalid_user`, `invalid_state`, `store_open`,
+    /// `http_client`.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::Config(_) => "config",
+            Self::UnknownConnector { .. } => "unknown_connector",
+            Self::MissingRefreshToken { .. } => "missing_refresh_token",
+            Self::ReauthorizationRequired { .. } => "reauthorization_required",
+            Self::InvalidClient { .. } => "invalid_client",
+            Self::Throttled { .. } => "throttled",
+            Self::Transient { .. } => "transient",
+            Self::Tls { .. } => "tls",
+            Self::MalformedResponse { .. } => "malformed_response",
+            Self::Rejected { .. } => "rejected",
+            Self::Store { .. } => "store",
+            Self::EncryptionKey { .. } => "encryption_key",
+            Self::LifetimeTooShort { .. } => "lifetime_too_short",
+            Self::DeadlineExceeded { .. } => "deadline_exceeded",
+            Self::InvalidUser { .. } => "invalid_user",
+            Self::InvalidState { .. } => "invalid_state",
+            Self::StoreOpen(_) => "store_open",
+            Self::HttpClient(_) => "http_client",
+        }
     }
 
     /// Whether a person must authorize the connector again.

@@ -63,7 +63,8 @@ pub use clock::{
 pub use config::{ConfigErrors, ConfigIssue, ConnectorConfig, ConnectorConfigBuilder};
 pub use connection::{Connection, ConnectionBuilder};
 pub use connector::{
-    AccessToken, CodeExchange, Connector, ConnectorStatus, GeneratedTokens, TokenSource, TokenState,
+    AccessToken, CodeExchange, Connector, ConnectorStatus, FailureRecord, GeneratedTokens,
+    TokenSource, TokenState,
 };
 pub use dc::{DataCenter, UnknownDataCenter};
 pub use error::{Error, Result, RetryClass, TransientKind};

@@ -6,6 +6,7 @@ use crate::record::lenient_u64;
 use crate::secret::{AccessTokenSecret, ClientSecret, ExposeSecret, GrantCode, RefreshToken};
 use reqwest::StatusCode;
 use serde_json::Value;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 /// A successful token response.
@@ -43,10 +44,12 @@ pub(crate) struct HttpTimeouts {
 }
 
 /// A dedicated HTTP client for token endpoints: no redirects, no default headers beyond a
-/// user agent, rustls.
+/// user agent, rustls. Built (TLS roots loaded) only when the first request is about to be sent,
+/// so a process that finds its token in a store never pays for it.
 #[derive(Debug, Clone)]
 pub(crate) struct TokenClient {
-    http: reqwest::Client,
+    timeouts: HttpTimeouts,
+    http: Arc<OnceLock<Result<reqwest::Client, String>>>,
 }
 
 /// The largest token response body we read.
@@ -54,14 +57,26 @@ const MAX_BODY: usize = 64 * 1024;
 
 impl TokenClient {
     pub fn new(timeouts: HttpTimeouts) -> Result<Self, Error> {
-        let http = reqwest::Client::builder()
-            .connect_timeout(timeouts.connect)
-            .timeout(timeouts.total)
-            .redirect(reqwest::redirect::Policy::none())
-            .user_agent(concat!("catalyst-connectors/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .map_err(|e| Error::HttpClient(error_chain(&e.without_url())))?;
-        Ok(Self { http })
+        Ok(Self {
+            timeouts,
+            http: Arc::new(OnceLock::new()),
+        })
+    }
+
+    /// The HTTP client, built on first use.
+    fn http(&self) -> Result<&reqwest::Client, Error> {
+        self.http
+            .get_or_init(|| {
+                reqwest::Client::builder()
+                    .connect_timeout(self.timeouts.connect)
+                    .timeout(self.timeouts.total)
+                    .redirect(reqwest::redirect::Policy::none())
+                    .user_agent(concat!("catalyst-connectors/", env!("CARGO_PKG_VERSION")))
+                    .build()
+                    .map_err(|e| error_chain(&e.without_url()))
+            })
+            .as_ref()
+            .map_err(|e| Error::HttpClient(e.clone()))
     }
 
     /// POSTs one token request and classifies the answer.
@@ -99,12 +114,12 @@ impl TokenClient {
             detail,
         };
         let response = self
-            .http
+            .http()?
             .post(url)
             .form(&form)
             .send()
             .await
-            .map_err(|e| transient(classify_reqwest(&e), error_chain(&e.without_url())))?;
+            .map_err(|e| send_error(connector, e))?;
         let status = response.status();
         let retry_after = response
             .headers()
@@ -128,7 +143,7 @@ impl TokenClient {
         token: &RefreshToken,
     ) -> Result<(), Error> {
         let response = self
-            .http
+            .http()?
             .post(url)
             .form(&[("token", token.expose_secret())])
             .send()
@@ -182,6 +197,25 @@ async fn read_body(mut response: reqwest::Response) -> Result<Vec<u8>, reqwest::
         }
     }
     Ok(body)
+}
+
+/// A request that got no answer: a TLS certificate problem is a configuration error (the URL, or
+/// something between us and it, is not who it should be); anything else may pass.
+fn send_error(connector: &str, e: reqwest::Error) -> Error {
+    let kind = classify_reqwest(&e);
+    let detail = error_chain(&e.without_url());
+    let lower = detail.to_ascii_lowercase();
+    if lower.contains("certificate") || lower.contains("unknownissuer") {
+        return Error::Tls {
+            connector: connector.to_owned(),
+            detail,
+        };
+    }
+    Error::Transient {
+        connector: connector.to_owned(),
+        kind,
+        detail,
+    }
 }
 
 fn classify_reqwest(e: &reqwest::Error) -> TransientKind {

@@ -168,52 +168,64 @@ async fn tokens_are_shared_through_the_file_and_encrypted_at_rest() {
 }
 
 #[tokio::test]
-async fn a_wrong_key_or_tampered_record_is_a_miss_and_is_reminted() {
+async fn a_tampered_record_is_reminted_and_another_keys_record_is_a_key_error() {
     let s = Setup::new().await;
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("tokens.db");
-    let first = sqlite_connection(&s, &path, Some(&EncryptionKey::generate()))
+    let key = EncryptionKey::generate();
+    let first = sqlite_connection(&s, &path, Some(&key))
         .connector("crm")
         .unwrap();
     let t1 = first.access_token().await.unwrap();
 
-    // Another key: the record does not decrypt, so it is a miss; a new token replaces it.
-    let other_key = EncryptionKey::generate();
-    let second = sqlite_connection(&s, &path, Some(&other_key))
+    // Another key: a configuration error naming the variable, no mint, the record kept.
+    let other = sqlite_connection(&s, &path, Some(&EncryptionKey::generate()))
         .connector("crm")
         .unwrap();
-    let t2 = second.access_token().await.unwrap();
-    assert_ne!(t1.expose_secret(), t2.expose_secret());
-    assert_eq!(s.token_requests(), 2);
+    let err = other.access_token().await.unwrap_err();
+    assert!(matches!(err, Error::EncryptionKey { .. }), "{err:?}");
+    assert!(
+        err.to_string().contains("different encryption key"),
+        "{err}"
+    );
+    assert!(
+        err.to_string().contains("CONNECTOR_ENCRYPTION_KEY"),
+        "{err}"
+    );
+    assert_eq!(s.token_requests(), 1, "nothing minted with the wrong key");
 
-    // Tamper with the stored ciphertext: flip one character.
+    // No key at all: the same kind of error, never garbage.
+    let plain = sqlite_connection(&s, &path, None).connector("crm").unwrap();
+    let err = plain.access_token().await.unwrap_err();
+    assert!(matches!(err, Error::EncryptionKey { .. }), "{err:?}");
+    assert!(
+        err.to_string().contains("no encryption key is set"),
+        "{err}"
+    );
+    assert_eq!(s.token_requests(), 1);
+
+    // Tamper with the stored ciphertext (right key id, bad bytes): damaged, so reminted.
     let raw = SqliteStore::open(&path).unwrap();
-    let key = second.cache_key();
-    let stored = raw.get(&key).await.unwrap().unwrap();
+    let cache_key = first.cache_key();
+    let stored = raw.get(&cache_key).await.unwrap().unwrap();
     let mut tampered = stored.data.clone().into_bytes();
     let i = tampered.len() - 5;
     tampered[i] = if tampered[i] == b'A' { b'B' } else { b'A' };
     let tampered = String::from_utf8(tampered).unwrap();
     raw.compare_and_set(TokenWrite::new(
-        &key,
+        &cache_key,
         Some(stored.generation),
         &tampered,
         Duration::from_secs(3600),
     ))
     .await
     .unwrap();
-    let third = sqlite_connection(&s, &path, Some(&other_key))
+    let third = sqlite_connection(&s, &path, Some(&key))
         .connector("crm")
         .unwrap();
     let t3 = third.access_token().await.unwrap();
-    assert_ne!(t3.expose_secret(), t2.expose_secret());
-    assert_eq!(s.token_requests(), 3, "the tampered record was not served");
-
-    // Without the key, the encrypted record is unreadable: also a miss, never garbage.
-    let plain = sqlite_connection(&s, &path, None).connector("crm").unwrap();
-    let t4 = plain.access_token().await.unwrap();
-    assert!(t4.expose_secret().starts_with("1000."));
-    assert_eq!(s.token_requests(), 4);
+    assert_ne!(t3.expose_secret(), t1.expose_secret());
+    assert_eq!(s.token_requests(), 2, "the tampered record was not served");
 }
 
 #[tokio::test]
@@ -265,14 +277,14 @@ async fn a_refresh_token_from_a_code_exchange_is_kept_for_other_processes() {
         "minted with the stored refresh token"
     );
 
-    // With another key the stored refresh token is unreadable: a clear re-authorize error.
+    // With another key the stored refresh token is unreadable: a key error, not "authorize".
     let err = connection(&EncryptionKey::generate())
         .connector("crm")
         .unwrap()
         .access_token()
         .await
         .unwrap_err();
-    assert!(matches!(err, Error::MissingRefreshToken { .. }), "{err:?}");
+    assert!(matches!(err, Error::EncryptionKey { .. }), "{err:?}");
 }
 
 fn read_all_bytes(db: &Path) -> Vec<u8> {

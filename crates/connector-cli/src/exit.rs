@@ -33,6 +33,20 @@ impl Exit {
         self as u8
     }
 
+    /// The exit code for an error code of the library ([`Error::code`]), e.g. as recorded in
+    /// the store by another process.
+    pub fn for_code(code: &str) -> Exit {
+        match code {
+            "reauthorization_required" | "missing_refresh_token" => Exit::Reauthorize,
+            "throttled" => Exit::Throttled,
+            "transient" | "store" | "deadline_exceeded" => Exit::Transient,
+            "lifetime_too_short" => Exit::Usage,
+            "config" | "unknown_connector" | "invalid_client" | "tls" | "rejected"
+            | "malformed_response" | "encryption_key" | "store_open" => Exit::Config,
+            _ => Exit::Unexpected,
+        }
+    }
+
     /// What the code means, as `--help` and the README say it.
     pub fn meaning(self) -> &'static str {
         match self {
@@ -82,45 +96,40 @@ impl Failure {
 
 impl From<Error> for Failure {
     fn from(e: Error) -> Self {
-        let (exit, hint) = match &e {
-            Error::Config(_) => (
-                Exit::Config,
-                Some("run `connector config check` to see every problem".to_owned()),
+        let exit = Exit::for_code(e.code());
+        let hint = match &e {
+            Error::Config(_) => Some("run `connector config check` to see every problem".to_owned()),
+            Error::UnknownConnector { .. } => {
+                Some("run `connector list` to see the configured names".to_owned())
+            }
+            Error::InvalidClient { .. } => Some(
+                "check client_id, client_secret and the data centre (dc) in the config".to_owned(),
             ),
-            Error::UnknownConnector { .. } => (
-                Exit::Config,
-                Some("run `connector list` to see the configured names".to_owned()),
+            Error::Rejected { .. } | Error::MalformedResponse { .. } => Some(
+                "check auth_url and refresh_url in the config: they must be Zoho's token endpoint, e.g. https://accounts.zoho.com/oauth/v2/token (or set `dc`)".to_owned(),
             ),
-            Error::InvalidClient { .. } => (
-                Exit::Config,
-                Some(
-                    "check client_id, client_secret and the data centre (dc) in the config"
-                        .to_owned(),
-                ),
+            Error::Tls { .. } => Some(
+                "check the token URL; if a proxy inspects TLS, it must be trusted by this machine".to_owned(),
             ),
-            Error::StoreOpen(_) => (
-                Exit::Config,
-                Some("choose another store with --store or CONNECTOR_STORE".to_owned()),
+            Error::StoreOpen(_) => {
+                Some("choose another store with --store or CONNECTOR_STORE".to_owned())
+            }
+            Error::Store { .. } => Some(
+                "check that the token store is reachable, or choose another with --store or CONNECTOR_STORE".to_owned(),
             ),
+            Error::EncryptionKey { .. } => Some(
+                "set CONNECTOR_ENCRYPTION_KEY (or CONNECTOR_ENCRYPTION_KEY_FILE) to the key the other programs sharing this store use".to_owned(),
+            ),
+            Error::LifetimeTooShort { .. } => Some("ask for less with --min-ttl".to_owned()),
             Error::ReauthorizationRequired { connector, .. }
-            | Error::MissingRefreshToken { connector } => (
-                Exit::Reauthorize,
-                Some(format!(
-                    "run `connector authorize {connector} --scope …` (server-based client) or `connector exchange {connector} --code …` (Self Client)"
-                )),
+            | Error::MissingRefreshToken { connector } => Some(format!(
+                "run `connector authorize {connector} --scope …` (server-based client) or `connector exchange {connector} --code …` (Self Client)"
+            )),
+            e if e.retry_class() == RetryClass::Window => Some(
+                "wait, then retry; `connector status` shows the mints used in the window".to_owned(),
             ),
-            e if e.retry_class() == RetryClass::Window => (
-                Exit::Throttled,
-                Some(
-                    "wait, then retry; `connector status` shows the mints used in the window"
-                        .to_owned(),
-                ),
-            ),
-            e if e.is_transient() => (
-                Exit::Transient,
-                Some("check the network and retry later".to_owned()),
-            ),
-            _ => (Exit::Unexpected, None),
+            e if e.is_transient() => Some("check the network and retry later".to_owned()),
+            _ => None,
         };
         Failure {
             exit,

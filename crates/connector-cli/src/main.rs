@@ -5,38 +5,64 @@ mod exit;
 mod output;
 
 use catalyst_connectors::StoreSpec;
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
+use clap_complete::engine::{ArgValueCandidates, CompletionCandidate};
 use commands::Context;
 use exit::{Exit, Failure, footer};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-/// Valid OAuth access tokens for Zoho services, from Catalyst-style connector configs.
-#[derive(Parser, Debug)]
-#[command(name = "connector", version, about, after_help = footer())]
-struct Cli {
+/// Where the config and the tokens are: shared by the subcommands that use connectors.
+#[derive(Args, Debug, Clone)]
+struct Place {
     /// Connector config (.json or .toml, the Catalyst SDKs' shape). Default: $CONNECTOR_CONFIG,
     /// then ./connectors.json, ./connectors.toml, then the same names in the user config
     /// directory (e.g. ~/.config/catalyst-connectors/).
-    #[arg(long, global = true, env = "CONNECTOR_CONFIG")]
+    #[arg(long, env = "CONNECTOR_CONFIG", value_name = "FILE")]
     config: Option<PathBuf>,
-    /// Where tokens are kept and shared: `sqlite:PATH`, `memory:`, `redis://…`, `rediss://…`,
-    /// `redis+cluster://h1:p1,h2:p2` or `catalyst://PROJECT_ID[/SEGMENT]` (with
-    /// `$connector.catalyst_auth` in the config). Default: the config's `$connector.store`, else
-    /// SQLite in the user data directory.
-    #[arg(long, global = true, env = "CONNECTOR_STORE", value_parser = parse_store)]
+    /// Where tokens are kept and shared: `sqlite:PATH`, `memory:` (this process only),
+    /// `redis://…`, `rediss://…`, `redis+cluster://h1:p1,h2:p2` or
+    /// `catalyst://PROJECT_ID[/SEGMENT]` (with `$connector.catalyst_auth` in the config).
+    /// Default: the config's `$connector.store`, else SQLite in the user data directory.
+    #[arg(long, env = "CONNECTOR_STORE", value_parser = parse_store, value_name = "STORE")]
     store: Option<StoreSpec>,
+}
+
+/// Valid OAuth access tokens for Zoho services, from Catalyst-style connector configs.
+///
+/// Warnings (e.g. a token store that cannot be reached) are printed on stderr, one line each;
+/// -q hides them. CONNECTOR_LOG=debug (or info, trace; any tracing filter) shows more.
+#[derive(Parser, Debug)]
+#[command(name = "connector", version, about, long_about, after_help = footer())]
+struct Cli {
+    /// Print no warnings, only errors.
+    #[arg(short, long, global = true)]
+    quiet: bool,
+    /// Also accepted before the subcommand: `connector --config FILE token crm`.
+    #[command(flatten)]
+    place: Place,
     #[command(subcommand)]
     command: Command,
 }
 
+/// The connector's name in the config.
+const NAME_HELP: &str = "The connector's name in the config (see `connector list`)";
+
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Print a valid access token for connector NAME.
-    #[command(after_help = footer())]
+    ///
+    /// The token printed is before its refresh point (never one about to expire): if the cached
+    /// one is not, this waits for a refresh. If Zoho cannot be reached, a token that is still
+    /// valid is printed with a warning.
+    #[command(after_help = with_examples(&[
+        "connector token crm",
+        "curl -H \"$(connector token crm --header)\" https://www.zohoapis.com/crm/v8/users",
+        "connector token crm --min-ttl 30m --json",
+    ]))]
     Token {
-        /// The connector's name in the config.
+        #[arg(help = NAME_HELP, add = name_candidates())]
         name: String,
         /// Print JSON: access_token, expires_at and refresh_at (Unix seconds), api_domain.
         #[arg(long, conflicts_with = "header")]
@@ -44,65 +70,115 @@ enum Command {
         /// Print the HTTP header: `Authorization: Zoho-oauthtoken …`.
         #[arg(long)]
         header: bool,
+        /// The token must stay valid at least this long (e.g. 90s, 10m, 1h); refreshes first if
+        /// it would not.
+        #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration, default_value = "0s")]
+        min_ttl: Duration,
+        #[command(flatten)]
+        place: Place,
     },
     /// Authorize connector NAME in a browser (server-based client) and store its refresh token.
-    #[command(after_help = footer())]
+    #[command(after_help = with_examples(&[
+        "connector authorize crm --scope ZohoCRM.modules.ALL,ZohoCRM.users.READ",
+        "connector authorize crm --scope ZohoCRM.users.READ --no-browser --port 0",
+    ]))]
     Authorize {
+        #[arg(help = NAME_HELP, add = name_candidates())]
         name: String,
         /// Comma-separated scopes, e.g. ZohoCRM.modules.ALL,ZohoCRM.users.READ.
         #[arg(long)]
         scope: String,
         /// Loopback port for the redirect (http://127.0.0.1:PORT/callback); 0 picks a free one.
-        /// Ignored when the connector's redirect_url is a loopback URL.
-        #[arg(long, default_value_t = 8765)]
-        port: u16,
+        /// Not allowed when the connector's redirect_url is a loopback URL: that URL's port is
+        /// used.
+        #[arg(long)]
+        port: Option<u16>,
         /// Print the consent URL only; do not open a browser.
         #[arg(long)]
         no_browser: bool,
         /// Give up after this many seconds.
-        #[arg(long, default_value_t = 300)]
+        #[arg(long, default_value_t = 300, value_name = "SECONDS")]
         timeout: u64,
+        #[command(flatten)]
+        place: Place,
     },
     /// Exchange a Self Client grant code (pasted from Zoho's API console) and store the refresh
     /// token.
-    #[command(after_help = footer())]
+    #[command(after_help = with_examples(&[
+        "connector exchange books --code 1000.4a5b…",
+    ]))]
     Exchange {
+        #[arg(help = NAME_HELP, add = name_candidates())]
         name: String,
-        /// The grant code.
+        /// The grant code from Zoho's API console (Self Client → Generate Code; valid minutes).
         #[arg(long)]
         code: String,
+        #[command(flatten)]
+        place: Place,
     },
-    /// Show every connector: token state and source, expiry, next refresh, mints in the window.
+    /// Show connectors: token state and source, expiry, next refresh, mints, last error.
+    ///
+    /// Exits 0 only when every connector shown can give a token now; otherwise with the code
+    /// of the worst problem, so it works as a health check.
+    #[command(after_help = with_examples(&[
+        "connector status",
+        "connector status crm --json",
+        "connector status crm -q || alert 'crm needs attention'",
+    ]))]
     Status {
+        /// Connectors to show (default: all).
+        #[arg(value_name = "NAME", add = name_candidates())]
+        names: Vec<String>,
+        /// Print JSON, one object per connector.
         #[arg(long)]
         json: bool,
+        #[command(flatten)]
+        place: Place,
     },
-    /// Mint a new token for NAME now.
-    #[command(after_help = footer())]
+    /// Mint a new token for NAME now, even if the cached one is fresh.
+    #[command(after_help = with_examples(&["connector refresh crm", "connector refresh crm --json"]))]
     Refresh {
+        #[arg(help = NAME_HELP, add = name_candidates())]
         name: String,
+        /// Print JSON: access_token, expires_at and refresh_at (Unix seconds), api_domain.
         #[arg(long)]
         json: bool,
+        #[command(flatten)]
+        place: Place,
     },
     /// Revoke NAME's refresh token at Zoho and forget it and its token locally.
-    #[command(after_help = footer())]
-    Revoke { name: String },
-    /// List the configured connectors.
+    #[command(after_help = with_examples(&["connector revoke crm"]))]
+    Revoke {
+        #[arg(help = NAME_HELP, add = name_candidates())]
+        name: String,
+        #[command(flatten)]
+        place: Place,
+    },
+    /// List the configured connectors and where each one's refresh token is.
+    #[command(after_help = with_examples(&["connector list", "connector list --json"]))]
     List {
+        /// Print JSON, one object per connector.
         #[arg(long)]
         json: bool,
+        #[command(flatten)]
+        place: Place,
     },
     /// Check the configuration.
     Config {
         #[command(subcommand)]
         action: ConfigAction,
     },
-    /// Print shell completions.
+    /// Print the shell code that completes subcommands, options and connector names.
+    #[command(after_help = with_examples(&[
+        "source <(connector completions bash)      # in ~/.bashrc",
+        "connector completions fish > ~/.config/fish/completions/connector.fish",
+    ]))]
     Completions {
         /// bash, zsh, fish, elvish or powershell.
-        shell: clap_complete::Shell,
+        shell: String,
     },
     /// Start an emulated Zoho in-process and show 1,000 concurrent callers sharing one token.
+    #[command(after_help = with_examples(&["connector demo", "connector demo --callers 10000 --latency-ms 50"]))]
     Demo {
         /// Concurrent callers.
         #[arg(long, default_value_t = 1000)]
@@ -115,18 +191,39 @@ enum Command {
 
 #[derive(Subcommand, Debug)]
 enum ConfigAction {
-    /// Report every problem in the config at once; exit 3 if there is any.
-    Check,
+    /// Report every problem in the config at once (unknown keys too); exit 3 if there is any.
+    #[command(after_help = with_examples(&["connector config check", "connector config check --config ./connectors.toml"]))]
+    Check {
+        #[command(flatten)]
+        place: Place,
+    },
+}
+
+/// A subcommand's help footer: its examples, then the exit codes.
+fn with_examples(examples: &[&str]) -> String {
+    let mut out = String::from("Examples:");
+    for e in examples {
+        out.push_str("\n  ");
+        out.push_str(e);
+    }
+    out.push_str("\n\n");
+    out.push_str(&footer());
+    out
+}
+
+/// Completes connector names from the config (dynamic completion).
+fn name_candidates() -> ArgValueCandidates {
+    ArgValueCandidates::new(|| {
+        commands::names_for_completion()
+            .into_iter()
+            .map(CompletionCandidate::new)
+            .collect::<Vec<_>>()
+    })
 }
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("CONNECTOR_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("off")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    // `COMPLETE=bash connector` (see `connector completions`) answers the shell, then exits.
+    clap_complete::CompleteEnv::with_factory(<Cli as clap::CommandFactory>::command).complete();
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => {
@@ -140,13 +237,14 @@ fn main() -> ExitCode {
             return ExitCode::from(exit.code());
         }
     };
+    init_logging(cli.quiet);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
     {
         Ok(rt) => rt,
         Err(e) => {
-            eprintln!("connector: cannot start the async runtime: {e}");
+            eprintln!("error: cannot start the async runtime: {e}");
             return ExitCode::from(Exit::Unexpected.code());
         }
     };
@@ -156,7 +254,7 @@ fn main() -> ExitCode {
             let colour = output::stderr_colour();
             eprintln!(
                 "{} {}",
-                output::paint("connector:", "31;1", colour),
+                output::paint("error:", "31;1", colour),
                 f.message.replace('\n', " ")
             );
             if let Some(hint) = f.hint {
@@ -167,19 +265,59 @@ fn main() -> ExitCode {
     }
 }
 
+/// Warnings from the library go to stderr, one line each, without colour unless stderr is a
+/// terminal; `-q` hides them; `CONNECTOR_LOG` (a tracing filter, e.g. `debug`) overrides both.
+fn init_logging(quiet: bool) {
+    let default = if quiet {
+        "off"
+    } else {
+        "catalyst_connectors=warn"
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_env("CONNECTOR_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
+    if std::env::var_os("CONNECTOR_LOG").is_some() {
+        tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_writer(std::io::stderr)
+            .with_ansi(output::stderr_colour())
+            .with_target(false)
+            .without_time()
+            .compact()
+            .init();
+    } else {
+        // By default: the first warning only, as one line; the rest would repeat its cause.
+        tracing_subscriber::registry()
+            .with(filter)
+            .with(output::FirstWarning::default())
+            .init();
+    }
+}
+
 fn parse_store(s: &str) -> Result<StoreSpec, catalyst_connectors::SpecError> {
     s.parse()
 }
 
 /// Runs one subcommand.
 async fn run(cli: Cli) -> Result<(), Failure> {
-    let ctx = Context {
-        config: cli.config,
-        store: cli.store,
+    // Options after the subcommand win over the same options before it.
+    let outer = cli.place;
+    let ctx = |place: Place| Context {
+        config: place.config.or_else(|| outer.config.clone()),
+        store: place.store.or_else(|| outer.store.clone()),
+        quiet: cli.quiet,
     };
     match cli.command {
-        Command::Token { name, json, header } => {
-            commands::token::run(&ctx, &name, json, header).await
+        Command::Token {
+            name,
+            json,
+            header,
+            min_ttl,
+            place,
+        } => {
+            let format = commands::token::Format::from_flags(json, header);
+            commands::token::run(&ctx(place), &name, format, min_ttl).await
         }
         Command::Authorize {
             name,
@@ -187,6 +325,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             port,
             no_browser,
             timeout,
+            place,
         } => {
             let options = commands::authorize::Options {
                 scope,
@@ -194,20 +333,23 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                 open_browser: !no_browser,
                 timeout: Duration::from_secs(timeout),
             };
-            commands::authorize::command(&ctx, &name, options).await
+            commands::authorize::command(&ctx(place), &name, options).await
         }
-        Command::Exchange { name, code } => commands::exchange::run(&ctx, &name, code).await,
-        Command::Status { json } => commands::status::run(&ctx, json).await,
-        Command::Refresh { name, json } => commands::refresh::run(&ctx, &name, json).await,
-        Command::Revoke { name } => commands::revoke::run(&ctx, &name).await,
-        Command::List { json } => commands::list::run(&ctx, json).await,
+        Command::Exchange { name, code, place } => {
+            commands::exchange::run(&ctx(place), &name, code).await
+        }
+        Command::Status { names, json, place } => {
+            commands::status::run(&ctx(place), &names, json).await
+        }
+        Command::Refresh { name, json, place } => {
+            commands::refresh::run(&ctx(place), &name, json).await
+        }
+        Command::Revoke { name, place } => commands::revoke::run(&ctx(place), &name).await,
+        Command::List { json, place } => commands::list::run(&ctx(place), json).await,
         Command::Config {
-            action: ConfigAction::Check,
-        } => commands::config_check::run(&ctx),
-        Command::Completions { shell } => {
-            commands::completions::run(shell);
-            Ok(())
-        }
+            action: ConfigAction::Check { place },
+        } => commands::config_check::run(&ctx(place)),
+        Command::Completions { shell } => commands::completions::run(&shell),
         Command::Demo {
             callers,
             latency_ms,

@@ -111,3 +111,73 @@ mod tests {
         assert_eq!(human(Duration::from_secs(3725)), "1h 02m");
     }
 }
+
+/// A tracing layer that prints the first warning of the process on stderr as one line
+/// (`warning: connector `crm`: token store read failed…: <error>`) and drops the rest, which
+/// almost always repeat the same cause (a store that is down fails every step).
+#[derive(Default)]
+pub struct FirstWarning {
+    printed: std::sync::atomic::AtomicBool,
+}
+
+impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for FirstWarning {
+    fn on_event(
+        &self,
+        event: &tracing::Event<'_>,
+        _ctx: tracing_subscriber::layer::Context<'_, S>,
+    ) {
+        if *event.metadata().level() > tracing::Level::WARN
+            || self
+                .printed
+                .swap(true, std::sync::atomic::Ordering::Relaxed)
+        {
+            return;
+        }
+        let mut fields = Fields::default();
+        event.record(&mut fields);
+        let mut line = String::new();
+        if let Some(c) = &fields.connector {
+            line.push_str(&format!("connector `{c}`: "));
+        }
+        line.push_str(&fields.message);
+        if let Some(e) = &fields.error {
+            line.push_str(" (");
+            line.push_str(e);
+            line.push(')');
+        }
+        eprintln!(
+            "{} {}",
+            paint("warning:", "33;1", stderr_colour()),
+            line.replace('\n', " ")
+        );
+    }
+}
+
+/// The fields of a warning worth one line.
+#[derive(Default)]
+struct Fields {
+    message: String,
+    connector: Option<String>,
+    error: Option<String>,
+}
+
+impl tracing::field::Visit for Fields {
+    fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+        let text = format!("{value:?}");
+        match field.name() {
+            "message" => self.message = text,
+            "connector" => self.connector = Some(text.trim_matches('"').to_owned()),
+            "error" => self.error = Some(text),
+            _ => {}
+        }
+    }
+
+    fn record_str(&mut self, field: &tracing::field::Field, value: &str) {
+        match field.name() {
+            "message" => self.message = value.to_owned(),
+            "connector" => self.connector = Some(value.to_owned()),
+            "error" => self.error = Some(value.to_owned()),
+            _ => {}
+        }
+    }
+}

@@ -307,7 +307,10 @@ async fn exchange_list_refresh_status_and_revoke() {
     let out = env.run(&["status", "--json"]).await;
     let v: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
     assert_eq!(v[0]["state"], "fresh");
-    assert_eq!(v[0]["mints_in_window"], 1, "the refresh is counted");
+    assert_eq!(
+        v[0]["mints_in_window"], 2,
+        "the code exchange and the refresh are both counted, as Zoho counts them"
+    );
     let stats = env.emulator.stats();
     assert_eq!(stats.by_grant["authorization_code"]["ok"], 1);
     assert_eq!(
@@ -369,8 +372,9 @@ fn completions_are_generated() {
         .unwrap();
     assert_eq!(out.status.code(), Some(0));
     assert!(
-        stdout(&out).contains("authorize"),
-        "bash completion mentions the subcommands"
+        stdout(&out).contains("COMPLETE=") && stdout(&out).contains("complete "),
+        "bash registration calls the binary back: {}",
+        stdout(&out)
     );
     let out = Command::cargo_bin("connector")
         .unwrap()
@@ -530,7 +534,8 @@ async fn authorize_denied_and_timed_out() {
     let out = tokio::task::spawn_blocking(move || child.wait_with_output().unwrap())
         .await
         .unwrap();
-    assert_eq!(out.status.code(), Some(6), "{}", stderr(&out));
+    // An unfinished consent is not a network problem: the connector still needs authorizing.
+    assert_eq!(out.status.code(), Some(4), "{}", stderr(&out));
     assert!(
         stderr(&out).contains("no redirect within 1s"),
         "{}",

@@ -244,7 +244,7 @@ mod tests {
 
     fn parse(v: Value) -> (Vec<ConnectorConfig>, Vec<ConfigIssue>) {
         let mut issues = Vec::new();
-        let c = parse_value(&v, None, &mut issues);
+        let c = parse_value(&v, None, &mut issues, &mut Vec::new());
         (c, issues)
     }
 

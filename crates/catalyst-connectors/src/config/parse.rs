@@ -48,6 +48,7 @@ pub(crate) fn parse_value(
     value: &Value,
     source: Option<&str>,
     issues: &mut Vec<ConfigIssue>,
+    warnings: &mut Vec<ConfigIssue>,
 ) -> Vec<ConnectorConfig> {
     let issue = |connector: Option<&str>, field: Option<&str>, problem: String| ConfigIssue {
         source: source.map(str::to_owned),
@@ -80,7 +81,7 @@ pub(crate) fn parse_value(
             continue;
         };
         let mut local = Vec::new();
-        let raw = read_raw(name, fields, &mut local);
+        let raw = read_raw(name, fields, &mut local, warnings, source);
         if let Some(c) = validate(name, raw, &mut local)
             && local.is_empty()
         {
@@ -98,10 +99,24 @@ fn read_raw(
     name: &str,
     fields: &Map<String, Value>,
     issues: &mut Vec<ConfigIssue>,
+    warnings: &mut Vec<ConfigIssue>,
+    source: Option<&str>,
 ) -> RawConnector {
     for key in fields.keys() {
         if !KNOWN_FIELDS.contains(&key.as_str()) {
-            tracing::warn!(connector = %name, field = %key, "ignoring unknown connector setting");
+            let problem = match did_you_mean(key, KNOWN_FIELDS) {
+                Some(known) => format!("unknown setting, ignored (did you mean `{known}`?)"),
+                None => format!(
+                    "unknown setting, ignored (known: {})",
+                    KNOWN_FIELDS.join(", ")
+                ),
+            };
+            warnings.push(ConfigIssue {
+                source: source.map(str::to_owned),
+                connector: Some(name.to_owned()),
+                field: Some(key.clone()),
+                problem,
+            });
         }
     }
     let mut mistyped = Vec::new();
@@ -178,17 +193,35 @@ pub(crate) fn read_file(path: &Path, issues: &mut Vec<ConfigIssue>) -> Option<Va
             return None;
         }
     };
+    // Editors on Windows write a byte-order mark; it is not part of the document.
+    let text = text.strip_prefix('\u{feff}').unwrap_or(&text);
     let is_toml = path
         .extension()
         .and_then(|e| e.to_str())
         .is_some_and(|e| e.eq_ignore_ascii_case("toml"));
     let value = if is_toml {
-        parse_toml_text(&text).map_err(source_issue)
+        parse_toml_text(text).map_err(source_issue)
     } else {
-        serde_json::from_str::<Value>(&text)
+        serde_json::from_str::<Value>(text)
             // serde_json's syntax errors name a position, never the content.
             .map_err(|e| source_issue(format!("not valid JSON ({e})")))
     };
+    if !is_toml && value.is_ok() {
+        // JSON parsers keep the last of two equal keys; a config must not say two things.
+        for (connector, key) in duplicate_keys(text) {
+            issues.push(ConfigIssue {
+                source: Some(path.display().to_string()),
+                field: connector.as_ref().map(|_| key.clone()),
+                problem: match &connector {
+                    Some(_) => "set more than once; keep one".into(),
+                    None => format!(
+                        "connector `{key}` is defined more than once; connector names must be unique"
+                    ),
+                },
+                connector,
+            });
+        }
+    }
     value.map_err(|issue| issues.push(issue)).ok()
 }
 
@@ -261,6 +294,7 @@ pub(crate) fn parse_settings(
 /// Parses TOML text into the JSON value model, with errors that name a line but never quote the
 /// text (it may hold secrets).
 pub(crate) fn parse_toml_text(text: &str) -> Result<Value, String> {
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
     let table: toml::Table = toml::from_str(text).map_err(|e| {
         let line = e
             .span()
@@ -271,4 +305,107 @@ pub(crate) fn parse_toml_text(text: &str) -> Result<Value, String> {
         }
     })?;
     serde_json::to_value(table).map_err(|e| format!("unsupported TOML value ({e})"))
+}
+
+/// The closest known name to `unknown`, if it is close enough to be a typo.
+pub(crate) fn did_you_mean<'a>(unknown: &str, known: &[&'a str]) -> Option<&'a str> {
+    let unknown = unknown.to_ascii_lowercase();
+    known
+        .iter()
+        .map(|k| (edit_distance(&unknown, k), *k))
+        .filter(|(d, k)| *d <= 2.max(k.len() / 4))
+        .min_by_key(|(d, _)| *d)
+        .map(|(_, k)| k)
+}
+
+/// Levenshtein distance over chars.
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut prev = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let cur = row[j + 1];
+            row[j + 1] = (prev + usize::from(ca != *cb)).min(row[j] + 1).min(cur + 1);
+            prev = cur;
+        }
+    }
+    row[b.len()]
+}
+
+/// Keys given twice in a JSON config: `(None, name)` for a connector defined twice,
+/// `(Some(connector), field)` for a field set twice in one connector.
+pub(crate) fn duplicate_keys(text: &str) -> Vec<(Option<String>, String)> {
+    use serde::de::{Deserializer as _, IgnoredAny, MapAccess, Visitor};
+    use std::collections::HashSet;
+
+    /// Visits an object at `depth` (0: connectors, 1: their fields) under `parent`.
+    struct Keys<'a> {
+        depth: u8,
+        parent: Option<String>,
+        found: &'a mut Vec<(Option<String>, String)>,
+    }
+    impl<'de> Visitor<'de> for Keys<'_> {
+        type Value = ();
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("any JSON value")
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+            let mut seen = HashSet::new();
+            while let Some(key) = map.next_key::<String>()? {
+                if !seen.insert(key.clone()) {
+                    self.found.push((self.parent.clone(), key.clone()));
+                }
+                if self.depth == 0 {
+                    map.next_value_seed(Seed(Keys {
+                        depth: 1,
+                        parent: Some(key),
+                        found: &mut *self.found,
+                    }))?;
+                } else {
+                    map.next_value::<IgnoredAny>()?;
+                }
+            }
+            Ok(())
+        }
+        fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+            while seq.next_element::<IgnoredAny>()?.is_some() {}
+            Ok(())
+        }
+        fn visit_bool<E>(self, _: bool) -> Result<(), E> {
+            Ok(())
+        }
+        fn visit_i64<E>(self, _: i64) -> Result<(), E> {
+            Ok(())
+        }
+        fn visit_u64<E>(self, _: u64) -> Result<(), E> {
+            Ok(())
+        }
+        fn visit_f64<E>(self, _: f64) -> Result<(), E> {
+            Ok(())
+        }
+        fn visit_str<E>(self, _: &str) -> Result<(), E> {
+            Ok(())
+        }
+        fn visit_unit<E>(self) -> Result<(), E> {
+            Ok(())
+        }
+    }
+    struct Seed<'a>(Keys<'a>);
+    impl<'de> serde::de::DeserializeSeed<'de> for Seed<'_> {
+        type Value = ();
+        fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+            d.deserialize_any(self.0)
+        }
+    }
+
+    let mut found = Vec::new();
+    let mut de = serde_json::Deserializer::from_str(text);
+    let _ = (&mut de).deserialize_any(Keys {
+        depth: 0,
+        parent: None,
+        found: &mut found,
+    });
+    found
 }

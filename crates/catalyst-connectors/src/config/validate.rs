@@ -23,6 +23,17 @@ pub(crate) fn check_name(name: &str) -> Result<(), String> {
             "connector name contains {c:?}, which cannot appear in a cache key (no whitespace, control characters or `:`)"
         ));
     }
+    // Invisible and direction-changing characters make a name read as another one.
+    if let Some(c) = name.chars().find(|c| {
+        matches!(c,
+            '\u{061C}' | '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}'
+            | '\u{2060}'..='\u{2069}' | '\u{FEFF}')
+    }) {
+        return Err(format!(
+            "connector name contains the invisible character U+{:04X} (a direction or zero-width mark); use printable characters only",
+            u32::from(c)
+        ));
+    }
     Ok(())
 }
 

@@ -17,8 +17,23 @@ type ByName = BTreeMap<String, (ConnectorConfig, String)>;
 
 pub(super) fn build(b: ConnectionBuilder) -> Result<Connection> {
     let mut issues = Vec::new();
+    let mut warnings = Vec::new();
     // 1. Read every config source.
-    let (by_name, settings) = read_sources(b.sources, &mut issues);
+    let (mut by_name, settings) = read_sources(b.sources, &mut issues, &mut warnings);
+    // A broken connector need not stop the others, when the caller says so.
+    let mut invalid: BTreeMap<String, Vec<ConfigIssue>> = BTreeMap::new();
+    if b.skip_invalid {
+        let (theirs, rest): (Vec<_>, Vec<_>) = issues
+            .into_iter()
+            .partition(|i| i.connector.as_deref().is_some_and(|c| !c.starts_with('$')));
+        issues = rest;
+        for issue in theirs {
+            if let Some(name) = issue.connector.clone() {
+                by_name.remove(&name);
+                invalid.entry(name).or_default().push(issue);
+            }
+        }
+    }
     // 2. Resolve the store's name and the encryption key (code, then environment, then config).
     let env_spec = if b.use_env && b.store.is_none() && b.store_spec.is_none() {
         store_from_env(&mut issues)
@@ -27,6 +42,8 @@ pub(super) fn build(b: ConnectionBuilder) -> Result<Connection> {
     };
     let key = resolve_key(b.encryption_key, b.use_env, &settings, &mut issues);
     if !issues.is_empty() {
+        // Everything that is wrong, the skipped connectors' problems included.
+        issues.extend(invalid.into_values().flatten());
         return Err(Error::Config(ConfigErrors(issues)));
     }
     let client = TokenClient::new(HttpTimeouts {
@@ -63,6 +80,8 @@ pub(super) fn build(b: ConnectionBuilder) -> Result<Connection> {
     };
     Ok(Connection {
         connectors,
+        invalid: Arc::new(invalid),
+        warnings: Arc::new(warnings),
         _keep_warm: keep_warm,
     })
 }
@@ -77,7 +96,11 @@ fn issue(field: Option<&str>, problem: impl Into<String>) -> ConfigIssue {
 }
 
 /// Step 1: parses every source; a connector defined twice is an issue.
-fn read_sources(sources: Vec<Source>, issues: &mut Vec<ConfigIssue>) -> (ByName, Settings) {
+fn read_sources(
+    sources: Vec<Source>,
+    issues: &mut Vec<ConfigIssue>,
+    warnings: &mut Vec<ConfigIssue>,
+) -> (ByName, Settings) {
     let mut configs: Vec<(ConnectorConfig, String)> = Vec::new();
     let mut settings = Settings::default();
     for (i, source) in sources.into_iter().enumerate() {
@@ -101,7 +124,7 @@ fn read_sources(sources: Vec<Source>, issues: &mut Vec<ConfigIssue>) -> (ByName,
         };
         if let Some(v) = value {
             config::parse_settings(&v, shown.as_deref(), &mut settings, issues);
-            let found = config::parse_value(&v, shown.as_deref(), issues);
+            let found = config::parse_value(&v, shown.as_deref(), issues, warnings);
             configs.extend(found.into_iter().map(|c| (c, origin.clone())));
         }
     }

@@ -5,7 +5,7 @@ mod build;
 mod catalyst;
 
 use crate::clock::{Clock, SystemClock};
-use crate::config::ConnectorConfig;
+use crate::config::{ConfigErrors, ConfigIssue, ConnectorConfig};
 use crate::connector::Connector;
 use crate::error::{Error, Result};
 use crate::keep_warm::AbortOnDrop;
@@ -38,6 +38,10 @@ use std::time::Duration;
 #[derive(Clone)]
 pub struct Connection {
     connectors: Arc<BTreeMap<String, Connector>>,
+    /// Connectors left out by [`ConnectionBuilder::skip_invalid_connectors`], with their problems.
+    invalid: Arc<BTreeMap<String, Vec<ConfigIssue>>>,
+    /// Problems that did not stop the build (unknown settings).
+    warnings: Arc<Vec<ConfigIssue>>,
     _keep_warm: Option<Arc<AbortOnDrop>>,
 }
 
@@ -66,7 +70,11 @@ impl Connection {
     }
 
     /// The connector called `name`. Every call for one name returns a clone sharing one token.
+    /// A connector left out for its configuration problems gives them as [`Error::Config`].
     pub fn connector(&self, name: &str) -> Result<Connector> {
+        if let Some(issues) = self.invalid.get(name) {
+            return Err(Error::Config(ConfigErrors(issues.clone())));
+        }
         self.connectors
             .get(name)
             .cloned()
@@ -79,6 +87,35 @@ impl Connection {
                     .collect::<Vec<_>>()
                     .join(", "),
             })
+    }
+
+    /// Waits, at most `timeout`, for refreshes still running in any connector (e.g. started in the
+    /// background) to finish and store their tokens. Call it before a short-lived process exits,
+    /// so a refresh it started is not lost with it. Returns whether all finished in time.
+    pub async fn settle(&self, timeout: Duration) -> bool {
+        let all = futures::future::join_all(self.connectors.values().map(Connector::settle));
+        tokio::time::timeout(timeout, all).await.is_ok()
+    }
+
+    /// Whether the token store is shared beyond this process (SQLite, Redis, Catalyst Cache): with
+    /// a memory store every process mints its own tokens.
+    pub fn store_is_shared(&self) -> bool {
+        self.connectors
+            .values()
+            .next()
+            .is_none_or(|c| c.runtime().store.is_shared())
+    }
+
+    /// Problems in the configuration that did not stop the build: unknown settings (with a
+    /// suggestion when one looks like a typo). `connector config check` treats them as errors.
+    pub fn warnings(&self) -> &[ConfigIssue] {
+        &self.warnings
+    }
+
+    /// The connectors left out because of their configuration problems (only with
+    /// [`ConnectionBuilder::skip_invalid_connectors`]), with the problems.
+    pub fn skipped(&self) -> impl Iterator<Item = (&str, &[ConfigIssue])> {
+        self.invalid.iter().map(|(n, i)| (n.as_str(), i.as_slice()))
     }
 
     /// The configured connector names, sorted.
@@ -109,6 +146,7 @@ pub struct ConnectionBuilder {
     keep_warm_tick: Duration,
     connect_timeout: Duration,
     request_timeout: Duration,
+    skip_invalid: bool,
 }
 
 impl fmt::Debug for ConnectionBuilder {
@@ -135,6 +173,7 @@ impl Default for ConnectionBuilder {
             keep_warm_tick: Duration::from_secs(1),
             connect_timeout: Duration::from_secs(5),
             request_timeout: Duration::from_secs(30),
+            skip_invalid: false,
         }
     }
 }
@@ -272,6 +311,15 @@ impl ConnectionBuilder {
     /// Total timeout for one token request (default 30 s).
     pub fn request_timeout(mut self, t: Duration) -> Self {
         self.request_timeout = t;
+        self
+    }
+
+    /// Builds the connection even when some connectors are invalid: they are left out (asking for
+    /// one gives its problems as [`Error::Config`]; [`Connection::skipped`] lists them), so one
+    /// broken connector does not stop the others. Problems not tied to one connector still fail
+    /// the build. Off by default.
+    pub fn skip_invalid_connectors(mut self, on: bool) -> Self {
+        self.skip_invalid = on;
         self
     }
 

@@ -12,7 +12,7 @@ use crate::governor;
 use crate::oauth::{Grant, TokenResponse};
 use crate::record::{RefreshRecord, TokenRecord};
 use crate::secret::{ExposeSecret, RefreshToken};
-use crate::store::{CasOutcome, TokenWrite};
+use crate::store::{CasOutcome, StoreError, StoreErrorKind, TokenWrite, looks_encrypted};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -23,6 +23,9 @@ pub(super) enum StoreRead {
     Stale(AccessToken),
     /// Nothing usable; the generation to compare-and-set against.
     Miss(Option<u64>),
+    /// A record this connector must not overwrite and cannot read: the encryption key is
+    /// missing or another one. Fails the flight with a configuration error.
+    Unreadable(Error),
 }
 
 impl Connector {
@@ -46,6 +49,7 @@ impl Connector {
         Ok(match self.read_store(&creds).await {
             StoreRead::Fresh(t) | StoreRead::Stale(t) => Some(self.install(&creds, t)),
             StoreRead::Miss(_) => None,
+            StoreRead::Unreadable(e) => return Err(e),
         })
     }
 
@@ -100,7 +104,10 @@ impl Connector {
         // A background refresh accepts only a token newer than the one it replaces.
         let floor = fallback.as_ref().map_or(i64::MIN, |t| t.0.refresh_at);
         let read = self.read_store(&creds).await;
-        if let Some(token) = acceptable(&read, mode, floor) {
+        if let StoreRead::Unreadable(e) = read {
+            return (Err(e.clone()), Attempt::Failed(e));
+        }
+        if let Some(token) = acceptable(&read, mode, floor, self.inner.runtime.clock.now_millis()) {
             self.inner.metrics.store_hits.increment(1);
             return (Ok(self.install(&creds, token)), Attempt::None);
         }
@@ -124,6 +131,7 @@ impl Connector {
                     expected = generation;
                 }
                 LeaseWait::StoreFailed => {}
+                LeaseWait::Failed(e) => return (Err(e.clone()), Attempt::Failed(e)),
             }
         }
 
@@ -172,7 +180,7 @@ impl Connector {
                     .saturating_add(duration_millis(options.mint_window));
                 let retry_after = until(now, frees_at, Duration::from_secs(1));
                 self.inner.metrics.governor_refusals.increment(1);
-                tracing::warn!(connector = %name, mints = mints.len(), retry_after_secs = retry_after.as_secs(), "mint governor: limit reached for this refresh token");
+                tracing::debug!(connector = %name, mints = mints.len(), retry_after_secs = retry_after.as_secs(), "mint governor: limit reached for this refresh token");
                 return Err(Error::Throttled {
                     connector: name.clone(),
                     code: "mint limit".into(),
@@ -201,7 +209,7 @@ impl Connector {
             .await
             .inspect_err(|e| {
                 self.inner.metrics.mints_failed.increment(1);
-                tracing::warn!(connector = %name, error = %e, "token mint failed");
+                tracing::debug!(connector = %name, error = %e, "token mint failed");
             })?;
         tracing::info!(connector = %name, lifetime_secs = response.lifetime.as_secs(), "token minted");
         if options.mint_limit > 0 {
@@ -216,6 +224,22 @@ impl Connector {
         Ok(self.save_minted(creds, response, issued_at, expected).await)
     }
 
+    /// The typed error for a store error caused by the encryption key, if it is one.
+    pub(super) fn key_problem(&self, e: &StoreError) -> Option<Error> {
+        (e.kind == StoreErrorKind::Key).then(|| Error::EncryptionKey {
+            connector: self.inner.name.clone(),
+            detail: e.detail.clone(),
+        })
+    }
+
+    /// The error for an encrypted record read without a key.
+    pub(super) fn no_key_error(&self) -> Error {
+        Error::EncryptionKey {
+            connector: self.inner.name.clone(),
+            detail: "the token store holds encrypted records and no encryption key is set".into(),
+        }
+    }
+
     pub(super) async fn read_store(&self, creds: &Credentials) -> StoreRead {
         let name = &self.inner.name;
         let runtime = &self.inner.runtime;
@@ -226,11 +250,17 @@ impl Connector {
                 return StoreRead::Miss(None);
             }
             Err(e) => {
+                if let Some(problem) = self.key_problem(&e) {
+                    return StoreRead::Unreadable(problem);
+                }
                 self.inner.metrics.store_errors.increment(1);
                 tracing::warn!(connector = %name, error = %e, "token store read failed; minting without it");
                 return StoreRead::Miss(None);
             }
         };
+        if looks_encrypted(&stored.data) {
+            return StoreRead::Unreadable(self.no_key_error());
+        }
         let record = match TokenRecord::from_json(&stored.data) {
             Ok(r) => r,
             Err(e) => {
@@ -278,7 +308,13 @@ impl Connector {
                 Ok(true) => {
                     // Someone may have written between our read and the lease: read again.
                     let read = self.read_store(creds).await;
-                    if let Some(token) = acceptable(&read, mode, floor) {
+                    if let StoreRead::Unreadable(e) = read {
+                        let _ = runtime.store.release_lease(&creds.key, owner).await;
+                        return LeaseWait::Failed(e);
+                    }
+                    if let Some(token) =
+                        acceptable(&read, mode, floor, self.inner.runtime.clock.now_millis())
+                    {
                         let _ = runtime.store.release_lease(&creds.key, owner).await;
                         return LeaseWait::Token(token);
                     }
@@ -289,7 +325,12 @@ impl Connector {
                     tokio::time::sleep(delay).await;
                     delay = (delay * 2).min(Duration::from_millis(250));
                     let read = self.read_store(creds).await;
-                    if let Some(token) = acceptable(&read, mode, floor) {
+                    if let StoreRead::Unreadable(e) = read {
+                        return LeaseWait::Failed(e);
+                    }
+                    if let Some(token) =
+                        acceptable(&read, mode, floor, self.inner.runtime.clock.now_millis())
+                    {
                         return LeaseWait::Token(token);
                     }
                 }
@@ -399,17 +440,29 @@ impl StoreRead {
         match self {
             StoreRead::Fresh(t) | StoreRead::Stale(t) => t.generation(),
             StoreRead::Miss(g) => *g,
+            StoreRead::Unreadable(_) => None,
         }
     }
 }
 
 /// The stored token a flight of `mode` may use instead of minting: a waiting caller takes any
 /// valid one; a background refresh only a fresh one newer than the token it replaces (`floor` is
-/// that token's refresh point); a forced refresh none.
-fn acceptable(read: &StoreRead, mode: Mode, floor: EpochMillis) -> Option<AccessToken> {
+/// that token's refresh point); a caller asking for a minimum lifetime a fresh one that has it;
+/// a forced refresh none.
+fn acceptable(
+    read: &StoreRead,
+    mode: Mode,
+    floor: EpochMillis,
+    now: EpochMillis,
+) -> Option<AccessToken> {
     match (mode, read) {
         (Mode::Wait, StoreRead::Fresh(t) | StoreRead::Stale(t)) => Some(t.clone()),
         (Mode::Background, StoreRead::Fresh(t)) if t.0.refresh_at > floor => Some(t.clone()),
+        (Mode::Fresh(min), StoreRead::Fresh(t))
+            if t.0.expires_at.saturating_sub(now) >= duration_millis(min) =>
+        {
+            Some(t.clone())
+        }
         _ => None,
     }
 }
@@ -418,4 +471,5 @@ enum LeaseWait {
     Token(AccessToken),
     Leased(Option<u64>),
     StoreFailed,
+    Failed(Error),
 }

@@ -4,10 +4,12 @@
 use super::{AccessToken, Connector};
 use crate::config::ConnectorConfig;
 use crate::error::{Error, Result};
+use crate::governor;
 use crate::key;
 use crate::oauth::Grant;
 use crate::record::RefreshRecord;
 use crate::secret::{ExposeSecret, GrantCode, RefreshToken};
+use crate::store::looks_encrypted;
 use std::sync::Arc;
 
 /// Overrides for [`Connector::exchange_code`].
@@ -126,7 +128,7 @@ impl Connector {
             )
             .await
             .inspect_err(
-                |e| tracing::warn!(connector = %self.inner.name, error = %e, "code exchange failed"),
+                |e| tracing::debug!(connector = %self.inner.name, error = %e, "code exchange failed"),
             )?;
         let refresh_token = response.refresh_token.clone();
         let creds = self.inner.creds.load_full();
@@ -134,11 +136,36 @@ impl Connector {
         let access_token = self
             .save_minted(&creds, response, issued_at, expected)
             .await;
+        // Zoho counts the access token of a code exchange like a refresh: so does the governor.
+        let options = &runtime.options;
+        if options.mint_limit > 0 {
+            governor::record_mint(
+                &*runtime.store,
+                &self.inner.creds.load().governor_key(),
+                issued_at,
+                options.mint_window,
+            )
+            .await;
+        }
         tracing::info!(connector = %self.inner.name, got_refresh_token = refresh_token.is_some(), "grant code exchanged");
         Ok(GeneratedTokens {
             access_token,
             refresh_token,
         })
+    }
+
+    /// Whether the token store holds a refresh token for this connector (obtained by a code
+    /// exchange, e.g. `connector authorize`), whatever the config says. A refresh token in the
+    /// config takes precedence over it.
+    pub async fn has_stored_refresh_token(&self) -> bool {
+        let key = self.inner.creds.load().refresh_key.clone();
+        match self.inner.runtime.store.get(&key).await {
+            Ok(Some(v)) => {
+                RefreshRecord::parse(&v.data, &self.inner.config, self.inner.subject.as_deref())
+                    .is_some()
+            }
+            _ => false,
+        }
     }
 
     /// Whether a refresh token is available: configured, obtained in this process, or kept in
@@ -191,11 +218,21 @@ impl Connector {
             Ok(Some(v)) => v,
             Ok(None) => return Err(missing()),
             Err(e) => {
+                if let Some(problem) = self.key_problem(&e) {
+                    return Err(problem);
+                }
                 self.inner.metrics.store_errors.increment(1);
-                tracing::warn!(connector = %name, error = %e, "cannot read the stored refresh token");
-                return Err(missing());
+                tracing::debug!(connector = %name, error = %e, "cannot read the stored refresh token");
+                // The store is down, not empty: a transient failure naming the store.
+                return Err(Error::Store {
+                    connector: name.clone(),
+                    source: e,
+                });
             }
         };
+        if looks_encrypted(&stored.data) {
+            return Err(self.no_key_error());
+        }
         let Some(rt) = RefreshRecord::parse(
             &stored.data,
             &self.inner.config,

@@ -47,6 +47,11 @@ impl<T: Clone + Send + Sync + 'static> SingleFlight<T> {
         }
     }
 
+    /// The flight running now, if any (to await its end without starting one).
+    pub(crate) fn current(&self) -> Option<Flight<T>> {
+        self.lock().clone()
+    }
+
     /// Whether a flight is running now.
     pub(crate) fn is_running(&self) -> bool {
         self.lock().is_some()

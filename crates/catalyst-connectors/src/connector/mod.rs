@@ -16,10 +16,13 @@
 mod acquire;
 pub(crate) mod credentials;
 pub(crate) mod flight;
+mod fresh;
+mod health;
 mod schedule;
 mod token;
 
 pub use credentials::{CodeExchange, GeneratedTokens};
+pub use health::FailureRecord;
 pub(crate) use token::TokenInner;
 pub use token::{AccessToken, TokenSource};
 
@@ -139,6 +142,10 @@ pub struct ConnectorStatus {
     pub mint_limit: u32,
     /// Callers waiting for a token right now.
     pub waiters: usize,
+    /// The last refresh failure recorded in the store by any process (this one included), if
+    /// no process has minted since. Compare its time with the token's to see whether it is
+    /// resolved.
+    pub recorded_failure: Option<FailureRecord>,
 }
 
 /// A named connector. Cheap to clone; all clones from one [`Connection`](crate::Connection) share
@@ -301,6 +308,7 @@ impl Connector {
             mints_in_window: mints,
             mint_limit: self.inner.runtime.options.mint_limit,
             waiters: self.inner.waiters.load(Ordering::Relaxed),
+            recorded_failure: self.recorded_failure().await,
         }
     }
 

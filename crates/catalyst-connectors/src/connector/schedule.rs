@@ -33,6 +33,9 @@ pub(super) enum Mode {
     Background,
     /// `force_refresh`: mint even if the store has a fresh token.
     Force,
+    /// A caller waits for a token before its refresh point with at least this much left (see
+    /// `access_token_valid_for`): a store token qualifies only then; else mint.
+    Fresh(Duration),
 }
 
 /// What a flight did at the token endpoint.
@@ -102,7 +105,7 @@ impl Connector {
         let (result, outcome) = loop {
             attempt += 1;
             let (result, outcome) = self.acquire(mode).await;
-            let retry = mode == Mode::Wait
+            let retry = matches!(mode, Mode::Wait | Mode::Fresh(_))
                 && attempt < options.wait_attempts
                 && matches!(&outcome, Attempt::Failed(e) if e.retry_class() == RetryClass::Backoff);
             if !retry {
@@ -111,16 +114,38 @@ impl Connector {
             let ceiling = Duration::from_millis(100).saturating_mul(1 << attempt.min(10));
             tokio::time::sleep(full_jitter(ceiling)).await;
         };
-        self.record_outcome(outcome);
+        self.record_outcome(outcome).await;
         result
     }
 
     /// Updates the schedule after a flight: when the next attempt may run, and what waiting
     /// callers are told until then.
-    fn record_outcome(&self, outcome: Attempt) {
+    async fn record_outcome(&self, outcome: Attempt) {
+        // Shared health: what other processes see in `connector status`.
+        match &outcome {
+            Attempt::Failed(e) => {
+                let (failures, next) = self.note_outcome(&outcome);
+                self.save_failure(e, failures, next).await;
+            }
+            Attempt::Minted => {
+                let (had_failures, _) = self.note_outcome(&outcome);
+                if had_failures > 0 {
+                    self.clear_failure().await;
+                }
+            }
+            Attempt::None => {
+                self.note_outcome(&outcome);
+            }
+        }
+    }
+
+    /// Updates the in-memory schedule; returns the failures in a row before this outcome was
+    /// counted (after it, for a failure) and the next attempt time.
+    fn note_outcome(&self, outcome: &Attempt) -> (u32, EpochMillis) {
         let options = &self.inner.runtime.options;
         let now = self.inner.runtime.clock.now_millis();
         let mut guard = self.health();
+        let mut failures = 0;
         let next = match outcome {
             Attempt::None => {
                 if let Some(health) = guard.as_mut() {
@@ -132,6 +157,9 @@ impl Connector {
             Attempt::Minted => {
                 self.inner.metrics.mints_ok.increment(1);
                 if let Some(health) = guard.as_mut() {
+                    failures = health
+                        .consecutive_failures
+                        .max(u32::from(health.blocking_error.is_some()));
                     health.consecutive_failures = 0;
                     health.blocking_error = None;
                 }
@@ -140,7 +168,7 @@ impl Connector {
             Attempt::Failed(e) => {
                 let health = guard.get_or_insert_with(Box::default);
                 let delay = match e.retry_class() {
-                    RetryClass::Window => match &e {
+                    RetryClass::Window => match e {
                         Error::Throttled {
                             retry_after: Some(after),
                             ..
@@ -162,11 +190,13 @@ impl Connector {
                 };
                 tracing::debug!(connector = %self.inner.name, retry_in_ms = duration_millis(delay), "next refresh attempt scheduled");
                 health.last_error = Some((e.clone(), now));
-                health.blocking_error = Some(e);
+                health.blocking_error = Some(e.clone());
+                failures = health.consecutive_failures.max(1);
                 now.saturating_add(duration_millis(delay))
             }
         };
         self.inner.next_attempt_at.store(next, Ordering::Release);
+        (failures, next)
     }
 }
 

@@ -1,11 +1,14 @@
 //! Encryption at rest for any store: XChaCha20-Poly1305 over each record, with the record's key as
 //! associated data, so a value can be neither read nor moved to another key without the key.
 //!
-//! A record that does not decrypt (wrong key, tampered, or written in plain text) reads as a
-//! damaged record: the connector logs a warning naming itself, treats it as a miss and overwrites
-//! it. Garbage is never served.
+//! Each value is `ccenc2.<key id>.<nonce ‖ ciphertext>`; the key id (8 hex digits of a SHA-256 of
+//! the key, which reveals nothing usable about it) tells "written with another key" apart from
+//! "damaged". A value written with another key is a [`StoreErrorKind::Key`] error: the connector
+//! reports a configuration problem naming `CONNECTOR_ENCRYPTION_KEY` and never overwrites it. A
+//! value that is damaged or was written unencrypted reads as a damaged record: the connector logs
+//! a warning, treats it as a miss and overwrites it. Garbage is never served.
 
-use super::{CasOutcome, StoreError, StoredValue, TokenStore, TokenWrite};
+use super::{CasOutcome, StoreError, StoreErrorKind, StoredValue, TokenStore, TokenWrite};
 use base64::Engine as _;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use chacha20poly1305::aead::{Aead, KeyInit, Payload};
@@ -21,7 +24,9 @@ pub const KEY_ENV: &str = "CONNECTOR_ENCRYPTION_KEY";
 /// Environment variable naming a file that holds the encryption key.
 pub const KEY_FILE_ENV: &str = "CONNECTOR_ENCRYPTION_KEY_FILE";
 
-const PREFIX: &str = "ccenc1.";
+/// Values written before key ids (still read).
+const PREFIX_V1: &str = "ccenc1.";
+const PREFIX: &str = "ccenc2.";
 const AAD_DOMAIN: &[u8] = b"catalyst-connectors/record/v1\0";
 
 /// A 256-bit key for encryption at rest. `Debug` never shows it; it is zeroized on drop.
@@ -50,6 +55,17 @@ pub struct KeyError {
 }
 
 impl EncryptionKey {
+    /// A short public identifier of the key (8 hex digits of a domain-separated SHA-256), stored
+    /// beside every value it encrypts so another key's values are recognised.
+    pub fn id(&self) -> String {
+        use sha2::Digest as _;
+        let digest = sha2::Sha256::new()
+            .chain_update(b"catalyst-connectors/key-id/v1\0")
+            .chain_update(self.0.expose_secret())
+            .finalize();
+        digest[..4].iter().map(|b| format!("{b:02x}")).collect()
+    }
+
     /// A key from raw bytes.
     pub fn from_bytes(bytes: [u8; 32]) -> Self {
         Self(SecretBox::new(Box::new(bytes)))
@@ -113,10 +129,26 @@ impl EncryptionKey {
     }
 }
 
+/// Whether a stored value was written by an [`EncryptedStore`] (so a store without the key can
+/// say "encrypted, and no key is set" instead of "damaged").
+pub(crate) fn looks_encrypted(data: &str) -> bool {
+    data.starts_with(PREFIX) || data.starts_with(PREFIX_V1)
+}
+
 /// A store wrapper that encrypts every record it writes and decrypts every record it reads.
 pub struct EncryptedStore {
     inner: Arc<dyn TokenStore>,
     cipher: XChaCha20Poly1305,
+    key_id: String,
+}
+
+/// What reading one stored value gave.
+enum Opened {
+    Plain(String),
+    /// Written with the key whose id this is.
+    OtherKey(String),
+    /// Damaged, tampered, moved to another record key, or written unencrypted.
+    Unreadable,
 }
 
 impl fmt::Debug for EncryptedStore {
@@ -138,6 +170,7 @@ impl EncryptedStore {
         Self {
             inner,
             cipher: XChaCha20Poly1305::new(key.0.expose_secret().into()),
+            key_id: key.id(),
         }
     }
 
@@ -162,12 +195,32 @@ impl EncryptedStore {
         let mut out = Vec::with_capacity(24 + sealed.len());
         out.extend_from_slice(&nonce_bytes);
         out.extend_from_slice(&sealed);
-        Ok(format!("{PREFIX}{}", URL_SAFE_NO_PAD.encode(out)))
+        Ok(format!(
+            "{PREFIX}{}.{}",
+            self.key_id,
+            URL_SAFE_NO_PAD.encode(out)
+        ))
+    }
+
+    fn open(&self, key: &str, stored: &str) -> Opened {
+        let body = if let Some(rest) = stored.strip_prefix(PREFIX) {
+            match rest.split_once('.') {
+                Some((id, _)) if id != self.key_id => return Opened::OtherKey(id.to_owned()),
+                Some((_, body)) => body,
+                None => return Opened::Unreadable,
+            }
+        } else if let Some(body) = stored.strip_prefix(PREFIX_V1) {
+            body
+        } else {
+            return Opened::Unreadable;
+        };
+        self.decrypt(key, body)
+            .map_or(Opened::Unreadable, Opened::Plain)
     }
 
     /// The plaintext, or `None` when the value does not decrypt under this key for this record key.
-    fn open(&self, key: &str, stored: &str) -> Option<String> {
-        let raw = URL_SAFE_NO_PAD.decode(stored.strip_prefix(PREFIX)?).ok()?;
+    fn decrypt(&self, key: &str, body: &str) -> Option<String> {
+        let raw = URL_SAFE_NO_PAD.decode(body).ok()?;
         if raw.len() < 24 + 16 {
             return None;
         }
@@ -189,23 +242,34 @@ impl EncryptedStore {
 #[async_trait::async_trait]
 impl TokenStore for EncryptedStore {
     async fn get(&self, key: &str) -> Result<Option<StoredValue>, StoreError> {
-        Ok(self.inner.get(key).await?.map(|v| match self.open(key, &v.data) {
-            Some(data) => StoredValue {
+        let Some(v) = self.inner.get(key).await? else {
+            return Ok(None);
+        };
+        match self.open(key, &v.data) {
+            Opened::Plain(data) => Ok(Some(StoredValue {
                 generation: v.generation,
                 data,
-            },
-            None => {
+            })),
+            Opened::OtherKey(id) => Err(StoreError::new(
+                "encrypted",
+                StoreErrorKind::Key,
+                format!(
+                    "a record was written with a different encryption key (key id {id}; the configured key's id is {})",
+                    self.key_id
+                ),
+            )),
+            Opened::Unreadable => {
                 tracing::warn!(
                     key,
-                    "stored record does not decrypt with the configured key (wrong key, tampered, or written unencrypted); treating it as missing"
+                    "stored record does not decrypt with the configured key (damaged, tampered, or written unencrypted); treating it as missing"
                 );
                 // Keep the generation so the next write replaces it; empty data reads as damaged.
-                StoredValue {
+                Ok(Some(StoredValue {
                     generation: v.generation,
                     data: String::new(),
-                }
+                }))
             }
-        }))
+        }
     }
 
     async fn compare_and_set(&self, write: TokenWrite<'_>) -> Result<CasOutcome, StoreError> {
@@ -300,5 +364,14 @@ mod tests {
         .await
         .unwrap();
         assert_eq!(store.get("b").await.unwrap().unwrap().data, "");
+        // Another key's value is told apart from a damaged one.
+        let other = EncryptedStore::new(mem.clone(), &EncryptionKey::generate());
+        let err = other.get("a").await.unwrap_err();
+        assert_eq!(err.kind, StoreErrorKind::Key, "{err}");
+        assert!(
+            err.to_string().contains("different encryption key"),
+            "{err}"
+        );
+        assert!(looks_encrypted(&raw.data));
     }
 }

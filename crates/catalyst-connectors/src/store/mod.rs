@@ -24,6 +24,7 @@ pub use self::redis::{DEFAULT_PREFIX as REDIS_DEFAULT_PREFIX, RedisStore, RedisS
 pub use catalyst::{
     CatalystAuth, CatalystCacheStore, CatalystCacheStoreBuilder, CatalystTokenProvider,
 };
+pub(crate) use encrypted::looks_encrypted;
 pub use encrypted::{EncryptedStore, EncryptionKey, KEY_ENV, KEY_FILE_ENV, KeyError};
 pub use memory::MemoryStore;
 #[cfg(feature = "redis")]
@@ -127,6 +128,9 @@ pub enum StoreErrorKind {
     Rejected,
     /// The backend's data is damaged.
     Corrupt,
+    /// A record is encrypted with a key other than the configured one, or encrypted while no key
+    /// is configured: a configuration problem, not damage (the record is never overwritten).
+    Key,
 }
 
 /// An error from a [`TokenStore`]. Its message never contains a record's contents.

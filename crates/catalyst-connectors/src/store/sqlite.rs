@@ -121,6 +121,17 @@ fn io_error(label: &str, what: String, e: std::io::Error) -> StoreError {
 
 /// Creates the directory (0700) and the file (0600) if they do not exist.
 fn prepare_file(path: &Path, label: &str) -> Result<(), StoreError> {
+    if path.is_dir() {
+        return Err(StoreError::new(
+            label,
+            StoreErrorKind::Rejected,
+            format!(
+                "{} is a directory: give the path of a database file, e.g. sqlite:{}",
+                path.display(),
+                path.join("tokens.db").display()
+            ),
+        ));
+    }
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty())
         && !dir.exists()
     {
@@ -241,6 +252,25 @@ fn migrate(conn: &mut Connection, path: &Path, label: &str) -> Result<(), StoreE
             ),
         ));
     }
+    // An up-to-date file is only read: opening it for a lookup writes nothing.
+    if version < SCHEMA_VERSION {
+        create_schema(conn, path, label)?;
+    }
+    // A damaged file can open fine and fail later: check it now, with a clear error.
+    let check: String = retry_busy(path, label, || {
+        conn.query_row("PRAGMA quick_check", [], |r| r.get(0))
+    })?;
+    if check != "ok" {
+        return Err(StoreError::new(
+            label,
+            StoreErrorKind::Corrupt,
+            recovery_hint(path),
+        ));
+    }
+    Ok(())
+}
+
+fn create_schema(conn: &mut Connection, path: &Path, label: &str) -> Result<(), StoreError> {
     retry_busy(path, label, || {
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         tx.execute_batch(
@@ -258,19 +288,7 @@ fn migrate(conn: &mut Connection, path: &Path, label: &str) -> Result<(), StoreE
          PRAGMA user_version = 1;",
         )?;
         tx.commit()
-    })?;
-    // A damaged file can open fine and fail later: check it now, with a clear error.
-    let check: String = retry_busy(path, label, || {
-        conn.query_row("PRAGMA quick_check", [], |r| r.get(0))
-    })?;
-    if check != "ok" {
-        return Err(StoreError::new(
-            label,
-            StoreErrorKind::Corrupt,
-            recovery_hint(path),
-        ));
-    }
-    Ok(())
+    })
 }
 
 /// The live generation at `key`, if any.

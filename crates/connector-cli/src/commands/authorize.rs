@@ -7,7 +7,7 @@ use axum::extract::{Query, State};
 use axum::response::Html;
 use axum::routing::get;
 use catalyst_connectors::urls;
-use catalyst_connectors::{CodeExchange, Connector, GrantCode};
+use catalyst_connectors::{CodeExchange, Connector, GeneratedTokens, GrantCode};
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -23,7 +23,8 @@ struct Redirect {
 
 pub struct Options {
     pub scope: String,
-    pub port: u16,
+    /// `None`: the default port (or redirect_url's).
+    pub port: Option<u16>,
     pub open_browser: bool,
     pub timeout: Duration,
 }
@@ -36,11 +37,14 @@ fn fail(exit: Exit, message: impl Into<String>, hint: Option<&str>) -> Failure {
     }
 }
 
+/// The loopback port of the default redirect URI, `http://127.0.0.1:8765/callback`.
+const DEFAULT_PORT: u16 = 8765;
+
 /// Where the redirect lands: the connector's `redirect_url` when it is a loopback http URL (it
 /// must be registered with the client), else `http://127.0.0.1:<port>/callback`.
 fn redirect_target(
     connector: &Connector,
-    port: u16,
+    port: Option<u16>,
 ) -> Result<(SocketAddr, String, Option<Url>), Failure> {
     if let Some(configured) = connector.config().redirect_url() {
         let url = Url::parse(configured).map_err(|e| {
@@ -52,6 +56,18 @@ fn redirect_target(
         })?;
         let loopback = urls::is_loopback(&url);
         if url.scheme() == "http" && loopback {
+            if let Some(asked) = port {
+                return Err(fail(
+                    Exit::Usage,
+                    format!(
+                        "--port {asked} cannot be used: connector `{}` has redirect_url {configured}, whose port Zoho redirects to",
+                        connector.name()
+                    ),
+                    Some(
+                        "drop --port, or change redirect_url (and the client's registered redirect URI)",
+                    ),
+                ));
+            }
             let port = url.port_or_known_default().unwrap_or(80);
             let ip = if url.host_str() == Some("[::1]") {
                 "[::1]"
@@ -79,7 +95,7 @@ fn redirect_target(
         ));
     }
     Ok((
-        SocketAddr::from(([127, 0, 0, 1], port)),
+        SocketAddr::from(([127, 0, 0, 1], port.unwrap_or(DEFAULT_PORT))),
         "/callback".into(),
         None,
     ))
@@ -87,26 +103,26 @@ fn redirect_target(
 
 /// `connector authorize NAME`: runs the flow, then reports where the refresh token went.
 pub async fn command(ctx: &Context, name: &str, options: Options) -> Result<(), Failure> {
-    let connector = ctx.connector(name)?;
-    let name = run(connector.clone(), options).await?;
-    eprintln!("Connector `{name}` is authorized; its refresh token is in the token store.");
-    if connector.config().has_refresh_token() {
-        eprintln!(
-            "Note: the config also has a refresh_token for `{name}`, which takes precedence: remove it to use the new one."
-        );
-    }
-    Ok(())
+    let connection = ctx.connection()?;
+    let connector = connection.connector(name)?;
+    let generated = run(connector.clone(), options).await?;
+    super::exchange::report_stored(ctx, &connector, &generated, connection.store_is_shared())
 }
 
-/// The server-based flow with a loopback redirect; returns the connector's name.
-pub async fn run(connector: Connector, options: Options) -> Result<String, Failure> {
+/// The server-based flow with a loopback redirect; returns what the code exchange gave.
+pub async fn run(connector: Connector, options: Options) -> Result<GeneratedTokens, Failure> {
     let name = connector.name().to_owned();
     let (addr, path, configured) = redirect_target(&connector, options.port)?;
+    let busy_hint = if configured.is_some() {
+        "free that port: the connector's redirect_url fixes it"
+    } else {
+        "free the port, or pass --port (and register that redirect URI for the client)"
+    };
     let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| {
         fail(
             Exit::Unexpected,
             format!("cannot listen on {addr} for the redirect: {e}"),
-            Some("free the port, or pass --port"),
+            Some(busy_hint),
         )
     })?;
     let local = listener.local_addr().map_err(|e| {
@@ -156,8 +172,7 @@ pub async fn run(connector: Connector, options: Options) -> Result<String, Failu
     server.abort();
     let redirect = redirect?;
 
-    exchange(&connector, redirect, redirect_uri).await?;
-    Ok(name)
+    exchange(&connector, redirect, redirect_uri).await
 }
 
 struct CallbackState {
@@ -256,9 +271,14 @@ async fn wait_for_redirect(
     spinner.finish_and_clear();
     match received {
         Err(_) => Err(fail(
-            Exit::Transient,
-            format!("no redirect within {}s", timeout.as_secs()),
-            Some("run the command again and finish the consent in the browser"),
+            Exit::Reauthorize,
+            format!(
+                "no redirect within {}s: the consent was not finished",
+                timeout.as_secs()
+            ),
+            Some(
+                "run the command again and press Accept in the browser in time (or pass a longer --timeout)",
+            ),
         )),
         Ok(None) => Err(fail(
             Exit::Unexpected,
@@ -268,7 +288,9 @@ async fn wait_for_redirect(
         Ok(Some(Err(denied))) => Err(fail(
             Exit::Reauthorize,
             format!("authorization was not granted: {denied}"),
-            None,
+            Some(
+                "run the command again and press Accept; check that the scopes exist for your Zoho account",
+            ),
         )),
         Ok(Some(Ok(r))) => Ok(r),
     }
@@ -279,7 +301,7 @@ async fn exchange(
     connector: &Connector,
     redirect: Redirect,
     redirect_uri: String,
-) -> Result<(), Failure> {
+) -> Result<GeneratedTokens, Failure> {
     // Multi-DC: exchange at the accounts server the redirect names, if it is a Zoho one (or the
     // configured one, e.g. an emulator).
     let token_url = match redirect.accounts_server.as_deref() {
@@ -300,18 +322,8 @@ async fn exchange(
     if let Some(t) = token_url {
         with = with.token_url(t);
     }
-    let generated = connector
+    connector
         .exchange_code(&GrantCode::new(redirect.code), with)
         .await
-        .map_err(Failure::from)?;
-    if generated.refresh_token.is_none() {
-        return Err(fail(
-            Exit::Reauthorize,
-            "Zoho returned no refresh token",
-            Some(
-                "the consent must use access_type=offline and prompt=consent; run authorize again",
-            ),
-        ));
-    }
-    Ok(())
+        .map_err(Failure::from)
 }

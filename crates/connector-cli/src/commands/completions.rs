@@ -1,13 +1,27 @@
-//! `connector completions SHELL`: print shell completions.
+//! `connector completions SHELL`: print the shell code that completes subcommands, options and
+//! connector names. The shell calls `connector` back (with `COMPLETE=<shell>`) for each
+//! completion, so names come from the config at the moment you press Tab.
 
-use crate::Cli;
-use clap::CommandFactory;
+use crate::exit::{Exit, Failure};
+use clap_complete::env::Shells;
 
-pub fn run(shell: clap_complete::Shell) {
-    clap_complete::generate(
-        shell,
-        &mut Cli::command(),
-        "connector",
-        &mut std::io::stdout(),
-    );
+pub fn run(shell: &str) -> Result<(), Failure> {
+    let shells = Shells::builtins();
+    let Some(completer) = shells.completer(shell) else {
+        let known: Vec<&str> = shells.names().collect();
+        return Err(Failure::new(
+            Exit::Usage,
+            format!("unknown shell `{shell}`; known: {}", known.join(", ")),
+        ));
+    };
+    let exe = std::env::current_exe()
+        .ok()
+        .and_then(|p| p.to_str().map(str::to_owned))
+        .unwrap_or_else(|| "connector".into());
+    let mut out = Vec::new();
+    completer
+        .write_registration("COMPLETE", "connector", "connector", &exe, &mut out)
+        .map_err(|e| Failure::new(Exit::Unexpected, format!("cannot write completions: {e}")))?;
+    print!("{}", String::from_utf8_lossy(&out));
+    Ok(())
 }

@@ -1,35 +1,41 @@
-//! `connector config check`: report every problem in the config at once.
+//! `connector config check`: report every problem in the config at once, unknown settings too.
 
 use super::Context;
 use crate::exit::{Exit, Failure};
-use catalyst_connectors::{Connection, Error, MemoryStore};
+use catalyst_connectors::{ConfigIssue, Connection, Error, MemoryStore};
 
 pub fn run(ctx: &Context) -> Result<(), Failure> {
     let path = ctx.config_path()?;
-    match Connection::builder()
+    let built = Connection::builder()
         .file(&path)
         .store(MemoryStore::new())
-        .build()
-    {
-        Ok(c) => {
-            let names: Vec<&str> = c.connector_names().collect();
-            println!(
-                "{}: ok, {} connector(s): {}",
-                path.display(),
-                names.len(),
-                names.join(", ")
-            );
-            Ok(())
-        }
-        Err(Error::Config(errors)) => {
-            for issue in errors.issues() {
-                println!("{issue}");
-            }
-            Err(Failure::new(
-                Exit::Config,
-                format!("{} problem(s) in {}", errors.issues().len(), path.display()),
-            ))
-        }
-        Err(e) => Err(e.into()),
+        .skip_invalid_connectors(true)
+        .build();
+    let (names, problems): (Vec<String>, Vec<ConfigIssue>) = match built {
+        Ok(c) => (
+            c.connector_names().map(str::to_owned).collect(),
+            c.skipped()
+                .flat_map(|(_, issues)| issues.iter().cloned())
+                .chain(c.warnings().iter().cloned())
+                .collect(),
+        ),
+        Err(Error::Config(errors)) => (Vec::new(), errors.issues().to_vec()),
+        Err(e) => return Err(e.into()),
+    };
+    if problems.is_empty() {
+        println!(
+            "{}: ok, {} connector(s): {}",
+            path.display(),
+            names.len(),
+            names.join(", ")
+        );
+        return Ok(());
     }
+    for issue in &problems {
+        println!("{issue}");
+    }
+    Err(Failure::new(
+        Exit::Config,
+        format!("{} problem(s) in {}", problems.len(), path.display()),
+    ))
 }

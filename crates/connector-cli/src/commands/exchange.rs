@@ -2,20 +2,64 @@
 
 use super::Context;
 use crate::exit::{Exit, Failure};
-use catalyst_connectors::GrantCode;
+use catalyst_connectors::{Connector, ExposeSecret, GeneratedTokens, GrantCode};
 
 pub async fn run(ctx: &Context, name: &str, code: String) -> Result<(), Failure> {
-    let connector = ctx.connector(name)?;
+    let connection = ctx.connection()?;
+    let connector = connection.connector(name)?;
     let generated = connector
         .generate_access_token(&GrantCode::new(code))
         .await?;
-    if generated.refresh_token.is_none() {
+    report_stored(ctx, &connector, &generated, connection.store_is_shared())
+}
+
+/// After a code exchange: says where the refresh token went, and fails (printing the refresh
+/// token on stdout, so the spent grant code is not wasted) when it could not be kept.
+pub fn report_stored(
+    ctx: &Context,
+    connector: &Connector,
+    generated: &GeneratedTokens,
+    shared_store: bool,
+) -> Result<(), Failure> {
+    let name = connector.name();
+    let Some(refresh_token) = &generated.refresh_token else {
         return Err(Failure::new(
             Exit::Reauthorize,
-            format!("Zoho returned no refresh token for connector `{name}`"),
+            format!("connector `{name}`: Zoho returned no refresh token"),
         )
-        .hint("generate the code with access type offline"));
+        .hint("ask for offline access: Self Client codes need it ticked; server-based consent needs access_type=offline and prompt=consent"));
+    };
+    let stored = generated.access_token.generation().is_some();
+    if !stored || !shared_store {
+        println!("{}", refresh_token.expose_secret());
+        let failure = if stored {
+            Failure::new(
+                Exit::Config,
+                format!(
+                    "connector `{name}`: the token store is memory, so the refresh token was not kept; it is printed above"
+                ),
+            )
+        } else {
+            Failure::new(
+                Exit::Transient,
+                format!(
+                    "connector `{name}`: the refresh token could not be written to the token store; it is printed above"
+                ),
+            )
+        };
+        return Err(failure.hint(format!(
+            "put it in the config as `refresh_token` of `{name}`, or fix the store and authorize again"
+        )));
     }
     eprintln!("Connector `{name}` is authorized; its refresh token is in the token store.");
+    if connector.config().has_refresh_token() {
+        let file = ctx
+            .config_path()
+            .map(|p| p.display().to_string())
+            .unwrap_or_else(|_| "the config".into());
+        ctx.warn(format!(
+            "the config's refresh_token for `{name}` takes precedence over the new one: delete the `refresh_token` entry of `{name}` in {file}"
+        ));
+    }
     Ok(())
 }

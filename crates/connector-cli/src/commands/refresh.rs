@@ -5,7 +5,11 @@ use crate::exit::Failure;
 use crate::output;
 
 pub async fn run(ctx: &Context, name: &str, json: bool) -> Result<(), Failure> {
-    let token = ctx.connector(name)?.force_refresh().await?;
+    let connector = ctx.connection()?.connector(name)?;
+    let token = match connector.force_refresh().await {
+        Ok(t) => t,
+        Err(e) => return Err(ctx.explain(&connector, e).await),
+    };
     if json {
         print_json(&token_json(&token));
     } else {

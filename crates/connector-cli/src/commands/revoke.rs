@@ -4,7 +4,7 @@ use super::Context;
 use crate::exit::Failure;
 
 pub async fn run(ctx: &Context, name: &str) -> Result<(), Failure> {
-    let connector = ctx.connector(name)?;
+    let connector = ctx.connection()?.connector(name)?;
     connector.revoke().await?;
     println!("Connector `{name}`: refresh token revoked at Zoho and forgotten here.");
     if connector.config().has_refresh_token() {

@@ -1,72 +1,168 @@
-//! `connector status`: every connector's token state, schedule, mints and last error.
+//! `connector status [NAME…]`: token state, schedule, mints and last error of each connector;
+//! exits 0 only when every one shown can give a token now (a health check).
 
 use super::{Context, print_json};
-use crate::exit::Failure;
+use crate::exit::{Exit, Failure};
 use crate::output;
-use catalyst_connectors::{Connection, TokenState};
+use catalyst_connectors::{Connector, ConnectorStatus, TokenSource, TokenState};
 use serde_json::json;
+use std::time::SystemTime;
 
-pub async fn run(ctx: &Context, json: bool) -> Result<(), Failure> {
-    show(ctx.connection()?, json).await
-}
-
-async fn show(connection: Connection, json: bool) -> Result<(), Failure> {
-    let mut rows = vec![vec![
-        "NAME".to_owned(),
-        "STATE".into(),
-        "SOURCE".into(),
-        "EXPIRES".into(),
-        "NEXT REFRESH".into(),
-        "MINTS/10MIN".into(),
-        "LAST ERROR".into(),
-    ]];
+pub async fn run(ctx: &Context, names: &[String], json: bool) -> Result<(), Failure> {
+    let connection = ctx.connection()?;
+    let selected: Vec<String> = if names.is_empty() {
+        connection.connector_names().map(str::to_owned).collect()
+    } else {
+        names.to_vec()
+    };
+    let mut rows = vec![
+        [
+            "NAME",
+            "STATE",
+            "SOURCE",
+            "EXPIRES",
+            "NEXT REFRESH",
+            "MINTS/10MIN",
+            "LAST ERROR",
+        ]
+        .map(str::to_owned)
+        .to_vec(),
+    ];
     let mut out = Vec::new();
-    for name in connection.connector_names() {
+    let mut worst = Exit::Success;
+    for name in &selected {
         let connector = connection.connector(name)?;
-        // Load what the store holds, without minting.
-        let cached = connector.cached_token().await;
-        let status = connector.status().await;
-        let state = match status.state {
-            TokenState::Empty => "none",
-            TokenState::Fresh => "fresh",
-            TokenState::Stale => "stale",
-            TokenState::Expired => "expired",
-            _ => "?",
-        };
-        let source = match status.source {
-            Some(catalyst_connectors::TokenSource::Store) => "store",
-            Some(catalyst_connectors::TokenSource::Minted) => "minted",
-            _ => "-",
-        };
-        let last_error = match (&status.last_error, &cached) {
-            (Some((e, _)), _) => e.to_string(),
-            (None, Err(e)) => e.to_string(),
-            _ => "-".into(),
-        };
-        out.push(json!({
-            "name": name,
-            "state": state,
-            "source": if source == "-" { None } else { Some(source) },
-            "expires_at": status.expires_at.map(output::epoch_secs),
-            "refresh_at": status.refresh_at.map(output::epoch_secs),
-            "mints_in_window": status.mints_in_window,
-            "mint_limit": status.mint_limit,
-            "last_error": if last_error == "-" { None } else { Some(last_error.clone()) },
-        }));
-        rows.push(vec![
-            name.to_owned(),
-            state.into(),
-            source.into(),
-            output::relative(status.expires_at),
-            output::relative(status.refresh_at),
-            format!("{}/{}", status.mints_in_window, status.mint_limit),
-            last_error,
-        ]);
+        let row = inspect(&connector).await;
+        worst = worse(worst, row.verdict);
+        out.push(row.json());
+        rows.push(row.cells());
     }
     if json {
         print_json(&serde_json::Value::Array(out));
     } else {
         print!("{}", output::table(&rows, output::stdout_colour()));
     }
-    Ok(())
+    match worst {
+        Exit::Success => Ok(()),
+        exit => Err(Failure::new(
+            exit,
+            "not every connector can give a token now (see LAST ERROR)",
+        )),
+    }
+}
+
+/// The more serious of two outcomes: configuration, then re-authorization, then the rest.
+fn worse(a: Exit, b: Exit) -> Exit {
+    let rank = |e: Exit| match e {
+        Exit::Success => 0,
+        Exit::Transient => 1,
+        Exit::Throttled => 2,
+        Exit::Unexpected | Exit::Usage => 3,
+        Exit::Reauthorize => 4,
+        Exit::Config => 5,
+    };
+    if rank(b) > rank(a) { b } else { a }
+}
+
+struct Row {
+    name: String,
+    status: ConnectorStatus,
+    /// The problem shown in LAST ERROR, if any.
+    problem: Option<String>,
+    /// Exit::Success when the connector can give a token now.
+    verdict: Exit,
+}
+
+/// What one connector can do now, without minting.
+async fn inspect(connector: &Connector) -> Row {
+    // Load what the store holds, without minting.
+    let cached = connector.cached_token().await;
+    let status = connector.status().await;
+    // A failure recorded by any process, unless a token was minted after it.
+    let recorded = status.recorded_failure.clone().filter(|f| match &cached {
+        Ok(Some(t)) => t.issued_at().is_none_or(|at| at < f.at),
+        _ => true,
+    });
+    let (verdict, problem) = match (&cached, &recorded) {
+        (Err(e), _) => (Failure::from(e.clone()).exit, Some(e.to_string())),
+        (Ok(Some(_)), f) => (Exit::Success, f.as_ref().map(|f| f.message.clone())),
+        (Ok(None), Some(f)) if blocks(f) => (Exit::for_code(&f.code), Some(f.message.clone())),
+        (Ok(None), f) if !connector.has_refresh_token().await => (
+            Exit::Reauthorize,
+            Some(f.as_ref().map(|f| f.message.clone()).unwrap_or_else(|| {
+                format!("connector `{}` has no refresh token", connector.name())
+            })),
+        ),
+        (Ok(None), f) => (Exit::Success, f.as_ref().map(|f| f.message.clone())),
+    };
+    let problem = problem.or_else(|| status.last_error.as_ref().map(|(e, _)| e.to_string()));
+    Row {
+        name: connector.name().to_owned(),
+        status,
+        problem,
+        verdict,
+    }
+}
+
+/// Whether a recorded failure stops a connector without a token from getting one now: one that
+/// needs a person, or a wait that has not passed.
+fn blocks(f: &catalyst_connectors::FailureRecord) -> bool {
+    matches!(Exit::for_code(&f.code), Exit::Config | Exit::Reauthorize)
+        || f.next_attempt_at.is_some_and(|t| t > SystemTime::now())
+}
+
+impl Row {
+    fn state(&self) -> &'static str {
+        match self.status.state {
+            TokenState::Empty => "none",
+            TokenState::Fresh => "fresh",
+            TokenState::Stale => "stale",
+            TokenState::Expired => "expired",
+            _ => "?",
+        }
+    }
+
+    fn source(&self) -> Option<&'static str> {
+        match self.status.source {
+            Some(TokenSource::Store) => Some("store"),
+            Some(TokenSource::Minted) => Some("minted"),
+            _ => None,
+        }
+    }
+
+    fn json(&self) -> serde_json::Value {
+        let s = &self.status;
+        json!({
+            "name": self.name,
+            "state": self.state(),
+            "source": self.source(),
+            "expires_at": s.expires_at.map(output::epoch_secs),
+            "refresh_at": s.refresh_at.map(output::epoch_secs),
+            "mints_in_window": s.mints_in_window,
+            "mint_limit": s.mint_limit,
+            "last_error": self.problem,
+            "recorded_failure": s.recorded_failure.as_ref().map(|f| json!({
+                "code": f.code,
+                "message": f.message,
+                "at": output::epoch_secs(f.at),
+                "consecutive_failures": f.consecutive_failures,
+                "next_attempt_at": f.next_attempt_at.map(output::epoch_secs),
+            })),
+            "healthy": self.verdict == Exit::Success,
+            "exit_code": self.verdict.code(),
+        })
+    }
+
+    fn cells(&self) -> Vec<String> {
+        let s = &self.status;
+        vec![
+            self.name.clone(),
+            self.state().into(),
+            self.source().unwrap_or("-").into(),
+            output::relative(s.expires_at),
+            output::relative(s.refresh_at),
+            format!("{}/{}", s.mints_in_window, s.mint_limit),
+            self.problem.clone().unwrap_or_else(|| "-".into()),
+        ]
+    }
 }

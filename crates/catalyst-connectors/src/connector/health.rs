@@ -1,0 +1,103 @@
+//! Shared health: the last refresh failure of a connector's credentials, kept in the store beside
+//! the token (encrypted like the rest), so every process — `connector status` in another shell, a
+//! health check — sees what a worker saw.
+//!
+//! Written after a failed flight; deleted after a successful mint by a process that saw a
+//! failure. A failure older than the token in the store is shown as resolved.
+
+use super::Connector;
+use super::credentials::Credentials;
+use crate::clock::{EpochMillis, millis_to_system_time};
+use crate::error::Error;
+use crate::key::KEY_PREFIX;
+use crate::record::lenient_i64;
+use crate::store::TokenWrite;
+use serde_json::{Value, json};
+use std::time::{Duration, SystemTime};
+
+/// How long a recorded failure is kept when nothing replaces it.
+const KEEP: Duration = Duration::from_secs(24 * 3600);
+
+/// The last refresh failure of a connector's credentials, as any process recorded it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct FailureRecord {
+    /// The failure's stable code (see [`Error::code`]), e.g. `reauthorization_required`.
+    pub code: String,
+    /// The error message (never a secret).
+    pub message: String,
+    /// When it happened.
+    pub at: SystemTime,
+    /// Failed flights in a row, as the recording process counted them.
+    pub consecutive_failures: u32,
+    /// When the recording process will try again, if it set a time.
+    pub next_attempt_at: Option<SystemTime>,
+}
+
+impl Credentials {
+    /// Where this refresh token's shared health is kept.
+    pub(super) fn health_key(&self) -> String {
+        format!("{KEY_PREFIX}health:{}", &self.fingerprint[..16])
+    }
+}
+
+impl Connector {
+    /// Records a failed flight in the store (best effort: a store failure is only logged).
+    pub(super) async fn save_failure(
+        &self,
+        e: &Error,
+        failures: u32,
+        next_attempt_at: EpochMillis,
+    ) {
+        let creds = self.inner.creds.load_full();
+        let key = creds.health_key();
+        let now = self.inner.runtime.clock.now_millis();
+        let data = json!({
+            "code": e.code(),
+            "message": e.to_string(),
+            "at": now,
+            "failures": failures,
+            "next_attempt_at": next_attempt_at,
+        })
+        .to_string();
+        let store = &self.inner.runtime.store;
+        let expected = match store.get(&key).await {
+            Ok(v) => v.map(|v| v.generation),
+            Err(_) => return,
+        };
+        let write = TokenWrite::new(&key, expected, &data, KEEP);
+        if let Err(err) = store.compare_and_set(write).await {
+            tracing::debug!(connector = %self.inner.name, error = %err, "could not record the failure in the store");
+        }
+    }
+
+    /// Forgets a recorded failure after a success.
+    pub(super) async fn clear_failure(&self) {
+        let key = self.inner.creds.load().health_key();
+        let _ = self.inner.runtime.store.delete(&key, None).await;
+    }
+
+    /// The last failure recorded in the store by any process, if any.
+    pub async fn recorded_failure(&self) -> Option<FailureRecord> {
+        let key = self.inner.creds.load().health_key();
+        let stored = self.inner.runtime.store.get(&key).await.ok()??;
+        let v: Value = serde_json::from_str(&stored.data).ok()?;
+        let text = |k: &str| v.get(k).and_then(Value::as_str).map(str::to_owned);
+        let at = v.get("at").and_then(lenient_i64)?;
+        let next = v
+            .get("next_attempt_at")
+            .and_then(lenient_i64)
+            .filter(|n| *n > at);
+        Some(FailureRecord {
+            code: text("code")?,
+            message: text("message")?,
+            at: millis_to_system_time(at),
+            consecutive_failures: v
+                .get("failures")
+                .and_then(lenient_i64)
+                .and_then(|n| u32::try_from(n).ok())
+                .unwrap_or(1),
+            next_attempt_at: next.map(millis_to_system_time),
+        })
+    }
+}
