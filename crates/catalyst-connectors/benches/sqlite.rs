@@ -1,5 +1,6 @@
 //! The SQLite store: a token read from the file when memory is cold (goal ≤ 50 µs median), with
-//! and without encryption, and the multi-process stampede (8 processes × 50 callers on one file).
+//! and without encryption; the first read of a new `Connection` against a bare SQLite `SELECT` +
+//! JSON parse (goal ≤ 4×); and the multi-process stampede (8 processes × 50 callers on one file).
 //!
 //! The stampede's child processes are this benchmark binary itself, run with `STAMPEDE_CHILD` set.
 
@@ -53,6 +54,61 @@ fn cold_memory_reads(c: &mut Criterion) {
         emulator.stats().token_requests,
         2,
         "one mint per store, none while measuring"
+    );
+}
+
+/// Issue 13's goal, side by side in one run: the library's first read with memory cold (a new
+/// `Connection` on an open store, the token in SQLite) against a bare SQLite `SELECT` + JSON parse
+/// of the same record (goal: at most 4× it).
+fn first_read_vs_bare_select(c: &mut Criterion) {
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    let emulator = runtime.block_on(zoho_emulator::start()).expect("emulator");
+    emulator.add_client("1000.BENCH", "bench-secret");
+    let refresh_token = emulator.add_refresh_token("1000.BENCH", "ZohoCRM.users.READ");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("first.db");
+    let store: std::sync::Arc<dyn catalyst_connectors::TokenStore> =
+        std::sync::Arc::new(SqliteStore::open(&path).expect("store"));
+    let build = || {
+        Connection::builder()
+            .ignore_env()
+            .shared_store(store.clone())
+            .connector(config(&emulator.token_url(), &refresh_token))
+            .build()
+            .expect("connection")
+    };
+    let key = {
+        let crm = build().connector("crm").expect("crm");
+        runtime.block_on(crm.access_token()).expect("first token");
+        crm.cache_key()
+    };
+    let mut group = c.benchmark_group("first_read");
+    group.bench_function("library/new_connection_cold_memory", |b| {
+        b.to_async(&runtime).iter(|| {
+            let connection = build();
+            async move {
+                let crm = connection.connector("crm").expect("crm");
+                black_box(crm.access_token().await.expect("token"))
+            }
+        })
+    });
+    let bare = rusqlite::Connection::open(&path).expect("open");
+    group.bench_function("bare/sqlite_select_json_parse", |b| {
+        b.iter(|| {
+            let data: String = bare
+                .prepare_cached("SELECT data FROM records WHERE key = ?1 AND expires_at > ?2")
+                .expect("prepare")
+                .query_row(rusqlite::params![key, 0_i64], |r| r.get(0))
+                .expect("row");
+            let v: serde_json::Value = serde_json::from_str(&data).expect("json");
+            black_box(v)
+        })
+    });
+    group.finish();
+    assert_eq!(
+        emulator.stats().token_requests,
+        1,
+        "no mint while measuring"
     );
 }
 
@@ -132,6 +188,7 @@ fn main() {
     }
     let mut c = Criterion::default().configure_from_args();
     cold_memory_reads(&mut c);
+    first_read_vs_bare_select(&mut c);
     stampede(&mut c);
     c.final_summary();
 }

@@ -31,10 +31,16 @@ struct Place {
 
 /// Valid OAuth access tokens for Zoho services, from Catalyst-style connector configs.
 ///
-/// Warnings (e.g. a token store that cannot be reached) are printed on stderr, one line each;
-/// -q hides them. CONNECTOR_LOG=debug (or info, trace; any tracing filter) shows more.
+/// The first warning of a run (e.g. a token store that cannot be reached) is printed on stderr as
+/// one line; -q hides it. CONNECTOR_LOG=warn shows every warning, CONNECTOR_LOG=debug (or any
+/// tracing filter, e.g. catalyst_connectors=trace) much more; secrets never appear.
 #[derive(Parser, Debug)]
-#[command(name = "connector", version, about, long_about, after_help = footer())]
+#[command(name = "connector", version, about, long_about, after_help = with_examples(&[
+    "connector config check",
+    "connector authorize crm --scope ZohoCRM.users.READ",
+    "connector token crm",
+    "connector status || echo 'a connector needs attention'",
+]))]
 struct Cli {
     /// Print no warnings, only errors.
     #[arg(short, long, global = true)]
@@ -238,7 +244,8 @@ fn main() -> ExitCode {
         }
     };
     init_logging(cli.quiet);
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
+    // One thread: a command does one thing, and starting worker threads costs more than it saves.
+    let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
     {

@@ -37,7 +37,7 @@ mod consent;
 mod limits;
 mod state;
 
-pub use state::{Fault, Settings, Stats};
+pub use state::{Fault, SavedRefreshToken, SavedState, Settings, Stats};
 
 use accounts::revoke_token;
 use accounts::{revoke, token};
@@ -237,6 +237,16 @@ impl Emulator {
     /// Resets the counters (not the registered clients and tokens).
     pub fn reset_stats(&self) {
         lock(&self.state).stats = Stats::default();
+    }
+
+    /// Clients and refresh tokens, to keep across restarts (`--state FILE`).
+    pub fn saved_state(&self) -> SavedState {
+        lock(&self.state).saved()
+    }
+
+    /// Adds the clients and refresh tokens of `saved` (e.g. read from `--state FILE`).
+    pub fn restore_state(&self, saved: &SavedState) {
+        lock(&self.state).restore(saved);
     }
 
     /// Stops the server and waits a moment for it to close its listener.

@@ -2,13 +2,17 @@
 
 use clap::Parser;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
 use std::time::Duration;
+use zoho_emulator::{Emulator, SavedState};
 
-/// An offline Zoho Accounts token endpoint and sample API, for tests and demos.
+/// An offline Zoho Accounts (token endpoint, revoke, consent page), a protected sample API
+/// (/crm/v8/users) and Catalyst Cache, with Zoho's limits — for tests, demos and trying the
+/// `connector` CLI without a Zoho account.
 #[derive(Parser, Debug)]
-#[command(version, about)]
+#[command(version, about, long_about, after_help = AFTER_HELP)]
 struct Args {
-    /// Port to listen on (0 picks a free one).
+    /// Port to listen on (0 picks a free one; the URL is printed on stdout).
     #[arg(long, default_value_t = 0)]
     port: u16,
     /// Address to bind (loopback by default).
@@ -20,7 +24,7 @@ struct Args {
     /// The registered client's secret.
     #[arg(long)]
     client_secret: Option<String>,
-    /// Register this refresh token for the client.
+    /// Register this refresh token for the client (scope ZohoCRM.users.READ).
     #[arg(long, requires = "client_id")]
     refresh_token: Option<String>,
     /// Lifetime of minted access tokens, in seconds.
@@ -29,6 +33,82 @@ struct Args {
     /// Delay before each token answer, in milliseconds.
     #[arg(long, default_value_t = 0)]
     latency_ms: u64,
+    /// Keep clients and refresh tokens in this JSON file across restarts (read at start,
+    /// written when they change).
+    #[arg(long, value_name = "FILE")]
+    state: Option<PathBuf>,
+}
+
+const AFTER_HELP: &str = "\
+Point the connector CLI at it (port 8780 here):
+  zoho-emulator --port 8780 --client-id 1000.DEMO --client-secret s --refresh-token 1000.demo-rt &
+  cat > connectors.json <<'JSON'
+  {\"crm\": {\"client_id\": \"1000.DEMO\", \"client_secret\": \"s\",
+           \"auth_url\": \"http://127.0.0.1:8780/oauth/v2/token\",
+           \"refresh_url\": \"http://127.0.0.1:8780/oauth/v2/token\",
+           \"refresh_token\": \"1000.demo-rt\"}}
+  JSON
+  connector token crm
+
+Consent page: GET /oauth/v2/auth (Accept and Deny buttons), so `connector authorize` works
+against it: leave out refresh_token above and run `connector authorize crm --scope ZohoCRM.users.READ`.
+
+Routes under /__emulator/:
+  GET  stats            counters: token requests by grant and outcome, throttled, live tokens…
+  GET  settings         token lifetime, latency, limits (mint_limit, mint_window_secs,
+  POST settings           live_token_cap), fault, api_domain (POST a JSON object to change)
+  POST clients          {\"client_id\", \"client_secret\"}
+  POST refresh_tokens   {\"client_id\", \"scope\"[, \"label\"]} → {\"refresh_token\"}
+  POST grant_codes      {\"client_id\", \"scope\"[, \"redirect_uri\"]} → {\"code\"}
+  POST advance          {\"seconds\"}: move the emulator's clock forward";
+
+fn read_state(path: &Path) -> std::io::Result<Option<SavedState>> {
+    match std::fs::read_to_string(path) {
+        Ok(text) => serde_json::from_str(&text).map(Some).map_err(|e| {
+            std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!("{} is not an emulator state file: {e}", path.display()),
+            )
+        }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// Writes the state atomically (a temporary file renamed over the old one), mode 0600.
+fn write_state(path: &Path, state: &SavedState) -> std::io::Result<()> {
+    let text = serde_json::to_string_pretty(state).map_err(std::io::Error::other)?;
+    let tmp = path.with_extension("tmp");
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    std::io::Write::write_all(&mut options.open(&tmp)?, text.as_bytes())?;
+    std::fs::rename(tmp, path)
+}
+
+/// Saves the state whenever it changed, until Ctrl-C or SIGTERM.
+async fn serve(emulator: &Emulator, state: Option<&Path>) -> std::io::Result<()> {
+    let mut last = emulator.saved_state();
+    let mut tick = tokio::time::interval(Duration::from_millis(500));
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    loop {
+        let stop = tokio::select! {
+            r = tokio::signal::ctrl_c() => { r?; true }
+            _ = term.recv() => true,
+            _ = tick.tick() => false,
+        };
+        if let Some(path) = state {
+            let now = emulator.saved_state();
+            if now != last {
+                write_state(path, &now)?;
+                last = now;
+            }
+        }
+        if stop {
+            return Ok(());
+        }
+    }
 }
 
 #[tokio::main]
@@ -41,6 +121,9 @@ async fn main() -> std::io::Result<()> {
     let emulator = zoho_emulator::start_on(SocketAddr::new(args.bind, args.port)).await?;
     emulator.set_token_lifetime(Duration::from_secs(args.token_lifetime));
     emulator.set_latency(Duration::from_millis(args.latency_ms));
+    if let Some(saved) = args.state.as_deref().map(read_state).transpose()?.flatten() {
+        emulator.restore_state(&saved);
+    }
     if let (Some(id), Some(secret)) = (&args.client_id, &args.client_secret) {
         emulator.add_client(id, secret);
         if let Some(rt) = &args.refresh_token {
@@ -54,7 +137,7 @@ async fn main() -> std::io::Result<()> {
         emulator.token_url(),
         emulator.url()
     );
-    tokio::signal::ctrl_c().await?;
+    serve(&emulator, args.state.as_deref()).await?;
     emulator.shutdown().await;
     Ok(())
 }

@@ -211,3 +211,67 @@ pub(crate) fn lock(state: &Shared) -> MutexGuard<'_, Inner> {
 pub(crate) fn random_token(prefix: &str) -> String {
     format!("{prefix}{:032x}", rand::random::<u128>())
 }
+
+/// What `--state FILE` keeps across restarts: clients and refresh tokens (access tokens, grant
+/// codes and counters are short-lived and start afresh).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SavedState {
+    /// Client id → client secret.
+    pub clients: BTreeMap<String, String>,
+    /// Refresh token → its client, scope, label and whether it was revoked.
+    pub refresh_tokens: BTreeMap<String, SavedRefreshToken>,
+}
+
+/// A refresh token as `--state FILE` keeps it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SavedRefreshToken {
+    /// The client it belongs to.
+    pub client_id: String,
+    /// Its scopes.
+    pub scope: String,
+    /// Its label (for per-label counters).
+    #[serde(default)]
+    pub label: String,
+    /// Whether it was revoked.
+    #[serde(default)]
+    pub revoked: bool,
+}
+
+impl Inner {
+    pub(crate) fn saved(&self) -> SavedState {
+        SavedState {
+            clients: self
+                .clients
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+            refresh_tokens: self
+                .refresh_tokens
+                .iter()
+                .map(|(k, e)| {
+                    (
+                        k.clone(),
+                        SavedRefreshToken {
+                            client_id: e.client_id.clone(),
+                            scope: e.scope.clone(),
+                            label: e.label.clone(),
+                            revoked: e.revoked,
+                        },
+                    )
+                })
+                .collect(),
+        }
+    }
+
+    pub(crate) fn restore(&mut self, saved: &SavedState) {
+        for (id, secret) in &saved.clients {
+            self.clients.insert(id.clone(), secret.clone());
+        }
+        for (token, e) in &saved.refresh_tokens {
+            self.add_refresh_token(&e.client_id, token, &e.scope, &e.label);
+            if let Some(entry) = self.refresh_tokens.get_mut(token) {
+                entry.revoked = e.revoked;
+            }
+        }
+    }
+}

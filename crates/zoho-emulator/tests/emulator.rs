@@ -268,3 +268,71 @@ async fn admin_routes_register_over_http() {
     assert_eq!(stats.mints_by_label["alice"], 1);
     assert_eq!(stats.live_tokens, 0, "the minute-long token expired");
 }
+
+/// Starts the binary with `--state FILE`; returns it and its URL.
+fn start_binary(state: &std::path::Path) -> (std::process::Child, String) {
+    use std::io::BufRead as _;
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_zoho-emulator"))
+        .args(["--state", state.to_str().unwrap()])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    (child, line.trim().to_owned())
+}
+
+#[tokio::test]
+async fn state_file_keeps_clients_and_refresh_tokens_across_restarts() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("emulator.json");
+    let http = reqwest::Client::new();
+    let (mut first, url) = start_binary(&state);
+    http.post(format!("{url}/__emulator/clients"))
+        .json(&serde_json::json!({"client_id": "1000.KEEP", "client_secret": "s"}))
+        .send()
+        .await
+        .unwrap();
+    let rt: serde_json::Value = http
+        .post(format!("{url}/__emulator/refresh_tokens"))
+        .json(&serde_json::json!({"client_id": "1000.KEEP", "scope": "ZohoCRM.users.READ"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let rt = rt["refresh_token"].as_str().unwrap().to_owned();
+    // Written within a second of the change; SIGTERM also saves.
+    tokio::time::sleep(std::time::Duration::from_millis(1200)).await;
+    // SIGTERM by pid (kill(1)), then reap.
+    std::process::Command::new("kill")
+        .arg(first.id().to_string())
+        .status()
+        .unwrap();
+    first.wait().unwrap();
+    let saved = std::fs::read_to_string(&state).unwrap();
+    assert!(saved.contains("1000.KEEP"), "{saved}");
+
+    let (mut second, url) = start_binary(&state);
+    let answer: serde_json::Value = http
+        .post(format!("{url}/oauth/v2/token"))
+        .form(&[
+            ("grant_type", "refresh_token"),
+            ("client_id", "1000.KEEP"),
+            ("client_secret", "s"),
+            ("refresh_token", rt.as_str()),
+        ])
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(answer["access_token"].is_string(), "{answer}");
+    second.kill().unwrap();
+    second.wait().unwrap();
+}

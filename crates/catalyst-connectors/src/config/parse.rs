@@ -299,9 +299,11 @@ pub(crate) fn parse_toml_text(text: &str) -> Result<Value, String> {
         let line = e
             .span()
             .map(|s| text[..s.start.min(text.len())].lines().count().max(1));
+        // The parser quotes values in backticks; a value may be a secret.
+        let message = without_quoted(e.message());
         match line {
-            Some(l) => format!("not valid TOML at line {l}: {}", e.message()),
-            None => format!("not valid TOML: {}", e.message()),
+            Some(l) => format!("not valid TOML at line {l}: {message}"),
+            None => format!("not valid TOML: {message}"),
         }
     })?;
     serde_json::to_value(table).map_err(|e| format!("unsupported TOML value ({e})"))
@@ -408,4 +410,21 @@ pub(crate) fn duplicate_keys(text: &str) -> Vec<(Option<String>, String)> {
         found: &mut found,
     });
     found
+}
+
+/// `text` with every backtick-quoted part replaced by `…`.
+fn without_quoted(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut parts = text.split('`');
+    if let Some(first) = parts.next() {
+        out.push_str(first);
+    }
+    for (i, part) in parts.enumerate() {
+        if i % 2 == 0 {
+            out.push_str("`…`");
+        } else {
+            out.push_str(part);
+        }
+    }
+    out
 }

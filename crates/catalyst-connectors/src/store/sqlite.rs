@@ -235,7 +235,25 @@ fn open_connection(path: &Path, label: &str) -> Result<Connection, StoreError> {
     })?;
     conn.pragma_update(None, "synchronous", "NORMAL")
         .map_err(|e| classify(path, label, e))?;
+    persist_wal(&conn);
     Ok(conn)
+}
+
+/// Keeps the `-wal` and `-shm` files when the last connection closes, so a short-lived process
+/// (a `connector token` run) does not create and delete two files each time.
+fn persist_wal(conn: &Connection) {
+    let mut on: std::ffi::c_int = 1;
+    // SAFETY: `conn.handle()` is the live `sqlite3*` owned by `conn`, used only for this call on
+    // this thread; SQLITE_FCNTL_PERSIST_WAL reads and writes the `int` the pointer refers to,
+    // which outlives the call. A failure only means the files are deleted as usual.
+    unsafe {
+        rusqlite::ffi::sqlite3_file_control(
+            conn.handle(),
+            c"main".as_ptr(),
+            rusqlite::ffi::SQLITE_FCNTL_PERSIST_WAL,
+            (&raw mut on).cast(),
+        );
+    }
 }
 
 fn migrate(conn: &mut Connection, path: &Path, label: &str) -> Result<(), StoreError> {

@@ -32,7 +32,8 @@ async fn show(connection: Connection, json: bool) -> Result<(), Failure> {
             "name": name,
             "client_id": config.client_id(),
             "refresh_url": config.refresh_url(),
-            "refresh_token": refresh,
+            // Where the refresh token is: "config", "store", or null when there is none.
+            "refresh_token": (refresh != "none").then_some(refresh),
         }));
         rows.push(vec![
             name.to_owned(),

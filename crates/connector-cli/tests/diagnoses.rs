@@ -1,0 +1,361 @@
+//! The CLI names the real cause: each test here failed on the code before issue 13 (wrong or
+//! missing encryption key, store down, a config refresh token hiding a newer stored one, a
+//! broken neighbour, unknown settings, a stale token in a one-shot process, status as a health
+//! check, the last error seen from another process).
+
+use assert_cmd::Command;
+use std::path::PathBuf;
+use std::time::Duration;
+use zoho_emulator::Emulator;
+
+const CLIENT_ID: &str = "1000.DIAG";
+const CLIENT_SECRET: &str = "diag-secret";
+const KEY_A: &str = "0000000000000000000000000000000000000000000000000000000000000001";
+const KEY_B: &str = "0000000000000000000000000000000000000000000000000000000000000002";
+
+struct Env {
+    emulator: Emulator,
+    dir: tempfile::TempDir,
+    refresh_token: String,
+}
+
+impl Env {
+    async fn new() -> Self {
+        let emulator = zoho_emulator::start().await.unwrap();
+        emulator.add_client(CLIENT_ID, CLIENT_SECRET);
+        let refresh_token = emulator.add_refresh_token(CLIENT_ID, "ZohoCRM.users.READ");
+        let env = Self {
+            emulator,
+            dir: tempfile::tempdir().unwrap(),
+            refresh_token,
+        };
+        env.write_config(&[("crm", Some(&env.refresh_token.clone()))]);
+        env
+    }
+
+    fn connector_json(&self, refresh_token: Option<&str>) -> serde_json::Value {
+        let mut c = serde_json::json!({
+            "client_id": CLIENT_ID, "client_secret": CLIENT_SECRET,
+            "auth_url": self.emulator.token_url(), "refresh_url": self.emulator.token_url(),
+        });
+        if let Some(rt) = refresh_token {
+            c["refresh_token"] = rt.into();
+        }
+        c
+    }
+
+    fn write_config(&self, connectors: &[(&str, Option<&str>)]) {
+        let mut config = serde_json::Map::new();
+        for (name, rt) in connectors {
+            config.insert((*name).to_owned(), self.connector_json(*rt));
+        }
+        std::fs::write(
+            self.config_path(),
+            serde_json::Value::Object(config).to_string(),
+        )
+        .unwrap();
+    }
+
+    fn config_path(&self) -> PathBuf {
+        self.dir.path().join("connectors.json")
+    }
+
+    /// Runs `connector args…` with extra environment variables.
+    async fn run_with(&self, vars: &[(&str, &str)], args: &[&str]) -> std::process::Output {
+        let mut cmd = Command::cargo_bin("connector").unwrap();
+        cmd.current_dir(self.dir.path())
+            .env_remove("CONNECTOR_CONFIG")
+            .env_remove("CONNECTOR_ENCRYPTION_KEY")
+            .env_remove("CONNECTOR_ENCRYPTION_KEY_FILE")
+            .env_remove("CONNECTOR_LOG")
+            .env(
+                "CONNECTOR_STORE",
+                format!("sqlite:{}", self.dir.path().join("tokens.db").display()),
+            )
+            .envs(vars.iter().copied())
+            .args(args);
+        tokio::task::spawn_blocking(move || cmd.output().unwrap())
+            .await
+            .unwrap()
+    }
+
+    async fn run(&self, args: &[&str]) -> std::process::Output {
+        self.run_with(&[], args).await
+    }
+
+    fn requests(&self) -> u64 {
+        self.emulator.stats().token_requests
+    }
+}
+
+fn stdout(o: &std::process::Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+fn stderr(o: &std::process::Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_different_or_missing_encryption_key_is_a_configuration_error() {
+    let env = Env::new().await;
+    let out = env
+        .run_with(&[("CONNECTOR_ENCRYPTION_KEY", KEY_A)], &["token", "crm"])
+        .await;
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(env.requests(), 1);
+
+    let out = env
+        .run_with(&[("CONNECTOR_ENCRYPTION_KEY", KEY_B)], &["token", "crm"])
+        .await;
+    assert_eq!(out.status.code(), Some(3), "wrong key: {}", stderr(&out));
+    let err = stderr(&out);
+    assert!(err.contains("different encryption key"), "{err}");
+    assert!(err.contains("CONNECTOR_ENCRYPTION_KEY"), "{err}");
+    assert!(
+        !err.contains("authorize"),
+        "no re-authorization for a key problem: {err}"
+    );
+
+    let out = env.run(&["token", "crm"]).await;
+    assert_eq!(out.status.code(), Some(3), "missing key: {}", stderr(&out));
+    assert!(
+        stderr(&out).contains("no encryption key is set"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(env.requests(), 1, "no mint with the wrong or a missing key");
+
+    // The same holds for a refresh token kept in the store (no refresh_token in the config).
+    env.write_config(&[("crm", None)]);
+    let code = env
+        .emulator
+        .add_grant_code(CLIENT_ID, "ZohoCRM.users.READ", None);
+    let out = env
+        .run_with(
+            &[("CONNECTOR_ENCRYPTION_KEY", KEY_A)],
+            &["exchange", "crm", "--code", &code],
+        )
+        .await;
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let out = env
+        .run_with(&[("CONNECTOR_ENCRYPTION_KEY", KEY_B)], &["token", "crm"])
+        .await;
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("CONNECTOR_ENCRYPTION_KEY"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_store_is_transient_and_named() {
+    let env = Env::new().await;
+    env.write_config(&[("crm", None)]);
+    let out = env
+        .run(&["token", "crm", "--store", "redis://127.0.0.1:1"])
+        .await;
+    assert_eq!(out.status.code(), Some(6), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(err.contains("redis"), "names the store: {err}");
+    assert!(!err.contains("has no refresh token"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_config_refresh_token_hiding_a_stored_one_is_named_with_its_file() {
+    let env = Env::new().await;
+    // A refresh token obtained by a code exchange is stored; the config still holds an old one.
+    let code = env
+        .emulator
+        .add_grant_code(CLIENT_ID, "ZohoCRM.users.READ", None);
+    let out = env.run(&["exchange", "crm", "--code", &code]).await;
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("takes precedence") && stderr(&out).contains("connectors.json"),
+        "warned at exchange time: {}",
+        stderr(&out)
+    );
+    // The old one is revoked: the error says what to delete from which file.
+    env.emulator.revoke(&env.refresh_token);
+    let out = env.run(&["refresh", "crm"]).await;
+    assert_eq!(out.status.code(), Some(4), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(
+        err.contains("delete the `refresh_token` entry of `crm`")
+            && err.contains("connectors.json"),
+        "{err}"
+    );
+    assert!(
+        !err.contains("connector authorize crm"),
+        "no authorize loop: {err}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broken_neighbour_and_unknown_keys_do_not_stop_a_valid_connector() {
+    let env = Env::new().await;
+    let mut config = serde_json::Map::new();
+    let mut crm = env.connector_json(Some(&env.refresh_token));
+    crm["clientsecret"] = "typo".into();
+    config.insert("crm".into(), crm);
+    config.insert("desk".into(), serde_json::json!({"client_id": "x"}));
+    std::fs::write(
+        env.config_path(),
+        serde_json::Value::Object(config).to_string(),
+    )
+    .unwrap();
+
+    let out = env.run(&["token", "crm"]).await;
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(err.contains("did you mean `client_secret`"), "{err}");
+    assert!(err.contains("connector `desk` is skipped"), "{err}");
+
+    let out = env.run(&["token", "desk"]).await;
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    assert!(stderr(&out).contains("client_secret"), "{}", stderr(&out));
+
+    // config check reports all of it and fails.
+    let out = env.run(&["config", "check"]).await;
+    assert_eq!(out.status.code(), Some(3), "{}", stdout(&out));
+    let text = stdout(&out);
+    assert!(
+        text.contains("clientsecret") && text.contains("desk"),
+        "{text}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn config_files_say_one_thing_each() {
+    let env = Env::new().await;
+    let one = env.connector_json(Some(&env.refresh_token)).to_string();
+    // Duplicate connector and duplicate field.
+    let dup =
+        format!(r#"{{"crm": {one}, "crm": {one}, "x": {{"client_id": "a", "client_id": "b"}}}}"#);
+    std::fs::write(env.config_path(), dup).unwrap();
+    let out = env.run(&["config", "check"]).await;
+    assert_eq!(out.status.code(), Some(3));
+    let text = stdout(&out);
+    assert!(
+        text.contains("connector `crm` is defined more than once"),
+        "{text}"
+    );
+    assert!(
+        text.contains("field `client_id`: set more than once"),
+        "{text}"
+    );
+
+    // A byte-order mark is accepted.
+    std::fs::write(env.config_path(), format!("\u{feff}{{\"crm\": {one}}}")).unwrap();
+    let out = env.run(&["config", "check"]).await;
+    assert_eq!(out.status.code(), Some(0), "{}", stdout(&out));
+
+    // A name with a direction override is refused.
+    std::fs::write(env.config_path(), format!("{{\"crm\u{202e}x\": {one}}}")).unwrap();
+    let out = env.run(&["config", "check"]).await;
+    assert_eq!(out.status.code(), Some(3));
+    assert!(stdout(&out).contains("U+202E"), "{}", stdout(&out));
+
+    // A numeric TOML secret too large for an integer is not echoed.
+    let toml = env.dir.path().join("c.toml");
+    std::fs::write(
+        &toml,
+        "[crm]\nclient_id = \"1000.X\"\nclient_secret = 98765432109876543210987\ndc = \"us\"\n",
+    )
+    .unwrap();
+    let out = env
+        .run(&["config", "check", "--config", toml.to_str().unwrap()])
+        .await;
+    assert_eq!(out.status.code(), Some(3));
+    let all = format!("{}{}", stdout(&out), stderr(&out));
+    assert!(!all.contains("98765432109876543210987"), "{all}");
+
+    // A mistyped dc is one problem, not three.
+    std::fs::write(
+        env.config_path(),
+        r#"{"crm": {"client_id": "a", "client_secret": "b", "dc": "mars"}}"#,
+    )
+    .unwrap();
+    let out = env.run(&["config", "check"]).await;
+    let text = stdout(&out);
+    assert!(text.contains("`dc`"), "{text}");
+    assert!(!text.contains("auth_url"), "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_one_shot_process_never_prints_a_token_past_its_refresh_point() {
+    let env = Env::new().await;
+    // Four-second tokens: refresh point at 3 s.
+    env.emulator.set_token_lifetime(Duration::from_secs(4));
+    let out = env.run(&["token", "crm"]).await;
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let first = stdout(&out);
+    assert_eq!(env.requests(), 1);
+    tokio::time::sleep(Duration::from_millis(3300)).await;
+    let out = env.run(&["token", "crm"]).await;
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_ne!(stdout(&out), first, "a fresh token, not the stale one");
+    assert_eq!(env.requests(), 2, "exactly one more mint");
+    // And the next run finds it fresh in the store.
+    let out = env.run(&["token", "crm"]).await;
+    assert_eq!(out.status.code(), Some(0));
+    assert_eq!(env.requests(), 2);
+
+    // --min-ttl longer than the endpoint's tokens live: a usage error, no mint storm.
+    let out = env.run(&["token", "crm", "--min-ttl", "1h"]).await;
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(stderr(&out).contains("--min-ttl"), "{}", stderr(&out));
+    assert_eq!(env.requests(), 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_is_a_health_check_and_shows_what_another_process_saw() {
+    let env = Env::new().await;
+    env.write_config(&[("crm", Some(&env.refresh_token.clone())), ("desk", None)]);
+    // desk has no refresh token: status fails with the re-authorize code.
+    let out = env.run(&["status"]).await;
+    assert_eq!(out.status.code(), Some(4), "{}", stdout(&out));
+    // crm alone is healthy (it can mint).
+    let out = env.run(&["status", "crm"]).await;
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}{}",
+        stdout(&out),
+        stderr(&out)
+    );
+
+    // A worker process sees the refresh token rejected…
+    env.emulator.revoke(&env.refresh_token);
+    let out = env.run(&["token", "crm"]).await;
+    assert_eq!(out.status.code(), Some(4));
+    // …and status, in another process, shows it and fails.
+    let out = env.run(&["status", "crm", "--json"]).await;
+    assert_eq!(out.status.code(), Some(4), "{}", stdout(&out));
+    let v: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
+    assert_eq!(v[0]["recorded_failure"]["code"], "reauthorization_required");
+    assert!(
+        v[0]["last_error"]
+            .as_str()
+            .unwrap()
+            .contains("invalid_code"),
+        "{v}"
+    );
+    assert_eq!(v[0]["healthy"], false);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exchange_fails_when_nothing_could_be_kept() {
+    let env = Env::new().await;
+    env.write_config(&[("crm", None)]);
+    let code = env
+        .emulator
+        .add_grant_code(CLIENT_ID, "ZohoCRM.users.READ", None);
+    let out = env
+        .run(&["exchange", "crm", "--code", &code, "--store", "memory:"])
+        .await;
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    // The refresh token is not lost with the spent grant code: it is on stdout.
+    assert!(stdout(&out).trim().starts_with("1000."), "{}", stdout(&out));
+    assert!(stderr(&out).contains("not kept"), "{}", stderr(&out));
+}
