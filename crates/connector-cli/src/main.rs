@@ -1,5 +1,6 @@
 //! `connector`: Zoho access tokens for people and scripts.
 
+mod agent;
 mod commands;
 mod exit;
 mod output;
@@ -61,7 +62,9 @@ enum Command {
     ///
     /// The token printed is before its refresh point (never one about to expire): if the cached
     /// one is not, this waits for a refresh. If Zoho cannot be reached, a token that is still
-    /// valid is printed with a warning.
+    /// valid is printed with a warning. With CONNECTOR_AGENT set (a socket path, or
+    /// http://127.0.0.1:PORT with CONNECTOR_AGENT_TOKEN_FILE), the running agent is asked
+    /// instead of the stores.
     #[command(after_help = with_examples(&[
         "connector token crm",
         "curl -H \"$(connector token crm --header)\" https://www.zohoapis.com/crm/v8/users",
@@ -125,7 +128,8 @@ enum Command {
     /// Show connectors: token state and source, expiry, next refresh, mints, last error.
     ///
     /// Exits 0 only when every connector shown can give a token now; otherwise with the code
-    /// of the worst problem, so it works as a health check.
+    /// of the worst problem, so it works as a health check. With CONNECTOR_AGENT set, shows
+    /// what the running agent sees.
     #[command(after_help = with_examples(&[
         "connector status",
         "connector status crm --json",
@@ -182,6 +186,64 @@ enum Command {
     Completions {
         /// bash, zsh, fish, elvish or powershell.
         shell: String,
+    },
+    /// Run the token agent: every program on this host asks it for tokens over a Unix socket.
+    ///
+    /// One process holds every connector's token and refreshes it before it is needed; any
+    /// language asks with one HTTP request: `GET /v1/connectors/NAME/token` with the header
+    /// `X-Connector-Agent: 1` (others: /v1/connectors, /v1/status, /healthz, /metrics). Requests
+    /// with `Origin` or proxy headers are refused; TCP needs a bearer token. SIGTERM or Ctrl-C
+    /// lets requests in flight finish and removes the socket.
+    #[command(after_help = with_examples(&[
+        "connector serve",
+        "curl -s --unix-socket $XDG_RUNTIME_DIR/catalyst-connectors/agent.sock -H 'X-Connector-Agent: 1' http://agent/v1/connectors/crm/token",
+        "connector serve --tcp 127.0.0.1:8799 --allow crm=uid:1000",
+    ]))]
+    Serve {
+        /// The Unix socket (default: $XDG_RUNTIME_DIR/catalyst-connectors/agent.sock; the
+        /// directory is made 0700, the socket 0600).
+        #[arg(long, value_name = "PATH")]
+        socket: Option<PathBuf>,
+        /// Also listen on this loopback address (e.g. 127.0.0.1:8799); clients must send the
+        /// bearer token from --token-file.
+        #[arg(long, value_name = "ADDR")]
+        tcp: Option<std::net::SocketAddr>,
+        /// The bearer token for TCP clients (created, 0600, when missing; default: agent.token
+        /// beside the socket).
+        #[arg(long, value_name = "FILE")]
+        token_file: Option<PathBuf>,
+        /// Only these clients get NAME's tokens: `NAME=uid:UID` (Unix socket peers) or
+        /// `NAME=bearer:FILE` (a token in a 0600 file). Repeat for more.
+        #[arg(long, value_name = "NAME=RULE")]
+        allow: Vec<String>,
+        #[command(flatten)]
+        place: Place,
+    },
+    /// Run a command with access tokens in its environment.
+    ///
+    /// For each connector NAME: ZOHO_<NAME>_ACCESS_TOKEN and ZOHO_<NAME>_API_DOMAIN (NAME in
+    /// upper case, other characters as `_`). Signals are passed on to the command, and its exit
+    /// code is returned. When a token cannot be had the command is not run, and the exit code
+    /// says why (3–6). Uses the agent when CONNECTOR_AGENT is set.
+    #[command(after_help = with_examples(&[
+        "connector exec -c crm -- python3 sync.py",
+        "connector exec -c crm --env CRM_TOKEN=crm --min-ttl 30m -- ./export.sh",
+    ]))]
+    Exec {
+        /// A connector whose token to pass (repeat; default: every configured connector).
+        #[arg(short = 'c', long = "connector", value_name = "NAME", add = name_candidates())]
+        connectors: Vec<String>,
+        /// The tokens must stay valid at least this long (e.g. 10m).
+        #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration, default_value = "0s")]
+        min_ttl: Duration,
+        /// Also set VAR to NAME's access token (repeat).
+        #[arg(long, value_name = "VAR=NAME")]
+        env: Vec<String>,
+        /// The command and its arguments, after `--`.
+        #[arg(last = true, required = true, value_name = "COMMAND")]
+        command: Vec<String>,
+        #[command(flatten)]
+        place: Place,
     },
     /// Start an emulated Zoho in-process and show 1,000 concurrent callers sharing one token.
     #[command(after_help = with_examples(&["connector demo", "connector demo --callers 10000 --latency-ms 50"]))]
@@ -244,11 +306,14 @@ fn main() -> ExitCode {
         }
     };
     init_logging(cli.quiet);
-    // One thread: a command does one thing, and starting worker threads costs more than it saves.
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
+    // One thread: a command does one thing, and starting worker threads costs more than it
+    // saves; the agent serves many clients at once.
+    let builder = if matches!(cli.command, Command::Serve { .. }) {
+        tokio::runtime::Builder::new_multi_thread()
+    } else {
+        tokio::runtime::Builder::new_current_thread()
+    };
+    let runtime = match { builder }.enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
@@ -256,7 +321,7 @@ fn main() -> ExitCode {
         }
     };
     match runtime.block_on(run(cli)) {
-        Ok(()) => ExitCode::from(Exit::Success.code()),
+        Ok(code) => code,
         Err(f) => {
             let colour = output::stderr_colour();
             eprintln!(
@@ -306,8 +371,36 @@ fn parse_store(s: &str) -> Result<StoreSpec, catalyst_connectors::SpecError> {
     s.parse()
 }
 
-/// Runs one subcommand.
-async fn run(cli: Cli) -> Result<(), Failure> {
+/// Runs one subcommand; `exec` returns its command's exit code.
+async fn run(cli: Cli) -> Result<ExitCode, Failure> {
+    if let Command::Exec {
+        connectors,
+        min_ttl,
+        env,
+        command,
+        place,
+    } = cli.command
+    {
+        let ctx = Context {
+            config: place.config.or(cli.place.config),
+            store: place.store.or(cli.place.store),
+            quiet: cli.quiet,
+        };
+        let options = commands::exec::Options {
+            connectors,
+            min_ttl,
+            env,
+            command,
+        };
+        return commands::exec::run(&ctx, options).await;
+    }
+    run_command(cli)
+        .await
+        .map(|()| ExitCode::from(Exit::Success.code()))
+}
+
+/// Runs a subcommand that reports only success or a failure.
+async fn run_command(cli: Cli) -> Result<(), Failure> {
     // Options after the subcommand win over the same options before it.
     let outer = cli.place;
     let ctx = |place: Place| Context {
@@ -357,6 +450,22 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             action: ConfigAction::Check { place },
         } => commands::config_check::run(&ctx(place)),
         Command::Completions { shell } => commands::completions::run(&shell),
+        Command::Serve {
+            socket,
+            tcp,
+            token_file,
+            allow,
+            place,
+        } => {
+            let options = commands::serve::Options {
+                socket,
+                tcp,
+                token_file,
+                allow,
+            };
+            commands::serve::run(&ctx(place), options).await
+        }
+        Command::Exec { .. } => Ok(()),
         Command::Demo {
             callers,
             latency_ms,

@@ -5,14 +5,18 @@ pub mod completions;
 pub mod config_check;
 pub mod demo;
 pub mod exchange;
+pub mod exec;
 pub mod list;
 pub mod refresh;
 pub mod revoke;
+pub mod serve;
 pub mod status;
 pub mod token;
 
 use crate::exit::{Exit, Failure};
-use catalyst_connectors::{AccessToken, Connection, Connector, Error, ExposeSecret, StoreSpec};
+use catalyst_connectors::{
+    AccessToken, Connection, ConnectionBuilder, Connector, Error, ExposeSecret, StoreSpec,
+};
 use serde_json::json;
 use std::path::PathBuf;
 
@@ -95,10 +99,20 @@ impl Context {
 
     /// The connection every subcommand uses: the config file and the chosen store.
     pub fn connection(&self) -> Result<Connection, Failure> {
+        self.connection_with(|b| b)
+    }
+
+    /// [`connection`](Self::connection), with more builder settings.
+    pub fn connection_with(
+        &self,
+        more: impl FnOnce(ConnectionBuilder) -> ConnectionBuilder,
+    ) -> Result<Connection, Failure> {
         let path = self.config_path()?;
-        let mut builder = Connection::builder()
-            .file(&path)
-            .skip_invalid_connectors(true);
+        let mut builder = more(
+            Connection::builder()
+                .file(&path)
+                .skip_invalid_connectors(true),
+        );
         if let Some(spec) = &self.store {
             builder = builder.store_spec(spec.clone());
         }

@@ -9,25 +9,22 @@ use serde_json::json;
 use std::time::SystemTime;
 
 pub async fn run(ctx: &Context, names: &[String], json: bool) -> Result<(), Failure> {
+    if let Some(agent) = crate::agent::client::AgentClient::from_env() {
+        let mut report = agent?.status().await?;
+        if let Some(items) = report.as_array_mut()
+            && !names.is_empty()
+        {
+            items.retain(|i| names.iter().any(|n| i["name"] == n.as_str()));
+        }
+        return print_report(&report, json);
+    }
     let connection = ctx.connection()?;
     let selected: Vec<String> = if names.is_empty() {
         connection.connector_names().map(str::to_owned).collect()
     } else {
         names.to_vec()
     };
-    let mut rows = vec![
-        [
-            "NAME",
-            "STATE",
-            "SOURCE",
-            "EXPIRES",
-            "NEXT REFRESH",
-            "MINTS/10MIN",
-            "LAST ERROR",
-        ]
-        .map(str::to_owned)
-        .to_vec(),
-    ];
+    let mut rows = vec![header()];
     let mut out = Vec::new();
     let mut worst = Exit::Success;
     for name in &selected {
@@ -37,11 +34,21 @@ pub async fn run(ctx: &Context, names: &[String], json: bool) -> Result<(), Fail
         out.push(row.json());
         rows.push(row.cells());
     }
+    render(&rows, out, json);
+    verdict(worst)
+}
+
+/// Prints the table or the JSON.
+fn render(rows: &[Vec<String>], out: Vec<serde_json::Value>, json: bool) {
     if json {
         print_json(&serde_json::Value::Array(out));
     } else {
-        print!("{}", output::table(&rows, output::stdout_colour()));
+        print!("{}", output::table(rows, output::stdout_colour()));
     }
+}
+
+/// Ok when every connector can give a token now, else the worst problem's exit code.
+fn verdict(worst: Exit) -> Result<(), Failure> {
     match worst {
         Exit::Success => Ok(()),
         exit => Err(Failure::new(
@@ -51,8 +58,71 @@ pub async fn run(ctx: &Context, names: &[String], json: bool) -> Result<(), Fail
     }
 }
 
+/// What `connector status --json` shows for `connection` (every connector), and the worst exit.
+pub async fn report(connection: &catalyst_connectors::Connection) -> (serde_json::Value, Exit) {
+    let mut out = Vec::new();
+    let mut worst = Exit::Success;
+    for name in connection.connector_names() {
+        if let Ok(connector) = connection.connector(name) {
+            let row = inspect(&connector).await;
+            worst = worse(worst, row.verdict);
+            out.push(row.json());
+        }
+    }
+    (serde_json::Value::Array(out), worst)
+}
+
+/// Prints a report made elsewhere (by a running agent).
+pub fn print_report(report: &serde_json::Value, json: bool) -> Result<(), Failure> {
+    let empty = Vec::new();
+    let items = report.as_array().unwrap_or(&empty);
+    let mut worst = Exit::Success;
+    let mut rows = vec![header()];
+    for item in items {
+        let code = item["exit_code"].as_u64().unwrap_or(1);
+        let exit = Exit::ALL
+            .into_iter()
+            .find(|e| u64::from(e.code()) == code)
+            .unwrap_or(Exit::Unexpected);
+        worst = worse(worst, exit);
+        let text = |k: &str| item[k].as_str().unwrap_or("-").to_owned();
+        let when = |k: &str| {
+            output::relative(
+                item[k]
+                    .as_u64()
+                    .map(|s| std::time::UNIX_EPOCH + std::time::Duration::from_secs(s)),
+            )
+        };
+        rows.push(vec![
+            text("name"),
+            text("state"),
+            text("source"),
+            when("expires_at"),
+            when("refresh_at"),
+            format!("{}/{}", item["mints_in_window"], item["mint_limit"]),
+            text("last_error"),
+        ]);
+    }
+    render(&rows, items.clone(), json);
+    verdict(worst)
+}
+
+fn header() -> Vec<String> {
+    [
+        "NAME",
+        "STATE",
+        "SOURCE",
+        "EXPIRES",
+        "NEXT REFRESH",
+        "MINTS/10MIN",
+        "LAST ERROR",
+    ]
+    .map(str::to_owned)
+    .to_vec()
+}
+
 /// The more serious of two outcomes: configuration, then re-authorization, then the rest.
-fn worse(a: Exit, b: Exit) -> Exit {
+pub fn worse(a: Exit, b: Exit) -> Exit {
     let rank = |e: Exit| match e {
         Exit::Success => 0,
         Exit::Transient => 1,

@@ -1,0 +1,150 @@
+//! Asking a running agent (`CONNECTOR_AGENT`) instead of opening stores: what `connector
+//! token`, `status` and `exec` do when the variable is set.
+
+use super::{AGENT_ENV, AGENT_HEADER, AGENT_HEADER_VALUE, AGENT_TOKEN_FILE_ENV};
+use crate::exit::{Exit, Failure};
+use serde_json::Value;
+use std::time::Duration;
+
+/// A client for the agent named by `CONNECTOR_AGENT`.
+pub struct AgentClient {
+    http: reqwest::Client,
+    base: String,
+    bearer: Option<String>,
+    shown: String,
+}
+
+impl AgentClient {
+    /// The agent named by `CONNECTOR_AGENT`, if the variable is set.
+    pub fn from_env() -> Option<Result<Self, Failure>> {
+        let target = std::env::var(AGENT_ENV)
+            .ok()
+            .filter(|v| !v.trim().is_empty())?;
+        Some(Self::new(target.trim()))
+    }
+
+    fn new(target: &str) -> Result<Self, Failure> {
+        let build = |b: reqwest::ClientBuilder| {
+            b.timeout(Duration::from_secs(60))
+                .no_proxy()
+                .build()
+                .map_err(|e| {
+                    Failure::new(Exit::Unexpected, format!("cannot make an HTTP client: {e}"))
+                })
+        };
+        if target.starts_with("http://") {
+            let file = std::env::var_os(AGENT_TOKEN_FILE_ENV).ok_or_else(|| {
+                Failure::new(
+                    Exit::Config,
+                    format!("{AGENT_ENV} is a TCP address, which needs a bearer token"),
+                )
+                .hint(format!(
+                    "set {AGENT_TOKEN_FILE_ENV} to the agent's token file"
+                ))
+            })?;
+            let token = std::fs::read_to_string(&file).map_err(|e| {
+                Failure::new(
+                    Exit::Config,
+                    format!("cannot read {AGENT_TOKEN_FILE_ENV}: {e}"),
+                )
+            })?;
+            Ok(Self {
+                http: build(reqwest::Client::builder())?,
+                base: target.trim_end_matches('/').to_owned(),
+                bearer: Some(token.trim().to_owned()),
+                shown: target.to_owned(),
+            })
+        } else {
+            Ok(Self {
+                http: build(reqwest::Client::builder().unix_socket(target))?,
+                base: "http://agent".into(),
+                bearer: None,
+                shown: target.to_owned(),
+            })
+        }
+    }
+
+    async fn get(&self, path: &str) -> Result<(u16, Value), Failure> {
+        let mut request = self
+            .http
+            .get(format!("{}{path}", self.base))
+            .header(AGENT_HEADER, AGENT_HEADER_VALUE);
+        if let Some(t) = &self.bearer {
+            request = request.bearer_auth(t);
+        }
+        let response = request.send().await.map_err(|e| {
+            Failure::new(
+                Exit::Transient,
+                format!(
+                    "the connector agent at {} does not answer ({e})",
+                    self.shown
+                ),
+            )
+            .hint(format!(
+                "start it with `connector serve`, or unset {AGENT_ENV}"
+            ))
+        })?;
+        let status = response.status().as_u16();
+        let body: Value = response.json().await.map_err(|e| {
+            Failure::new(
+                Exit::Unexpected,
+                format!("the connector agent answered oddly: {e}"),
+            )
+        })?;
+        Ok((status, body))
+    }
+
+    /// The agent's error body as a failure with the CLI's exit code.
+    fn failure(status: u16, body: &Value) -> Failure {
+        let exit = body["exit_code"]
+            .as_u64()
+            .and_then(|c| Exit::ALL.into_iter().find(|e| u64::from(e.code()) == c))
+            .unwrap_or(if status == 401 || status == 403 {
+                Exit::Config
+            } else {
+                Exit::Unexpected
+            });
+        let message = body["message"]
+            .as_str()
+            .unwrap_or("the agent refused")
+            .to_owned();
+        let mut failure = Failure::new(exit, message);
+        if let Some(h) = body["hint"].as_str() {
+            failure = failure.hint(h);
+        }
+        failure
+    }
+
+    /// `GET /v1/connectors/{name}/token?min_ttl=…`.
+    pub async fn token(&self, name: &str, min_ttl: Duration) -> Result<Value, Failure> {
+        let path = format!(
+            "/v1/connectors/{}/token?min_ttl={}",
+            url::form_urlencoded::byte_serialize(name.as_bytes()).collect::<String>(),
+            min_ttl.as_secs()
+        );
+        match self.get(&path).await? {
+            (200, body) => Ok(body),
+            (status, body) => Err(Self::failure(status, &body)),
+        }
+    }
+
+    /// `GET /v1/connectors`: the names the agent serves.
+    pub async fn names(&self) -> Result<Vec<String>, Failure> {
+        match self.get("/v1/connectors").await? {
+            (200, Value::Array(items)) => Ok(items
+                .iter()
+                .filter(|i| i["state"] != "invalid")
+                .filter_map(|i| i["name"].as_str().map(str::to_owned))
+                .collect()),
+            (status, body) => Err(Self::failure(status, &body)),
+        }
+    }
+
+    /// `GET /v1/status`: what `connector status --json` shows.
+    pub async fn status(&self) -> Result<Value, Failure> {
+        match self.get("/v1/status").await? {
+            (200 | 503, body @ Value::Array(_)) => Ok(body),
+            (status, body) => Err(Self::failure(status, &body)),
+        }
+    }
+}

@@ -1,0 +1,54 @@
+//! The token agent (`connector serve`): one process per host holds every connector's token,
+//! refreshes it before anyone needs it (keep-warm), and answers any program that asks over a
+//! Unix socket (or, on request, loopback TCP) with HTTP/1.1 JSON — like the clouds' metadata
+//! services, with their defences against request forgery.
+//!
+//! API (every request must carry `X-Connector-Agent: 1`; see [`security`]):
+//! - `GET /v1/connectors/{name}/token[?min_ttl=SECONDS]` and
+//!   `GET /v1/connectors/{name}/users/{user}/token` → `access_token`, `token_type`,
+//!   `expires_at`, `refresh_at` (Unix seconds), `api_domain`;
+//! - `GET /v1/connectors` (names and states), `GET /v1/status` (as `connector status --json`),
+//!   `GET /healthz`, `GET /metrics` (Prometheus text).
+//!
+//! Errors are JSON: `{"error": <code>, "connector", "message", "hint", "exit_code"}` with a fitting
+//! HTTP status.
+
+pub mod client;
+pub mod security;
+pub mod server;
+
+/// The header every request must carry (like GCE's `Metadata-Flavor: Google`): a browser or a
+/// server-side request forgery cannot add it to a request it makes someone send.
+pub const AGENT_HEADER: &str = "x-connector-agent";
+/// Its value.
+pub const AGENT_HEADER_VALUE: &str = "1";
+/// The environment variable naming a running agent (socket path, or `http://127.0.0.1:PORT`).
+pub const AGENT_ENV: &str = "CONNECTOR_AGENT";
+/// With a TCP agent URL: the file holding its bearer token.
+pub const AGENT_TOKEN_FILE_ENV: &str = "CONNECTOR_AGENT_TOKEN_FILE";
+
+/// The default socket: `$XDG_RUNTIME_DIR/catalyst-connectors/agent.sock`, else
+/// `/tmp/catalyst-connectors-<uid>/agent.sock`.
+pub fn default_socket() -> std::path::PathBuf {
+    let dir = match std::env::var_os("XDG_RUNTIME_DIR").filter(|d| !d.is_empty()) {
+        Some(d) => std::path::PathBuf::from(d).join("catalyst-connectors"),
+        None => std::env::temp_dir().join(format!("catalyst-connectors-{}", current_uid())),
+    };
+    dir.join("agent.sock")
+}
+
+/// This process's user id.
+pub fn current_uid() -> u32 {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt as _;
+        // The owner of a directory we create is us; /proc/self is owned by our uid.
+        std::fs::metadata("/proc/self")
+            .map(|m| m.uid())
+            .unwrap_or(0)
+    }
+    #[cfg(not(unix))]
+    {
+        0
+    }
+}

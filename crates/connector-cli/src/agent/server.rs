@@ -1,0 +1,263 @@
+//! The agent's HTTP server: routes, error bodies, listeners, graceful shutdown.
+
+use super::security::{Peer, Policy};
+use crate::commands::status;
+use crate::exit::{Exit, Failure};
+use crate::output::epoch_secs;
+use axum::Router;
+use axum::extract::connect_info::{ConnectInfo, Connected};
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use catalyst_connectors::{AccessToken, Connection, Error, ExposeSecret};
+use metrics_exporter_prometheus::PrometheusHandle;
+use serde_json::json;
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// What every request handler shares.
+pub struct Agent {
+    pub connection: Connection,
+    pub policy: Policy,
+    pub metrics: Option<PrometheusHandle>,
+}
+
+type Shared = State<Arc<Agent>>;
+
+/// The transport's view of a client, for both listeners.
+#[derive(Debug, Clone, Copy)]
+pub struct PeerInfo(pub Peer);
+
+impl Connected<axum::serve::IncomingStream<'_, tokio::net::UnixListener>> for PeerInfo {
+    fn connect_info(stream: axum::serve::IncomingStream<'_, tokio::net::UnixListener>) -> Self {
+        let uid = stream.io().peer_cred().ok().map(|c| c.uid());
+        PeerInfo(Peer { uid, tcp: false })
+    }
+}
+
+impl Connected<axum::serve::IncomingStream<'_, tokio::net::TcpListener>> for PeerInfo {
+    fn connect_info(_: axum::serve::IncomingStream<'_, tokio::net::TcpListener>) -> Self {
+        PeerInfo(Peer {
+            uid: None,
+            tcp: true,
+        })
+    }
+}
+
+pub fn router(agent: Arc<Agent>) -> Router {
+    Router::new()
+        .route("/v1/connectors/{name}/token", get(token))
+        .route("/v1/connectors/{name}/users/{user}/token", get(user_token))
+        .route("/v1/connectors", get(connectors))
+        .route("/v1/status", get(status_report))
+        .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics))
+        .layer(axum::middleware::from_fn_with_state(agent.clone(), guard))
+        .with_state(agent)
+}
+
+/// Refuses what fails the policy before any handler runs.
+async fn guard(
+    State(agent): Shared,
+    ConnectInfo(PeerInfo(peer)): ConnectInfo<PeerInfo>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    if let Err((status, reason)) = agent.policy.check_request(request.headers(), peer) {
+        return refusal(status, reason);
+    }
+    next.run(request).await
+}
+
+fn refusal(status: StatusCode, reason: &str) -> Response {
+    (
+        status,
+        axum::Json(json!({"error": "refused", "message": reason})),
+    )
+        .into_response()
+}
+
+/// The body and status for a library error.
+fn error_response(e: Error) -> Response {
+    let status = match e.code() {
+        "unknown_connector" => StatusCode::NOT_FOUND,
+        "reauthorization_required" | "missing_refresh_token" => StatusCode::CONFLICT,
+        "throttled" => StatusCode::TOO_MANY_REQUESTS,
+        "transient" | "store" | "deadline_exceeded" => StatusCode::SERVICE_UNAVAILABLE,
+        "lifetime_too_short" | "invalid_user" => StatusCode::BAD_REQUEST,
+        _ => StatusCode::INTERNAL_SERVER_ERROR,
+    };
+    let retry_after = match &e {
+        Error::Throttled {
+            retry_after: Some(d),
+            ..
+        } => Some(d.as_secs().max(1)),
+        _ => None,
+    };
+    let code = e.code();
+    let connector = connector_of(&e);
+    let failure = Failure::from(e);
+    let mut response = (
+        status,
+        axum::Json(json!({
+            "error": code,
+            "connector": connector,
+            "message": failure.message,
+            "hint": failure.hint,
+            "exit_code": failure.exit.code(),
+        })),
+    )
+        .into_response();
+    if let Some(secs) = retry_after
+        && let Ok(v) = HeaderValue::from_str(&secs.to_string())
+    {
+        response.headers_mut().insert(header::RETRY_AFTER, v);
+    }
+    response
+}
+
+fn connector_of(e: &Error) -> Option<String> {
+    match e {
+        Error::UnknownConnector { name, .. } => Some(name.clone()),
+        Error::MissingRefreshToken { connector }
+        | Error::ReauthorizationRequired { connector, .. }
+        | Error::InvalidClient { connector, .. }
+        | Error::Throttled { connector, .. }
+        | Error::Transient { connector, .. }
+        | Error::Tls { connector, .. }
+        | Error::MalformedResponse { connector, .. }
+        | Error::Rejected { connector, .. }
+        | Error::Store { connector, .. }
+        | Error::EncryptionKey { connector, .. }
+        | Error::LifetimeTooShort { connector, .. }
+        | Error::DeadlineExceeded { connector, .. }
+        | Error::InvalidUser { connector, .. }
+        | Error::InvalidState { connector, .. } => Some(connector.clone()),
+        _ => None,
+    }
+}
+
+fn token_body(t: &AccessToken) -> Response {
+    let mut response = axum::Json(json!({
+        "access_token": t.expose_secret(),
+        "token_type": "Zoho-oauthtoken",
+        "expires_at": epoch_secs(t.expires_at()),
+        "refresh_at": epoch_secs(t.refresh_at()),
+        "api_domain": t.api_domain(),
+    }))
+    .into_response();
+    response
+        .headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
+}
+
+fn min_ttl(query: &HashMap<String, String>) -> Result<Duration, Box<Response>> {
+    match query.get("min_ttl") {
+        None => Ok(Duration::ZERO),
+        Some(v) => v
+            .trim()
+            .parse::<u64>()
+            .map(Duration::from_secs)
+            .map_err(|_| {
+                Box::new(refusal(
+                    StatusCode::BAD_REQUEST,
+                    "min_ttl must be a whole number of seconds",
+                ))
+            }),
+    }
+}
+
+async fn token(
+    State(agent): Shared,
+    ConnectInfo(PeerInfo(peer)): ConnectInfo<PeerInfo>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+    Query(query): Query<HashMap<String, String>>,
+) -> Response {
+    if let Err((status, reason)) = agent.policy.check_connector(&name, &headers, peer) {
+        return refusal(status, reason);
+    }
+    let min = match min_ttl(&query) {
+        Ok(m) => m,
+        Err(r) => return *r,
+    };
+    let connector = match agent.connection.connector(&name) {
+        Ok(c) => c,
+        Err(e) => return error_response(e),
+    };
+    match connector.access_token_valid_for(min).await {
+        Ok(t) => token_body(&t),
+        Err(e) => error_response(e),
+    }
+}
+
+async fn user_token(
+    State(agent): Shared,
+    ConnectInfo(PeerInfo(peer)): ConnectInfo<PeerInfo>,
+    headers: HeaderMap,
+    Path((name, user)): Path<(String, String)>,
+    Query(query): Query<HashMap<String, String>>,
+) -> Response {
+    if let Err((status, reason)) = agent.policy.check_connector(&name, &headers, peer) {
+        return refusal(status, reason);
+    }
+    let min = match min_ttl(&query) {
+        Ok(m) => m,
+        Err(r) => return *r,
+    };
+    let connector = match agent
+        .connection
+        .connector(&name)
+        .and_then(|c| c.for_user(&user))
+    {
+        Ok(c) => c,
+        Err(e) => return error_response(e),
+    };
+    match connector.access_token_valid_for(min).await {
+        Ok(t) => token_body(&t),
+        Err(e) => error_response(e),
+    }
+}
+
+async fn connectors(State(agent): Shared) -> Response {
+    let mut out = Vec::new();
+    for name in agent.connection.connector_names() {
+        let state = match agent.connection.connector(name) {
+            Ok(c) => format!("{:?}", c.status().await.state).to_lowercase(),
+            Err(_) => "invalid".into(),
+        };
+        out.push(json!({"name": name, "state": state}));
+    }
+    for (name, _) in agent.connection.skipped() {
+        out.push(json!({"name": name, "state": "invalid"}));
+    }
+    axum::Json(out).into_response()
+}
+
+async fn status_report(State(agent): Shared) -> Response {
+    let (report, worst) = status::report(&agent.connection).await;
+    let code = if worst == Exit::Success {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (code, axum::Json(report)).into_response()
+}
+
+async fn healthz() -> &'static str {
+    "ok\n"
+}
+
+async fn metrics(State(agent): Shared) -> Response {
+    match &agent.metrics {
+        Some(handle) => (
+            [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+            handle.render(),
+        )
+            .into_response(),
+        None => refusal(StatusCode::NOT_FOUND, "metrics are off"),
+    }
+}

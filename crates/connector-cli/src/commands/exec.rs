@@ -1,0 +1,155 @@
+//! `connector exec [-c NAME]… -- COMMAND ARGS…`: run a command with tokens in its environment.
+
+use super::Context;
+use crate::agent::client::AgentClient;
+use crate::exit::{Exit, Failure};
+use catalyst_connectors::ExposeSecret;
+use std::collections::BTreeMap;
+use std::process::ExitCode;
+use std::time::Duration;
+
+/// What `connector exec` was asked for.
+pub struct Options {
+    pub connectors: Vec<String>,
+    pub min_ttl: Duration,
+    /// `VAR=NAME`: put NAME's access token in VAR too.
+    pub env: Vec<String>,
+    pub command: Vec<String>,
+}
+
+/// `ZOHO_<NAME>_ACCESS_TOKEN`'s `<NAME>`: upper case, anything but letters and digits as `_`.
+pub fn env_name(connector: &str) -> String {
+    connector
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_uppercase()
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
+/// (access token, api domain) per connector, from the agent or the library.
+async fn tokens(
+    ctx: &Context,
+    names: &[String],
+    min_ttl: Duration,
+) -> Result<BTreeMap<String, (String, Option<String>)>, Failure> {
+    let mut out = BTreeMap::new();
+    if let Some(agent) = AgentClient::from_env() {
+        let agent = agent?;
+        let names = if names.is_empty() {
+            agent.names().await?
+        } else {
+            names.to_vec()
+        };
+        for name in names {
+            let body = agent.token(&name, min_ttl).await?;
+            let token = body["access_token"].as_str().unwrap_or_default().to_owned();
+            let domain = body["api_domain"].as_str().map(str::to_owned);
+            out.insert(name, (token, domain));
+        }
+        return Ok(out);
+    }
+    let connection = ctx.connection()?;
+    let names: Vec<String> = if names.is_empty() {
+        connection.connector_names().map(str::to_owned).collect()
+    } else {
+        names.to_vec()
+    };
+    for name in names {
+        let connector = connection.connector(&name)?;
+        let token = match connector.access_token_valid_for(min_ttl).await {
+            Ok(t) => t,
+            Err(e) => return Err(ctx.explain(&connector, e).await),
+        };
+        out.insert(
+            name,
+            (
+                token.expose_secret().to_owned(),
+                token.api_domain().map(str::to_owned),
+            ),
+        );
+    }
+    connection.settle(Duration::from_secs(5)).await;
+    Ok(out)
+}
+
+/// Runs the command; its exit code becomes ours (128 + the signal if a signal ended it).
+pub async fn run(ctx: &Context, options: Options) -> Result<ExitCode, Failure> {
+    let Some((program, args)) = options.command.split_first() else {
+        return Err(Failure::new(Exit::Usage, "no command to run after `--`"));
+    };
+    let tokens = tokens(ctx, &options.connectors, options.min_ttl).await?;
+    let mut command = tokio::process::Command::new(program);
+    command.args(args);
+    for (name, (token, domain)) in &tokens {
+        let var = env_name(name);
+        command.env(format!("ZOHO_{var}_ACCESS_TOKEN"), token);
+        if let Some(d) = domain {
+            command.env(format!("ZOHO_{var}_API_DOMAIN"), d);
+        }
+    }
+    for pair in &options.env {
+        let Some((var, name)) = pair.split_once('=') else {
+            return Err(Failure::new(
+                Exit::Usage,
+                format!("--env {pair:?}: expected VAR=NAME"),
+            ));
+        };
+        let Some((token, _)) = tokens.get(name) else {
+            return Err(Failure::new(
+                Exit::Usage,
+                format!("--env {pair:?}: connector `{name}` is not among those exec fetched"),
+            ));
+        };
+        command.env(var, token);
+    }
+    let mut child = command
+        .spawn()
+        .map_err(|e| Failure::new(Exit::Usage, format!("cannot run {program:?}: {e}")))?;
+    let status = forward_signals(&mut child).await?;
+    use std::os::unix::process::ExitStatusExt as _;
+    let code = match (status.code(), status.signal()) {
+        (Some(c), _) => c,
+        (None, Some(sig)) => 128 + sig,
+        _ => 1,
+    };
+    Ok(ExitCode::from(u8::try_from(code).unwrap_or(1)))
+}
+
+/// Waits for the child, passing SIGINT, SIGTERM, SIGHUP and SIGQUIT on to it.
+async fn forward_signals(
+    child: &mut tokio::process::Child,
+) -> Result<std::process::ExitStatus, Failure> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let listen = |kind: SignalKind| {
+        signal(kind)
+            .map_err(|e| Failure::new(Exit::Unexpected, format!("cannot watch signals: {e}")))
+    };
+    let mut int = listen(SignalKind::interrupt())?;
+    let mut term = listen(SignalKind::terminate())?;
+    let mut hup = listen(SignalKind::hangup())?;
+    let mut quit = listen(SignalKind::quit())?;
+    let pid = child.id().and_then(|p| i32::try_from(p).ok());
+    loop {
+        let sig = tokio::select! {
+            status = child.wait() => {
+                return status.map_err(|e| Failure::new(Exit::Unexpected, format!("cannot wait for the command: {e}")));
+            }
+            _ = int.recv() => libc::SIGINT,
+            _ = term.recv() => libc::SIGTERM,
+            _ = hup.recv() => libc::SIGHUP,
+            _ = quit.recv() => libc::SIGQUIT,
+        };
+        if let Some(pid) = pid {
+            // SAFETY: kill(2) with the pid of our own child and a valid signal number; it
+            // touches no memory of ours.
+            unsafe {
+                libc::kill(pid, sig);
+            }
+        }
+    }
+}

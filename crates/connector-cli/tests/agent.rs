@@ -1,0 +1,410 @@
+//! `connector serve` and `connector exec` with real clients (curl, Python's standard library,
+//! Node's `http`) against the emulator.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+use zoho_emulator::Emulator;
+
+const CLIENT_ID: &str = "1000.AGENT";
+const CLIENT_SECRET: &str = "agent-secret";
+
+struct Env {
+    emulator: Emulator,
+    dir: tempfile::TempDir,
+    refresh_token: String,
+}
+
+impl Env {
+    async fn new() -> Self {
+        let emulator = zoho_emulator::start().await.unwrap();
+        emulator.add_client(CLIENT_ID, CLIENT_SECRET);
+        let refresh_token = emulator.add_refresh_token(CLIENT_ID, "ZohoCRM.users.READ");
+        let dir = tempfile::tempdir().unwrap();
+        let config = serde_json::json!({"crm": {
+            "client_id": CLIENT_ID, "client_secret": CLIENT_SECRET,
+            "auth_url": emulator.token_url(), "refresh_url": emulator.token_url(),
+            "refresh_token": refresh_token,
+        }});
+        std::fs::write(dir.path().join("connectors.json"), config.to_string()).unwrap();
+        Self {
+            emulator,
+            dir,
+            refresh_token,
+        }
+    }
+
+    fn socket(&self) -> PathBuf {
+        self.dir.path().join("run").join("agent.sock")
+    }
+
+    fn command(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_connector"));
+        cmd.current_dir(self.dir.path())
+            .env_remove("CONNECTOR_CONFIG")
+            .env_remove("CONNECTOR_AGENT")
+            .env_remove("CONNECTOR_ENCRYPTION_KEY")
+            .env(
+                "CONNECTOR_STORE",
+                format!("sqlite:{}", self.dir.path().join("tokens.db").display()),
+            )
+            .args(args);
+        cmd
+    }
+
+    /// Starts `connector serve --socket … extra…` and waits until the socket answers.
+    async fn serve(&self, extra: &[&str]) -> Child {
+        let socket = self.socket();
+        let mut args = vec!["serve", "--socket", socket.to_str().unwrap()];
+        args.extend_from_slice(extra);
+        let mut child = self
+            .command(&args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        for _ in 0..200 {
+            if tokio::net::UnixStream::connect(&socket).await.is_ok() {
+                return child;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!("the agent did not start");
+    }
+
+    fn requests(&self) -> u64 {
+        self.emulator.stats().token_requests
+    }
+}
+
+/// Runs a program off the async runtime; returns (exit code, stdout, stderr).
+async fn output(mut cmd: Command) -> (Option<i32>, String, String) {
+    let out = tokio::task::spawn_blocking(move || cmd.output().unwrap())
+        .await
+        .unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn curl(socket: &Path, headers: &[&str], path: &str) -> Command {
+    let mut cmd = Command::new("curl");
+    cmd.args(["-s", "-w", "\n%{http_code}", "--unix-socket"])
+        .arg(socket);
+    for h in headers {
+        cmd.args(["-H", h]);
+    }
+    cmd.arg(format!("http://agent{path}"));
+    cmd
+}
+
+fn stop(mut child: Child) -> std::process::ExitStatus {
+    Command::new("kill")
+        .arg(child.id().to_string())
+        .status()
+        .unwrap();
+    child.wait().unwrap()
+}
+
+const PYTHON_CLIENT: &str = r#"
+import http.client, json, socket, sys
+class UnixHTTPConnection(http.client.HTTPConnection):
+    def __init__(self, path):
+        super().__init__("agent")
+        self.path = path
+    def connect(self):
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.connect(self.path)
+conn = UnixHTTPConnection(sys.argv[1])
+conn.request("GET", "/v1/connectors/crm/token", headers={"X-Connector-Agent": "1"})
+print(json.load(conn.getresponse())["access_token"])
+"#;
+
+const NODE_CLIENT: &str = r#"
+const http = require("http");
+http.get({socketPath: process.argv[process.argv.length - 1], path: "/v1/connectors/crm/token",
+          headers: {"X-Connector-Agent": "1"}}, (res) => {
+  let body = "";
+  res.on("data", (c) => body += c);
+  res.on("end", () => console.log(JSON.parse(body).access_token));
+});
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn curl_python_and_node_get_the_same_token_with_one_mint() {
+    let env = Env::new().await;
+    let agent = env.serve(&[]).await;
+    let socket = env.socket();
+
+    let (_, out, _) = output(curl(
+        &socket,
+        &["X-Connector-Agent: 1"],
+        "/v1/connectors/crm/token",
+    ))
+    .await;
+    let (body, status) = out.rsplit_once('\n').unwrap();
+    assert_eq!(status, "200", "{body}");
+    let v: serde_json::Value = serde_json::from_str(body).unwrap();
+    let token = v["access_token"].as_str().unwrap().to_owned();
+    assert_eq!(v["token_type"], "Zoho-oauthtoken");
+    assert!(v["expires_at"].as_u64().unwrap() > v["refresh_at"].as_u64().unwrap());
+
+    let mut py = Command::new("python3");
+    py.args(["-c", PYTHON_CLIENT]).arg(&socket);
+    let (code, out, err) = output(py).await;
+    assert_eq!(code, Some(0), "{err}");
+    assert_eq!(out.trim(), token);
+
+    let mut node = Command::new("node");
+    node.args(["-e", NODE_CLIENT, "--"]).arg(&socket);
+    let (code, out, err) = output(node).await;
+    assert_eq!(code, Some(0), "{err}");
+    assert_eq!(out.trim(), token);
+
+    // The CLI asks the agent when CONNECTOR_AGENT is set.
+    let mut cli = env.command(&["token", "crm"]);
+    cli.env("CONNECTOR_AGENT", &socket);
+    let (code, out, err) = output(cli).await;
+    assert_eq!(code, Some(0), "{err}");
+    assert_eq!(out.trim(), token);
+    assert_eq!(env.requests(), 1, "one mint for every client");
+
+    let status = stop(agent);
+    assert!(status.success(), "{status:?}");
+    assert!(!socket.exists(), "the socket is removed on SIGTERM");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn four_processes_of_fifty_concurrent_clients_mint_once() {
+    let env = Env::new().await;
+    env.emulator.set_latency(Duration::from_millis(200));
+    let agent = env.serve(&[]).await;
+    let script = r#"
+import http.client, json, socket, sys, threading
+class C(http.client.HTTPConnection):
+    def __init__(self, p):
+        super().__init__("agent"); self.p = p
+    def connect(self):
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM); self.sock.connect(self.p)
+tokens, lock = set(), threading.Lock()
+def ask():
+    c = C(sys.argv[1]); c.request("GET", "/v1/connectors/crm/token", headers={"X-Connector-Agent": "1"})
+    r = c.getresponse(); t = json.load(r)["access_token"]
+    with lock: tokens.add((r.status, t))
+threads = [threading.Thread(target=ask) for _ in range(50)]
+[t.start() for t in threads]; [t.join() for t in threads]
+print(json.dumps(sorted(tokens)))
+"#;
+    let children: Vec<_> = (0..4)
+        .map(|_| {
+            Command::new("python3")
+                .args(["-c", script])
+                .arg(env.socket())
+                .stdout(Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    let outs = tokio::task::spawn_blocking(move || {
+        children
+            .into_iter()
+            .map(|c| c.wait_with_output().unwrap())
+            .collect::<Vec<_>>()
+    })
+    .await
+    .unwrap();
+    let mut all = std::collections::BTreeSet::new();
+    for out in outs {
+        assert!(out.status.success());
+        let pairs: Vec<(u16, String)> = serde_json::from_slice(&out.stdout).unwrap();
+        all.extend(pairs);
+    }
+    assert_eq!(
+        all.len(),
+        1,
+        "everyone got the same token with 200: {all:?}"
+    );
+    assert_eq!(env.requests(), 1, "200 clients in 4 processes, one mint");
+    stop(agent);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forged_browser_and_unauthorised_requests_are_refused() {
+    let env = Env::new().await;
+    let token_file = env.dir.path().join("run").join("tcp.token");
+    let agent = env
+        .serve(&[
+            "--tcp",
+            "127.0.0.1:0",
+            "--token-file",
+            token_file.to_str().unwrap(),
+        ])
+        .await;
+    let socket = env.socket();
+    let status = |out: String| out.rsplit_once('\n').unwrap().1.to_owned();
+    let (_, out, _) = output(curl(&socket, &[], "/v1/connectors/crm/token")).await;
+    assert_eq!(status(out), "403", "no agent header");
+    let (_, out, _) = output(curl(
+        &socket,
+        &["X-Connector-Agent: 1", "Origin: https://evil.example"],
+        "/v1/connectors/crm/token",
+    ))
+    .await;
+    assert_eq!(status(out), "403", "a browser's request");
+    let (_, out, _) = output(curl(
+        &socket,
+        &["X-Connector-Agent: 1", "X-Forwarded-For: 10.0.0.1"],
+        "/healthz",
+    ))
+    .await;
+    assert_eq!(status(out), "403", "through a proxy");
+    assert_eq!(env.requests(), 0, "nothing minted for refused requests");
+    let meta = std::fs::metadata(&token_file).unwrap();
+    use std::os::unix::fs::PermissionsExt as _;
+    assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+    stop(agent);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tcp_needs_the_bearer_and_allow_lists_are_enforced() {
+    let env = Env::new().await;
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let addr = format!("127.0.0.1:{port}");
+    let token_file = env.dir.path().join("run").join("tcp.token");
+    let other = env.dir.path().join("other.token");
+    std::fs::write(&other, "0123456789abcdef0123456789abcdef").unwrap();
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::set_permissions(&other, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let allow = format!("crm=bearer:{}", other.display());
+    let agent = env
+        .serve(&[
+            "--tcp",
+            &addr,
+            "--token-file",
+            token_file.to_str().unwrap(),
+            "--allow",
+            &allow,
+        ])
+        .await;
+    let bearer = std::fs::read_to_string(&token_file).unwrap();
+    let http = reqwest::Client::new();
+    let get = |auth: String, path: &str| {
+        http.get(format!("http://{addr}{path}"))
+            .header("X-Connector-Agent", "1")
+            .header("Authorization", auth)
+            .send()
+    };
+    let r = get("Bearer wrong-token-0000000000".into(), "/healthz")
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    let r = get(format!("Bearer {bearer}"), "/healthz").await.unwrap();
+    assert_eq!(r.status(), 200);
+    // The agent's own token passes the door but not crm's allow list.
+    let r = get(format!("Bearer {bearer}"), "/v1/connectors/crm/token")
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
+    // On the socket, root (or whoever runs the test) is not on crm's list either.
+    let (_, out, _) = output(curl(
+        &env.socket(),
+        &["X-Connector-Agent: 1"],
+        "/v1/connectors/crm/token",
+    ))
+    .await;
+    assert!(out.ends_with("403"), "{out}");
+    stop(agent);
+
+    // With our uid on the list, the socket client gets the token.
+    let uid = std::fs::metadata(env.dir.path())
+        .map(|m| {
+            use std::os::unix::fs::MetadataExt as _;
+            m.uid()
+        })
+        .unwrap();
+    let allow = format!("crm=uid:{uid}");
+    let agent = env.serve(&["--allow", &allow]).await;
+    let (_, out, _) = output(curl(
+        &env.socket(),
+        &["X-Connector-Agent: 1"],
+        "/v1/connectors/crm/token",
+    ))
+    .await;
+    assert!(out.ends_with("200"), "{out}");
+    stop(agent);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_lets_requests_in_flight_finish_and_removes_the_socket() {
+    let env = Env::new().await;
+    env.emulator.set_latency(Duration::from_millis(800));
+    let agent = env.serve(&[]).await;
+    let socket = env.socket();
+    let pending = tokio::task::spawn_blocking({
+        let mut cmd = curl(
+            &socket,
+            &["X-Connector-Agent: 1"],
+            "/v1/connectors/crm/token",
+        );
+        move || cmd.output().unwrap()
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let status = tokio::task::spawn_blocking(move || stop(agent))
+        .await
+        .unwrap();
+    let out = pending.await.unwrap();
+    let out = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.ends_with("200"),
+        "the request in flight completed: {out}"
+    );
+    assert!(out.contains("access_token"), "{out}");
+    assert!(status.success());
+    assert!(!socket.exists());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exec_passes_tokens_and_exit_codes_and_refuses_without_a_token() {
+    let env = Env::new().await;
+    let marker = env.dir.path().join("ran");
+    let script = format!(
+        "test -n \"$ZOHO_CRM_ACCESS_TOKEN\" && test \"$CRM\" = \"$ZOHO_CRM_ACCESS_TOKEN\" && test -n \"$ZOHO_CRM_API_DOMAIN\" && touch {} && exit 7",
+        marker.display()
+    );
+    let (code, _, err) = output(env.command(&[
+        "exec", "-c", "crm", "--env", "CRM=crm", "--", "sh", "-c", &script,
+    ]))
+    .await;
+    assert_eq!(code, Some(7), "the command's exit code: {err}");
+    assert!(marker.exists(), "the command ran with the tokens");
+    std::fs::remove_file(&marker).unwrap();
+
+    // Through a running agent too.
+    let agent = env.serve(&[]).await;
+    let mut cmd = env.command(&[
+        "exec", "-c", "crm", "--env", "CRM=crm", "--", "sh", "-c", &script,
+    ]);
+    cmd.env("CONNECTOR_AGENT", env.socket());
+    let (code, _, err) = output(cmd).await;
+    assert_eq!(code, Some(7), "{err}");
+    stop(agent);
+    std::fs::remove_file(&marker).unwrap();
+
+    // A revoked refresh token: the command is not run, and the exit code says why.
+    // (A fresh token store, so nothing cached can be served.)
+    env.emulator.revoke(&env.refresh_token);
+    for suffix in ["", "-wal", "-shm"] {
+        let _ = std::fs::remove_file(env.dir.path().join(format!("tokens.db{suffix}")));
+    }
+    let (code, _, err) =
+        output(env.command(&["exec", "-c", "crm", "--", "touch", marker.to_str().unwrap()])).await;
+    assert!(!marker.exists(), "not run without a token");
+    assert!(matches!(code, Some(4)), "{code:?} {err}");
+}
