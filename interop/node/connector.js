@@ -16,7 +16,7 @@ const env = (k) => {
       'x-zc-projectid': env('INTEROP_PROJECT'),
       'x-zc-project-key': 'interop',
       'x-zc-project-domain': 'interop',
-      'x-zc-environment': 'Development',
+      'x-zc-environment': process.env.INTEROP_ENVIRONMENT || 'Development',
       'x-zc-admin-cred-type': 'token',
       'x-zc-admin-cred-token': admin,
       'x-zc-user-cred-type': 'token',

@@ -23,7 +23,7 @@ class Request:
             "x-zc-projectid": env("INTEROP_PROJECT"),
             "x-zc-project-key": "interop",
             "x-zc-project-domain": "interop",
-            "x-zc-environment": "Development",
+            "x-zc-environment": os.environ.get("INTEROP_ENVIRONMENT", "Development"),
             "x-zc-admin-cred-type": "token",
             "x-zc-admin-cred-token": admin_token,
             "x-zc-user-cred-type": "token",

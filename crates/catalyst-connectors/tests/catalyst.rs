@@ -45,6 +45,18 @@ fn store_with(s: &Setup, admin: Connector) -> CatalystCacheStore {
         .unwrap()
 }
 
+/// The store as the interop tests use it: the Production environment, as the SDKs are set up.
+/// (The SDKs' connectors always use the project's default segment, so the interop cannot use a
+/// named one; the segment is covered by `environments_projects_and_segments_are_kept_apart`.)
+fn production_store(s: &Setup, admin: Connector) -> CatalystCacheStore {
+    CatalystCacheStore::builder(PROJECT)
+        .origin(s.emulator.url())
+        .environment("Production")
+        .token_from(admin)
+        .build()
+        .unwrap()
+}
+
 fn crm_on(s: &Setup, store: CatalystCacheStore) -> Connector {
     s.bare_builder()
         .store(store)
@@ -64,6 +76,8 @@ async fn sdk_write(s: &Setup, admin: &Connector, key: &str, value: Value) {
             s.emulator.url()
         ))
         .header("Authorization", token.authorization_header())
+        .header("PROJECT_ID", PROJECT)
+        .header("Environment", "Development")
         .json(&json!({"cache_name": key, "cache_value": value, "expiry_in_hours": 1}))
         .send()
         .await
@@ -418,7 +432,8 @@ async fn sdk_access_token(mut cmd: std::process::Command, s: &Setup, admin: &Con
         .env("INTEROP_CLIENT_ID", CLIENT_ID)
         .env("INTEROP_CLIENT_SECRET", CLIENT_SECRET)
         .env("INTEROP_TOKEN_URL", s.emulator.token_url())
-        .env("INTEROP_REFRESH_TOKEN", &s.refresh_token);
+        .env("INTEROP_REFRESH_TOKEN", &s.refresh_token)
+        .env("INTEROP_ENVIRONMENT", "Production");
     let out = tokio::task::spawn_blocking(move || cmd.output().unwrap())
         .await
         .unwrap();
@@ -440,7 +455,7 @@ async fn sdk_reads_ours(sdk: Sdk) {
     let Some(cmd) = sdk.command() else { return };
     let s = Setup::new().await;
     let admin = admin(&s);
-    let crm = crm_on(&s, store_with(&s, admin.clone()));
+    let crm = crm_on(&s, production_store(&s, admin.clone()));
     let ours = crm.access_token().await.unwrap();
     let before = refresh_grants(&s);
     let theirs = sdk_access_token(cmd, &s, &admin).await;
@@ -458,7 +473,7 @@ async fn we_read_the_sdks(sdk: Sdk) {
     let admin = admin(&s);
     let theirs = sdk_access_token(cmd, &s, &admin).await;
     let before = refresh_grants(&s);
-    let crm = crm_on(&s, store_with(&s, admin.clone()));
+    let crm = crm_on(&s, production_store(&s, admin.clone()));
     let ours = crm.access_token().await.unwrap();
     assert_eq!(
         ours.expose_secret(),
@@ -487,4 +502,117 @@ async fn the_python_sdk_reads_our_token_without_minting() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn we_read_the_python_sdks_token_without_minting() {
     we_read_the_sdks(Sdk::Python).await;
+}
+
+async fn sdk_mints_after_our_delete(sdk: Sdk) {
+    let Some(cmd) = sdk.command() else { return };
+    let s = Setup::new().await;
+    let admin = admin(&s);
+    let crm = crm_on(&s, production_store(&s, admin.clone()));
+    let ours = crm.access_token().await.unwrap();
+    // What the middleware's 401 handling and `connector revoke` do.
+    crm.invalidate().await.unwrap();
+    let before = refresh_grants(&s);
+    let theirs = sdk_access_token(cmd, &s, &admin).await;
+    assert_ne!(
+        theirs,
+        ours.expose_secret(),
+        "the {sdk:?} SDK did not serve the deleted token"
+    );
+    assert_eq!(
+        refresh_grants(&s),
+        before + 1,
+        "the {sdk:?} SDK minted (and did not crash)"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_node_sdk_mints_after_our_delete() {
+    sdk_mints_after_our_delete(Sdk::Node).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_python_sdk_mints_after_our_delete() {
+    sdk_mints_after_our_delete(Sdk::Python).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn environments_projects_and_segments_are_kept_apart() {
+    let s = Setup::new().await;
+    let admin = admin(&s);
+    let make = |env: &str, project: &str, segment: Option<&str>| {
+        let mut b = CatalystCacheStore::builder(project)
+            .origin(s.emulator.url())
+            .environment(env)
+            .token_from(admin.clone());
+        if let Some(seg) = segment {
+            b = b.segment(seg);
+        }
+        b.build().unwrap()
+    };
+    let dev = crm_on(&s, make("Development", PROJECT, None));
+    let t = dev.access_token().await.unwrap();
+    assert!(
+        s.emulator
+            .cache_value_in("Development", PROJECT, None, &dev.cache_key())
+            .is_some()
+    );
+    assert!(
+        s.emulator
+            .cache_value_in("Production", PROJECT, None, &dev.cache_key())
+            .is_none()
+    );
+    for other in [
+        make("Production", PROJECT, None),
+        make("Development", "4000000009999", None),
+        make("Development", PROJECT, Some("77")),
+    ] {
+        let before = refresh_grants(&s);
+        let crm = crm_on(&s, other);
+        let u = crm.access_token().await.unwrap();
+        assert_ne!(u.expose_secret(), t.expose_secret(), "not read across");
+        assert_eq!(refresh_grants(&s), before + 1);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wrong_origin_or_a_missing_header_is_a_typed_error_not_a_miss() {
+    let s = Setup::new().await;
+    let wrong = CatalystCacheStore::builder(PROJECT)
+        .origin(format!("{}/nope", s.emulator.url()))
+        .token_from(admin(&s))
+        .build()
+        .unwrap();
+    let err = wrong.get("ZC_CONN_crm:00000").await.unwrap_err();
+    assert_eq!(err.kind, StoreErrorKind::Rejected, "{err}");
+    assert!(
+        err.to_string().contains("404") && err.to_string().contains("project id"),
+        "{err}"
+    );
+    let write = wrong
+        .compare_and_set(catalyst_connectors::TokenWrite::new(
+            "ZC_CONN_crm:00000",
+            None,
+            "{}",
+            Duration::from_secs(60),
+        ))
+        .await;
+    assert!(write.is_err(), "a write to a wrong URL is not a success");
+
+    // Plain http to anything but loopback is refused, however it is given.
+    let err = CatalystCacheStore::builder(PROJECT)
+        .origin("http://192.0.2.2:8080")
+        .token(AccessTokenSecret::new("x"))
+        .build()
+        .unwrap_err();
+    assert!(err.to_string().contains("https"), "{err}");
+    let err = "catalyst://4000000001234?origin=http://192.0.2.2:8080"
+        .parse::<catalyst_connectors::StoreSpec>()
+        .unwrap_err();
+    assert!(err.to_string().contains("https"), "{err}");
+    let spec: catalyst_connectors::StoreSpec =
+        "catalyst://4000000001234/55?key=pk&environment=Production&origin=https://api.catalyst.zoho.eu"
+            .parse()
+            .unwrap();
+    assert_eq!(spec.to_string(), "catalyst://4000000001234/55 (Production)");
 }

@@ -24,8 +24,23 @@ pub(crate) fn cache_failure(status: StatusCode, code: &str, message: &str) -> Re
         .into_response()
 }
 
-/// Checks `Authorization: Zoho-oauthtoken …` against the emulator's live access tokens.
+/// Checks the headers Catalyst requires: `PROJECT_ID`, the environment (`Environment` or
+/// `X-Catalyst-Environment`), and `Authorization: Zoho-oauthtoken …` with a live access token.
 pub(crate) fn cache_auth(inner: &Inner, headers: &HeaderMap) -> Result<(), Box<Response>> {
+    if !headers.contains_key("project_id") {
+        return Err(Box::new(cache_failure(
+            StatusCode::BAD_REQUEST,
+            "INVALID_INPUT",
+            "the PROJECT_ID header is missing",
+        )));
+    }
+    if environment(headers).is_none() {
+        return Err(Box::new(cache_failure(
+            StatusCode::BAD_REQUEST,
+            "INVALID_INPUT",
+            "the Environment header is missing",
+        )));
+    }
     let token = headers
         .get("authorization")
         .and_then(|v| v.to_str().ok())
@@ -49,9 +64,24 @@ pub(crate) fn cache_auth(inner: &Inner, headers: &HeaderMap) -> Result<(), Box<R
 
 pub(crate) type CachePath = axum::extract::Path<HashMap<String, String>>;
 
-pub(crate) fn cache_slot(path: &HashMap<String, String>) -> (String, String) {
+/// The request's environment: `Environment`, else `X-Catalyst-Environment`.
+fn environment(headers: &HeaderMap) -> Option<String> {
+    ["environment", "x-catalyst-environment"]
+        .iter()
+        .find_map(|h| headers.get(*h).and_then(|v| v.to_str().ok()))
+        .filter(|v| !v.is_empty())
+        .map(str::to_owned)
+}
+
+/// Where a request's values live: environments, projects and segments are kept apart (the
+/// project part is `<environment>/<project id>`).
+pub(crate) fn cache_slot(path: &HashMap<String, String>, headers: &HeaderMap) -> (String, String) {
     (
-        path.get("project").cloned().unwrap_or_default(),
+        format!(
+            "{}/{}",
+            environment(headers).unwrap_or_else(|| "Development".into()),
+            path.get("project").cloned().unwrap_or_default()
+        ),
         path.get("segment")
             .cloned()
             .unwrap_or_else(|| "default".into()),
@@ -89,7 +119,7 @@ pub(crate) async fn cache_get(
         return *r;
     }
     let key = params(query, &[]).remove("cacheKey").unwrap_or_default();
-    let (project, segment) = cache_slot(&path);
+    let (project, segment) = cache_slot(&path, &headers);
     let now = inner.now();
     let found = inner
         .cache
@@ -160,7 +190,7 @@ pub(crate) async fn cache_put(
             "expiry_in_hours must be 1 to 48",
         );
     };
-    let (project, segment) = cache_slot(&path);
+    let (project, segment) = cache_slot(&path, &headers);
     let expires_at = inner.now() + i64::try_from(hours).unwrap_or(48) * 3_600_000;
     inner.cache.insert(
         (project, segment, key.clone()),
@@ -194,7 +224,7 @@ pub(crate) async fn cache_delete(
         return *r;
     }
     let key = params(query, &[]).remove("cacheKey").unwrap_or_default();
-    let (project, segment) = cache_slot(&path);
+    let (project, segment) = cache_slot(&path, &headers);
     // As Catalyst does, the key stays with a null value.
     if let Some(e) = inner.cache.get_mut(&(project, segment, key.clone())) {
         e.value = serde_json::Value::Null;
@@ -204,10 +234,21 @@ pub(crate) async fn cache_delete(
 }
 
 impl Emulator {
-    /// The raw Catalyst Cache value stored under `key` (default segment when `segment` is
-    /// `None`), as an SDK would read it.
+    /// The raw Catalyst Cache value stored under `key` in the Development environment (default
+    /// segment when `segment` is `None`), as an SDK would read it.
     pub fn cache_value(
         &self,
+        project: &str,
+        segment: Option<&str>,
+        key: &str,
+    ) -> Option<serde_json::Value> {
+        self.cache_value_in("Development", project, segment, key)
+    }
+
+    /// [`cache_value`](Self::cache_value) in `environment` (`Development` or `Production`).
+    pub fn cache_value_in(
+        &self,
+        environment: &str,
         project: &str,
         segment: Option<&str>,
         key: &str,
@@ -216,20 +257,20 @@ impl Emulator {
         inner
             .cache
             .get(&(
-                project.to_owned(),
+                format!("{environment}/{project}"),
                 segment.unwrap_or("default").to_owned(),
                 key.to_owned(),
             ))
             .map(|e| e.value.clone())
     }
 
-    /// The expiry in hours the value under `key` was stored with.
+    /// The expiry in hours the value under `key` (Development) was stored with.
     pub fn cache_hours(&self, project: &str, segment: Option<&str>, key: &str) -> Option<u64> {
         let inner = lock(&self.state);
         inner
             .cache
             .get(&(
-                project.to_owned(),
+                format!("Development/{project}"),
                 segment.unwrap_or("default").to_owned(),
                 key.to_owned(),
             ))

@@ -58,7 +58,13 @@ pub(super) fn build(b: ConnectionBuilder) -> Result<Connection> {
         .unwrap_or_else(StoreSpec::default_store);
     let (store, catalyst_admin) = match b.store {
         Some(store) => (store, None),
-        None => open_store(&spec, &settings, &by_name, &b.clock, &b.options, &client)?,
+        None => open_store(
+            &spec,
+            &settings,
+            &by_name,
+            (&b.clock, &b.options, &client),
+            key.as_ref(),
+        )?,
     };
     let store: Arc<dyn TokenStore> = match &key {
         Some(key) => Arc::new(EncryptedStore::new(store, key)),
@@ -188,14 +194,13 @@ fn open_store(
     spec: &StoreSpec,
     settings: &Settings,
     by_name: &ByName,
-    clock: &Arc<dyn Clock>,
-    options: &Options,
-    client: &TokenClient,
+    (clock, options, client): (&Arc<dyn Clock>, &Options, &TokenClient),
+    key: Option<&EncryptionKey>,
 ) -> Result<(Arc<dyn TokenStore>, Option<Connector>)> {
     #[cfg(feature = "catalyst")]
     if let StoreSpec::Catalyst { .. } = spec {
         let (store, admin) =
-            super::catalyst::open(spec, settings, by_name, clock, options, client)?;
+            super::catalyst::open(spec, settings, by_name, clock, options, client, key)?;
         return Ok((store, Some(admin)));
     }
     let store = spec.open(Arc::clone(clock)).map_err(Error::StoreOpen)?;

@@ -1,6 +1,9 @@
 //! Wiring a `catalyst://` store: the connector named by `$connector.catalyst_auth` supplies the
-//! token for Catalyst's own API. That connector keeps its token in memory (it cannot use the
-//! store it authenticates). The store sees it only as a [`CatalystTokenProvider`].
+//! token for Catalyst's own API. That connector cannot keep its token in the store it
+//! authenticates, so it keeps it in the host's local shared store (the default SQLite store,
+//! encrypted like the rest), with the same single flight, lease and governor as any connector:
+//! one Catalyst token per host, not one per process. The store sees it only as a
+//! [`CatalystTokenProvider`].
 //!
 //! [`CatalystTokenProvider`]: crate::store::CatalystTokenProvider
 
@@ -10,7 +13,9 @@ use crate::connector::Connector;
 use crate::error::{Error, Result};
 use crate::oauth::TokenClient;
 use crate::runtime::{Options, Runtime};
-use crate::store::{CatalystCacheStore, MemoryStore, StoreSpec, TokenStore};
+use crate::store::{
+    CatalystCacheStore, EncryptedStore, EncryptionKey, MemoryStore, StoreSpec, TokenStore,
+};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
@@ -21,11 +26,14 @@ pub(super) fn open(
     clock: &Arc<dyn Clock>,
     options: &Options,
     client: &TokenClient,
+    encryption: Option<&EncryptionKey>,
 ) -> Result<(Arc<dyn TokenStore>, Connector)> {
     let StoreSpec::Catalyst {
         project,
         segment,
         origin,
+        key,
+        environment,
     } = spec
     else {
         return Err(Error::StoreOpen(crate::store::StoreError::new(
@@ -51,8 +59,19 @@ pub(super) fn open(
     let (config, _) = by_name
         .get(&name)
         .ok_or_else(|| issue(format!("no connector named `{name}` in this config")))?;
+    // The host's local shared store; memory only where there is none (no data directory).
+    let local = StoreSpec::default_store()
+        .open(Arc::clone(clock))
+        .unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "no local token store for the Catalyst API token; keeping it in memory");
+            Arc::new(MemoryStore::with_clock(Arc::clone(clock)))
+        });
+    let local: Arc<dyn TokenStore> = match encryption {
+        Some(k) => Arc::new(EncryptedStore::new(local, k)),
+        None => local,
+    };
     let admin_runtime = Arc::new(Runtime {
-        store: Arc::new(MemoryStore::with_clock(Arc::clone(clock))),
+        store: local,
         clock: Arc::clone(clock),
         client: client.clone(),
         options: options.clone(),
@@ -64,6 +83,12 @@ pub(super) fn open(
     }
     if let Some(o) = origin {
         builder = builder.origin(o.clone());
+    }
+    if let Some(k) = key {
+        builder = builder.project_key(k.clone());
+    }
+    if let Some(e) = environment {
+        builder = builder.environment(e.clone());
     }
     let store: Arc<dyn TokenStore> = Arc::new(builder.build().map_err(Error::StoreOpen)?);
     Ok((store, admin))

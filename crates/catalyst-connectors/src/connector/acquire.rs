@@ -224,12 +224,21 @@ impl Connector {
         Ok(self.save_minted(creds, response, issued_at, expected).await)
     }
 
-    /// The typed error for a store error caused by the encryption key, if it is one.
+    /// The typed error for a store error the connector must not work around: the encryption
+    /// key (another one, or none), or the store's own credentials (e.g. no token for Catalyst's
+    /// API: minting around it would only spend Zoho's mint budget on tokens nobody can share).
     pub(super) fn key_problem(&self, e: &StoreError) -> Option<Error> {
-        (e.kind == StoreErrorKind::Key).then(|| Error::EncryptionKey {
-            connector: self.inner.name.clone(),
-            detail: e.detail.clone(),
-        })
+        match e.kind {
+            StoreErrorKind::Key => Some(Error::EncryptionKey {
+                connector: self.inner.name.clone(),
+                detail: e.detail.clone(),
+            }),
+            StoreErrorKind::Auth => Some(Error::Store {
+                connector: self.inner.name.clone(),
+                source: e.clone(),
+            }),
+            _ => None,
+        }
     }
 
     /// The error for an encrypted record read without a key.

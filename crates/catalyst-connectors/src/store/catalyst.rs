@@ -68,6 +68,7 @@ impl fmt::Debug for CatalystAuth {
 #[derive(Debug, Clone)]
 pub struct CatalystCacheStoreBuilder {
     project_id: String,
+    project_key: Option<String>,
     segment_id: Option<String>,
     origin: Option<String>,
     environment: String,
@@ -112,9 +113,17 @@ impl CatalystCacheStoreBuilder {
         Ok(self)
     }
 
-    /// `X-Catalyst-Environment` (default `Development`).
+    /// The environment: `Development` (the default, as in the SDKs) or `Production`. Catalyst
+    /// keeps their caches apart, so this must match the functions you share tokens with.
     pub fn environment(mut self, env: impl Into<String>) -> Self {
         self.environment = env.into();
+        self
+    }
+
+    /// The project key the SDKs send as `PROJECT_ID` (a function receives it as
+    /// `x-zc-project-key`); default: the project id.
+    pub fn project_key(mut self, key: impl Into<String>) -> Self {
+        self.project_key = Some(key.into());
         self
     }
 
@@ -154,6 +163,8 @@ impl CatalystCacheStoreBuilder {
                     .filter(|s| !s.is_empty())
             })
             .unwrap_or_else(|| "https://api.catalyst.zoho.com".into());
+        check_origin(&origin)
+            .map_err(|problem| StoreError::new(&label, StoreErrorKind::Rejected, problem))?;
         let mut base = format!(
             "{}/baas/v1/project/{}",
             origin.trim_end_matches('/'),
@@ -166,12 +177,19 @@ impl CatalystCacheStoreBuilder {
         let http = reqwest::Client::builder()
             .timeout(self.timeout)
             .redirect(reqwest::redirect::Policy::none())
+            .user_agent(concat!("catalyst-connectors/", env!("CARGO_PKG_VERSION")))
             .build()
             .map_err(|e| StoreError::new(&label, StoreErrorKind::Unavailable, e.to_string()))?;
         Ok(CatalystCacheStore {
             inner: Arc::new(Inner {
                 http,
                 base,
+                origin,
+                segment_id: self.segment_id,
+                project_key: self.project_key.unwrap_or_else(|| self.project_id.clone()),
+                org: std::env::var("X_ZOHO_CATALYST_ORG_ID")
+                    .ok()
+                    .filter(|s| !s.is_empty()),
                 project_id: self.project_id,
                 environment: self.environment,
                 auth,
@@ -191,6 +209,10 @@ pub struct CatalystCacheStore {
 struct Inner {
     http: reqwest::Client,
     base: String,
+    origin: String,
+    segment_id: Option<String>,
+    project_key: String,
+    org: Option<String>,
     project_id: String,
     environment: String,
     auth: CatalystAuth,
@@ -221,6 +243,7 @@ impl CatalystCacheStore {
     pub fn builder(project_id: impl Into<String>) -> CatalystCacheStoreBuilder {
         CatalystCacheStoreBuilder {
             project_id: project_id.into(),
+            project_key: None,
             segment_id: None,
             origin: None,
             environment: "Development".into(),
@@ -243,8 +266,8 @@ impl CatalystCacheStore {
                 .map(|t| t.expose_secret().to_owned())
                 .map_err(|e| {
                     self.err(
-                        StoreErrorKind::Unavailable,
-                        format!("no token for the Catalyst API: {e}"),
+                        StoreErrorKind::Auth,
+                        format!("Catalyst's cache is unreachable: no token for its API ({e})"),
                     )
                 }),
         }
@@ -262,10 +285,14 @@ impl CatalystCacheStore {
             .http
             .request(method, &self.inner.base)
             .header("Authorization", format!("Zoho-oauthtoken {token}"))
-            .header("PROJECT_ID", &self.inner.project_id)
+            .header("PROJECT_ID", &self.inner.project_key)
             .header("X-Catalyst-Environment", &self.inner.environment)
             .header("Environment", &self.inner.environment)
+            .header("X-CATALYST-USER", "admin")
             .header("Accept", "application/vnd.catalyst.v2+json");
+        if let Some(org) = &self.inner.org {
+            req = req.header("CATALYST-ORG", org);
+        }
         if let Some(key) = query {
             req = req.query(&[("cacheKey", key)]);
         }
@@ -284,11 +311,21 @@ impl CatalystCacheStore {
             )
         })?;
         let status = response.status();
+        // A missing key is 200 with `cache_value: null`; a 404 means the request itself is wrong.
         if status == reqwest::StatusCode::NOT_FOUND {
-            return Ok(None);
+            return Err(self.err(
+                StoreErrorKind::Rejected,
+                format!(
+                    "Catalyst answered HTTP 404 for the cache of project {} (segment {}, environment {}) at {}: check the project id, the segment id and the origin",
+                    self.inner.project_id,
+                    self.inner.segment_id.as_deref().unwrap_or("default"),
+                    self.inner.environment,
+                    self.inner.origin
+                ),
+            ));
         }
         let json: Value = response.json().await.unwrap_or(Value::Null);
-        if json.get("status").and_then(Value::as_str) == Some("success") {
+        if json.get("status").and_then(Value::as_str) == Some("success") && status.is_success() {
             return Ok(Some(json.get("data").cloned().unwrap_or(Value::Null)));
         }
         let data = json.get("data");
@@ -302,6 +339,16 @@ impl CatalystCacheStore {
                 .unwrap_or("no message"),
             &sent.iter().map(String::as_str).collect::<Vec<_>>(),
         );
+        if status == reqwest::StatusCode::UNAUTHORIZED || status == reqwest::StatusCode::FORBIDDEN {
+            return Err(self.err(
+                StoreErrorKind::Auth,
+                format!(
+                    "Catalyst refused the token for its API (HTTP {} {code}: {message}) for project {}: check the catalyst_auth connector's scopes (ZohoCatalyst.cache.READ, .CREATE, .DELETE) and the project",
+                    status.as_u16(),
+                    self.inner.project_id
+                ),
+            ));
+        }
         let kind = if status.is_server_error() {
             StoreErrorKind::Unavailable
         } else {
@@ -350,6 +397,21 @@ impl CatalystCacheStore {
         };
         let body = json!({"cache_name": key, "cache_value": value, "expiry_in_hours": hours});
         self.send(method, None, Some(body)).await.map(|_| ())
+    }
+}
+
+/// https, or plain http to a loopback host (tests, emulators): the admin token and the shared
+/// tokens travel in every request.
+pub(crate) fn check_origin(origin: &str) -> Result<(), String> {
+    let url = url::Url::parse(origin)
+        .map_err(|e| format!("the Catalyst origin {origin:?} is not a URL ({e})"))?;
+    match url.scheme() {
+        "https" => Ok(()),
+        "http" if crate::urls::is_loopback(&url) => Ok(()),
+        _ => Err(format!(
+            "the Catalyst origin {} must use https (plain http only for loopback hosts): it carries the Catalyst token and the shared tokens",
+            url.origin().ascii_serialization()
+        )),
     }
 }
 
@@ -471,7 +533,16 @@ impl TokenStore for CatalystCacheStore {
         if expected.is_some_and(|g| g != v.generation) {
             return Ok(false);
         }
-        let tombstone = json!({ DELETED: true, GENERATION: v.generation }).to_string();
+        // What both official SDKs read as an expired token (they refresh), with our generation so
+        // it never repeats. An object without `access_token` would crash the Python SDK.
+        let tombstone = json!({
+            "access_token": "",
+            "expires_at": 0,
+            "expiry_in_seconds": 0,
+            DELETED: true,
+            GENERATION: v.generation,
+        })
+        .to_string();
         self.write(key, tombstone, Duration::from_secs(HOURS_MAX * 3600), true)
             .await?;
         Ok(true)

@@ -131,6 +131,9 @@ pub enum StoreErrorKind {
     /// A record is encrypted with a key other than the configured one, or encrypted while no key
     /// is configured: a configuration problem, not damage (the record is never overwritten).
     Key,
+    /// The store's own credentials failed (e.g. no token for Catalyst's API): the connector
+    /// fails instead of minting around a store it cannot reach.
+    Auth,
 }
 
 /// An error from a [`TokenStore`]. Its message never contains a record's contents.

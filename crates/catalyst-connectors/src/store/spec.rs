@@ -32,6 +32,12 @@ pub enum SpecError {
         /// The cargo feature that adds it.
         feature: &'static str,
     },
+    /// A `catalyst://` query parameter that does not exist.
+    #[error("unknown `catalyst://` parameter `{0}` (known: origin, key, environment)")]
+    UnknownParameter(String),
+    /// A Catalyst origin that is neither https nor loopback http.
+    #[error("{0}")]
+    InsecureOrigin(String),
     /// Not a store name at all.
     #[error(
         "unknown store `{0}`: expected `memory:`, `sqlite:PATH`, `redis://…`, `rediss://…`, `redis+cluster://host:port,…` or `catalyst://PROJECT_ID`"
@@ -67,7 +73,8 @@ pub enum StoreSpec {
         /// The key prefix.
         prefix: String,
     },
-    /// A [`CatalystCacheStore`](crate::CatalystCacheStore): `catalyst://PROJECT_ID[/SEGMENT_ID][?origin=URL]`. The token for
+    /// A [`CatalystCacheStore`](crate::CatalystCacheStore):
+    /// `catalyst://PROJECT_ID[/SEGMENT_ID][?origin=URL&key=PROJECT_KEY&environment=Production]`. The token for
     /// Catalyst's API comes from the connector named by the config's `$connector.catalyst_auth`.
     #[cfg(feature = "catalyst")]
     Catalyst {
@@ -75,8 +82,13 @@ pub enum StoreSpec {
         project: String,
         /// The cache segment (default: the project's default segment).
         segment: Option<String>,
-        /// The API origin (default: `X_ZOHO_CATALYST_CONSOLE_URL`, else the US origin).
+        /// The API origin (default: `X_ZOHO_CATALYST_CONSOLE_URL`, else the US origin); https,
+        /// or http to a loopback host.
         origin: Option<String>,
+        /// The project key sent as `PROJECT_ID` (default: the project id).
+        key: Option<String>,
+        /// `Development` (default) or `Production`.
+        environment: Option<String>,
     },
 }
 
@@ -133,20 +145,31 @@ impl std::str::FromStr for StoreSpec {
         if let Some(rest) = s.strip_prefix("catalyst://") {
             #[cfg(feature = "catalyst")]
             {
-                let (path, origin) = match rest.split_once("?origin=") {
-                    Some((p, o)) => (p, Some(o.to_owned())),
-                    None => (rest, None),
-                };
+                let (path, query) = rest.split_once('?').unwrap_or((rest, ""));
                 let mut parts = path.trim_end_matches('/').splitn(2, '/');
                 let project = parts.next().unwrap_or_default().to_owned();
                 if project.is_empty() {
                     return Err(SpecError::MissingProject);
                 }
                 let segment = parts.next().filter(|s| !s.is_empty()).map(str::to_owned);
+                let (mut origin, mut key, mut environment) = (None, None, None);
+                for (k, v) in url::form_urlencoded::parse(query.as_bytes()) {
+                    match k.as_ref() {
+                        "origin" => origin = Some(v.into_owned()),
+                        "key" => key = Some(v.into_owned()),
+                        "environment" => environment = Some(v.into_owned()),
+                        other => return Err(SpecError::UnknownParameter(other.to_owned())),
+                    }
+                }
+                if let Some(o) = &origin {
+                    super::catalyst::check_origin(o).map_err(SpecError::InsecureOrigin)?;
+                }
                 return Ok(Self::Catalyst {
                     project,
                     segment,
                     origin,
+                    key,
+                    environment,
                 });
             }
             #[cfg(not(feature = "catalyst"))]
@@ -195,11 +218,20 @@ impl std::fmt::Display for StoreSpec {
             Self::Redis { url, .. } => f.write_str(&redact_url(url)),
             #[cfg(feature = "catalyst")]
             Self::Catalyst {
-                project, segment, ..
-            } => match segment {
-                Some(s) => write!(f, "catalyst://{project}/{s}"),
-                None => write!(f, "catalyst://{project}"),
-            },
+                project,
+                segment,
+                environment,
+                ..
+            } => {
+                match segment {
+                    Some(s) => write!(f, "catalyst://{project}/{s}")?,
+                    None => write!(f, "catalyst://{project}")?,
+                }
+                match environment {
+                    Some(e) => write!(f, " ({e})"),
+                    None => Ok(()),
+                }
+            }
         }
     }
 }
