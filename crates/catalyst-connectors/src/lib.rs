@@ -35,6 +35,8 @@
 // docs.rs builds with `--cfg docsrs` on nightly: items behind a feature get a badge naming it.
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+#[cfg(feature = "catalyst")]
+pub mod catalyst_request;
 mod clock;
 mod config;
 mod connection;

@@ -616,3 +616,83 @@ async fn a_wrong_origin_or_a_missing_header_is_a_typed_error_not_a_miss() {
             .unwrap();
     assert_eq!(spec.to_string(), "catalyst://4000000001234/55 (Production)");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_tower_layer_drives_the_store_from_the_requests_headers() {
+    use axum::extract::Extension;
+    use catalyst_connectors::catalyst_request::{CatalystApp, CatalystLayer};
+    use tower::ServiceExt as _;
+
+    let s = Setup::new().await;
+    let admin_token = admin(&s).access_token().await.unwrap();
+    let layer = CatalystLayer::new(s.config()).origin(s.emulator.url());
+    let app = axum::Router::new()
+        .route(
+            "/",
+            axum::routing::get(|Extension(app): Extension<CatalystApp>| async move {
+                let crm = app.connector("crm").unwrap();
+                let token = crm.access_token().await.unwrap();
+                format!(
+                    "{} {} {} {}",
+                    app.project_id(),
+                    app.environment(),
+                    crm.cache_key(),
+                    token.expose_secret()
+                )
+            }),
+        )
+        .layer(layer);
+    let request = || {
+        axum::http::Request::builder()
+            .uri("/")
+            .header("x-zc-projectid", PROJECT)
+            .header("x-zc-project-key", "pk-1")
+            .header("x-zc-environment", "Production")
+            .header("x-zc-admin-cred-type", "token")
+            .header("x-zc-admin-cred-token", admin_token.expose_secret())
+            .body(axum::body::Body::empty())
+            .unwrap()
+    };
+    let body = |r: axum::response::Response| async move {
+        String::from_utf8(
+            axum::body::to_bytes(r.into_body(), 1 << 20)
+                .await
+                .unwrap()
+                .to_vec(),
+        )
+        .unwrap()
+    };
+    let r = app.clone().oneshot(request()).await.unwrap();
+    assert_eq!(r.status(), 200);
+    let text = body(r).await;
+    let parts: Vec<&str> = text.split(' ').collect();
+    assert_eq!(&parts[..2], &[PROJECT, "Production"]);
+    // The token is in that project's Production cache, where the SDKs would read it.
+    let cached = s
+        .emulator
+        .cache_value_in("Production", PROJECT, None, parts[2])
+        .expect("stored in Production");
+    assert!(cached.to_string().contains(parts[3]));
+    assert!(s.emulator.cache_value(PROJECT, None, parts[2]).is_none());
+    let grants = refresh_grants(&s);
+    let r = app.clone().oneshot(request()).await.unwrap();
+    assert!(body(r).await.ends_with(parts[3]));
+    assert_eq!(
+        refresh_grants(&s),
+        grants,
+        "the second request minted nothing"
+    );
+
+    // Without the credentials: a clear 401 that echoes no header value.
+    let bare = axum::http::Request::builder()
+        .uri("/")
+        .header("x-zc-projectid", PROJECT)
+        .header("x-zc-admin-cred-type", "token")
+        .body(axum::body::Body::empty())
+        .unwrap();
+    let r = app.clone().oneshot(bare).await.unwrap();
+    assert_eq!(r.status(), 401);
+    let text = body(r).await;
+    assert!(text.contains("x-zc-admin-cred-token"), "{text}");
+    assert!(!text.contains(admin_token.expose_secret()));
+}

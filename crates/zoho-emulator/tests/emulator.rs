@@ -306,8 +306,13 @@ async fn state_file_keeps_clients_and_refresh_tokens_across_restarts() {
         .await
         .unwrap();
     let rt = rt["refresh_token"].as_str().unwrap().to_owned();
-    // Written within a second of the change; SIGTERM also saves.
-    tokio::time::sleep(std::time::Duration::from_millis(1200)).await;
+    // Written within a second of the change (wait up to 10 s on a loaded machine).
+    for _ in 0..100 {
+        if std::fs::read_to_string(&state).is_ok_and(|s| s.contains(&rt)) {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
     // SIGTERM by pid (kill(1)), then reap.
     std::process::Command::new("kill")
         .arg(first.id().to_string())
@@ -335,4 +340,60 @@ async fn state_file_keeps_clients_and_refresh_tokens_across_restarts() {
     assert!(answer["access_token"].is_string(), "{answer}");
     second.kill().unwrap();
     second.wait().unwrap();
+}
+
+#[tokio::test]
+async fn catalyst_cache_requires_catalysts_headers() {
+    let zoho = zoho_emulator::start().await.unwrap();
+    zoho.add_client("1000.C", "s");
+    let rt = zoho.add_refresh_token("1000.C", "ZohoCatalyst.cache.READ");
+    let http = reqwest::Client::new();
+    let token: serde_json::Value = http
+        .post(zoho.token_url())
+        .form(&[
+            ("grant_type", "refresh_token"),
+            ("client_id", "1000.C"),
+            ("client_secret", "s"),
+            ("refresh_token", rt.as_str()),
+        ])
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let auth = format!(
+        "Zoho-oauthtoken {}",
+        token["access_token"].as_str().unwrap()
+    );
+    let url = format!("{}/baas/v1/project/1/cache?cacheKey=k", zoho.url());
+    let without_project = http
+        .get(&url)
+        .header("Authorization", &auth)
+        .header("Environment", "Development")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(without_project.status(), 400);
+    let without_env = http
+        .get(&url)
+        .header("Authorization", &auth)
+        .header("PROJECT_ID", "1")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(without_env.status(), 400);
+    let complete = http
+        .get(&url)
+        .header("Authorization", &auth)
+        .header("PROJECT_ID", "1")
+        .header("Environment", "Development")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        complete.status(),
+        200,
+        "a miss is 200 with cache_value null"
+    );
 }
