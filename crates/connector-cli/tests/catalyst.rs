@@ -106,6 +106,26 @@ async fn twelve_runs_mint_one_catalyst_token_and_one_shared_token() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wrong_project_or_segment_is_a_warning_with_the_cause() {
+    for store in [
+        |e: &Emulator| format!("catalyst://4000000009999?origin={}", e.url()),
+        |e: &Emulator| format!("catalyst://{PROJECT}/12345?origin={}", e.url()),
+    ] {
+        let env = Env::new(store).await;
+        env.emulator.add_catalyst_project(PROJECT, &["777"]);
+        let out = env.run(&["token", "books"]).await;
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "the token is still served: {err}"
+        );
+        assert!(err.contains("warning:") && err.contains("404"), "{err}");
+        assert!(err.contains("segment"), "says what to check: {err}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_wrong_project_origin_is_a_warning_with_the_cause() {
     let env = Env::new(|e| format!("catalyst://{PROJECT}?origin={}/nope", e.url())).await;
     for _ in 0..3 {

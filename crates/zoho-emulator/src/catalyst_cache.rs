@@ -24,6 +24,31 @@ pub(crate) fn cache_failure(status: StatusCode, code: &str, message: &str) -> Re
         .into_response()
 }
 
+/// 404 for a project or segment that does not exist (when projects are registered).
+pub(crate) fn cache_exists(
+    inner: &Inner,
+    path: &HashMap<String, String>,
+) -> Result<(), Box<Response>> {
+    let Some(projects) = &inner.projects else {
+        return Ok(());
+    };
+    let project = path.get("project").map(String::as_str).unwrap_or_default();
+    let known = match (projects.get(project), path.get("segment")) {
+        (None, _) => false,
+        (Some(_), None) => true,
+        (Some(segments), Some(s)) => segments.contains(s),
+    };
+    if known {
+        Ok(())
+    } else {
+        Err(Box::new(cache_failure(
+            StatusCode::NOT_FOUND,
+            "NOT_FOUND",
+            "no such project or segment",
+        )))
+    }
+}
+
 /// Checks the headers Catalyst requires: `PROJECT_ID`, the environment (`Environment` or
 /// `X-Catalyst-Environment`), and `Authorization: Zoho-oauthtoken …` with a live access token.
 pub(crate) fn cache_auth(inner: &Inner, headers: &HeaderMap) -> Result<(), Box<Response>> {
@@ -115,7 +140,7 @@ pub(crate) async fn cache_get(
 ) -> Response {
     let mut inner = lock(&state);
     *inner.stats.cache_requests.entry("GET".into()).or_default() += 1;
-    if let Err(r) = cache_auth(&inner, &headers) {
+    if let Err(r) = cache_exists(&inner, &path).and_then(|()| cache_auth(&inner, &headers)) {
         return *r;
     }
     let key = params(query, &[]).remove("cacheKey").unwrap_or_default();
@@ -147,7 +172,7 @@ pub(crate) async fn cache_put(
         .cache_requests
         .entry(method.to_string())
         .or_default() += 1;
-    if let Err(r) = cache_auth(&inner, &headers) {
+    if let Err(r) = cache_exists(&inner, &path).and_then(|()| cache_auth(&inner, &headers)) {
         return *r;
     }
     let Ok(body) = serde_json::from_slice::<serde_json::Value>(&body) else {
@@ -220,7 +245,7 @@ pub(crate) async fn cache_delete(
         .cache_requests
         .entry("DELETE".into())
         .or_default() += 1;
-    if let Err(r) = cache_auth(&inner, &headers) {
+    if let Err(r) = cache_exists(&inner, &path).and_then(|()| cache_auth(&inner, &headers)) {
         return *r;
     }
     let key = params(query, &[]).remove("cacheKey").unwrap_or_default();

@@ -121,6 +121,19 @@ impl Emulator {
         format!("{}/oauth/v2/token", self.url)
     }
 
+    /// Registers a Catalyst project and its cache segments (besides the default one). Once any
+    /// project is registered, Catalyst Cache requests for other projects or segments answer
+    /// HTTP 404, as Catalyst does; until then every project exists.
+    pub fn add_catalyst_project(&self, project_id: &str, segments: &[&str]) {
+        lock(&self.state)
+            .projects
+            .get_or_insert_with(Default::default)
+            .insert(
+                project_id.to_owned(),
+                segments.iter().map(|s| (*s).to_owned()).collect(),
+            );
+    }
+
     /// Registers an OAuth client.
     pub fn add_client(&self, client_id: &str, client_secret: &str) {
         lock(&self.state)

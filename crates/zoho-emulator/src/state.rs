@@ -126,6 +126,8 @@ pub(crate) struct Inner {
     pub(crate) base_url: String,
     /// Catalyst Cache: (project, segment, key) → entry.
     pub(crate) cache: HashMap<(String, String, String), CacheEntry>,
+    /// Catalyst projects and their segments, once any is registered: then others answer 404.
+    pub(crate) projects: Option<HashMap<String, Vec<String>>>,
 }
 
 pub(crate) struct CacheEntry {

@@ -311,9 +311,22 @@ impl CatalystCacheStore {
             )
         })?;
         let status = response.status();
-        // A missing key is 200 with `cache_value: null`; a 404 means the request itself is wrong.
+        let json: Value = if status == reqwest::StatusCode::NOT_FOUND {
+            Value::Null
+        } else {
+            response.json().await.unwrap_or(Value::Null)
+        };
+        if json.get("status").and_then(Value::as_str) == Some("success") && status.is_success() {
+            return Ok(Some(json.get("data").cloned().unwrap_or(Value::Null)));
+        }
+        Err(self.failure(status, &json, &sent))
+    }
+
+    /// The typed error for an answer that is not a success: 404 (the request itself is wrong: a
+    /// missing key is 200 with `cache_value: null`), 401/403 (Catalyst's token), an error envelope.
+    fn failure(&self, status: reqwest::StatusCode, json: &Value, sent: &[String]) -> StoreError {
         if status == reqwest::StatusCode::NOT_FOUND {
-            return Err(self.err(
+            return self.err(
                 StoreErrorKind::Rejected,
                 format!(
                     "Catalyst answered HTTP 404 for the cache of project {} (segment {}, environment {}) at {}: check the project id, the segment id and the origin",
@@ -322,11 +335,7 @@ impl CatalystCacheStore {
                     self.inner.environment,
                     self.inner.origin
                 ),
-            ));
-        }
-        let json: Value = response.json().await.unwrap_or(Value::Null);
-        if json.get("status").and_then(Value::as_str) == Some("success") && status.is_success() {
-            return Ok(Some(json.get("data").cloned().unwrap_or(Value::Null)));
+            );
         }
         let data = json.get("data");
         let code = data
@@ -340,27 +349,27 @@ impl CatalystCacheStore {
             &sent.iter().map(String::as_str).collect::<Vec<_>>(),
         );
         if status == reqwest::StatusCode::UNAUTHORIZED || status == reqwest::StatusCode::FORBIDDEN {
-            return Err(self.err(
+            return self.err(
                 StoreErrorKind::Auth,
                 format!(
                     "Catalyst refused the token for its API (HTTP {} {code}: {message}) for project {}: check the catalyst_auth connector's scopes (ZohoCatalyst.cache.READ, .CREATE, .DELETE) and the project",
                     status.as_u16(),
                     self.inner.project_id
                 ),
-            ));
+            );
         }
         let kind = if status.is_server_error() {
             StoreErrorKind::Unavailable
         } else {
             StoreErrorKind::Rejected
         };
-        Err(self.err(
+        self.err(
             kind,
             format!(
                 "Catalyst answered HTTP {} {code}: {message}",
                 status.as_u16()
             ),
-        ))
+        )
     }
 
     async fn read(&self, key: &str) -> Result<Decoded, StoreError> {

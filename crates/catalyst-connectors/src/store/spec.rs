@@ -144,34 +144,7 @@ impl std::str::FromStr for StoreSpec {
         }
         if let Some(rest) = s.strip_prefix("catalyst://") {
             #[cfg(feature = "catalyst")]
-            {
-                let (path, query) = rest.split_once('?').unwrap_or((rest, ""));
-                let mut parts = path.trim_end_matches('/').splitn(2, '/');
-                let project = parts.next().unwrap_or_default().to_owned();
-                if project.is_empty() {
-                    return Err(SpecError::MissingProject);
-                }
-                let segment = parts.next().filter(|s| !s.is_empty()).map(str::to_owned);
-                let (mut origin, mut key, mut environment) = (None, None, None);
-                for (k, v) in url::form_urlencoded::parse(query.as_bytes()) {
-                    match k.as_ref() {
-                        "origin" => origin = Some(v.into_owned()),
-                        "key" => key = Some(v.into_owned()),
-                        "environment" => environment = Some(v.into_owned()),
-                        other => return Err(SpecError::UnknownParameter(other.to_owned())),
-                    }
-                }
-                if let Some(o) = &origin {
-                    super::catalyst::check_origin(o).map_err(SpecError::InsecureOrigin)?;
-                }
-                return Ok(Self::Catalyst {
-                    project,
-                    segment,
-                    origin,
-                    key,
-                    environment,
-                });
-            }
+            return parse_catalyst(rest);
             #[cfg(not(feature = "catalyst"))]
             {
                 let _ = rest;
@@ -206,6 +179,37 @@ impl std::str::FromStr for StoreSpec {
         }
         Err(SpecError::Unknown(s.to_owned()))
     }
+}
+
+/// `PROJECT_ID[/SEGMENT_ID][?origin=…&key=…&environment=…]`, after `catalyst://`.
+#[cfg(feature = "catalyst")]
+fn parse_catalyst(rest: &str) -> Result<StoreSpec, SpecError> {
+    let (path, query) = rest.split_once('?').unwrap_or((rest, ""));
+    let mut parts = path.trim_end_matches('/').splitn(2, '/');
+    let project = parts.next().unwrap_or_default().to_owned();
+    if project.is_empty() {
+        return Err(SpecError::MissingProject);
+    }
+    let segment = parts.next().filter(|s| !s.is_empty()).map(str::to_owned);
+    let (mut origin, mut key, mut environment) = (None, None, None);
+    for (k, v) in url::form_urlencoded::parse(query.as_bytes()) {
+        match k.as_ref() {
+            "origin" => origin = Some(v.into_owned()),
+            "key" => key = Some(v.into_owned()),
+            "environment" => environment = Some(v.into_owned()),
+            other => return Err(SpecError::UnknownParameter(other.to_owned())),
+        }
+    }
+    if let Some(o) = &origin {
+        super::catalyst::check_origin(o).map_err(SpecError::InsecureOrigin)?;
+    }
+    Ok(StoreSpec::Catalyst {
+        project,
+        segment,
+        origin,
+        key,
+        environment,
+    })
 }
 
 impl std::fmt::Display for StoreSpec {

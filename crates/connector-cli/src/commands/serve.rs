@@ -137,6 +137,35 @@ async fn bind_socket(path: &Path) -> Result<tokio::net::UnixListener, Failure> {
     Ok(listener)
 }
 
+/// The loopback TCP listener and its bearer token file (read into `policy`).
+async fn bind_tcp(
+    addr: SocketAddr,
+    token_file: Option<PathBuf>,
+    socket: &Path,
+    policy: &mut Policy,
+) -> Result<(tokio::net::TcpListener, PathBuf), Failure> {
+    if !addr.ip().is_loopback() {
+        return Err(Failure::new(
+            Exit::Usage,
+            format!("--tcp {addr}: the agent listens on loopback addresses only"),
+        ));
+    }
+    let token_file = token_file.unwrap_or_else(|| {
+        socket
+            .parent()
+            .unwrap_or(Path::new("."))
+            .join("agent.token")
+    });
+    if let Some(dir) = token_file.parent().filter(|d| !d.as_os_str().is_empty()) {
+        private_dir(dir)?;
+    }
+    policy.tcp_token = Some(tcp_token(&token_file)?);
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(io(format!("cannot listen on {addr}")))?;
+    Ok((listener, token_file))
+}
+
 /// Resolves when SIGTERM or SIGINT arrives.
 async fn shutdown_signal() {
     let term = async {
@@ -165,28 +194,7 @@ pub async fn run(ctx: &Context, options: Options) -> Result<(), Failure> {
         ..Policy::default()
     };
     let tcp = match options.tcp {
-        Some(addr) if !addr.ip().is_loopback() => {
-            return Err(Failure::new(
-                Exit::Usage,
-                format!("--tcp {addr}: the agent listens on loopback addresses only"),
-            ));
-        }
-        Some(addr) => {
-            let token_file = options.token_file.unwrap_or_else(|| {
-                socket
-                    .parent()
-                    .unwrap_or(Path::new("."))
-                    .join("agent.token")
-            });
-            if let Some(dir) = token_file.parent().filter(|d| !d.as_os_str().is_empty()) {
-                private_dir(dir)?;
-            }
-            policy.tcp_token = Some(tcp_token(&token_file)?);
-            let listener = tokio::net::TcpListener::bind(addr)
-                .await
-                .map_err(io(format!("cannot listen on {addr}")))?;
-            Some((listener, token_file))
-        }
+        Some(addr) => Some(bind_tcp(addr, options.token_file, &socket, &mut policy).await?),
         None => None,
     };
     let unix = bind_socket(&socket).await?;
