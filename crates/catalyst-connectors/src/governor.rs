@@ -10,26 +10,61 @@ fn parse(data: &str) -> Vec<EpochMillis> {
     serde_json::from_str::<Vec<EpochMillis>>(data).unwrap_or_default()
 }
 
-/// Mint times within `window` before `now`, oldest first. A store failure reads as no mints (the
-/// governor is a safety net; Zoho's own throttle still answers).
+/// How far in the future a mint-log entry may be (clock skew between hosts) before it is treated
+/// as damage and ignored.
+const SKEW_MS: EpochMillis = 60_000;
+
+/// A refresh token's mint log as read now.
+pub(crate) struct MintLog {
+    /// Mint times within the window, oldest first.
+    pub times: Vec<EpochMillis>,
+    /// The log exists but cannot be read with this process's encryption key: count it as full
+    /// (another process is minting for this refresh token).
+    pub unreadable: bool,
+}
+
+/// Mint times within `window` before `now`, oldest first. A store that cannot be reached reads
+/// as no mints (the governor is a safety net; Zoho's own throttle still answers); a log written
+/// with another encryption key reads as full; entries in the future beyond a minute of skew are
+/// ignored (a clock jump must not lock a refresh token out for years).
 pub(crate) async fn recent_mints(
     store: &dyn TokenStore,
     key: &str,
     now: EpochMillis,
     window: Duration,
-) -> Vec<EpochMillis> {
+) -> MintLog {
     let since = now.saturating_sub(duration_millis(window));
     match store.get(key).await {
         Ok(Some(v)) => {
-            let mut times: Vec<EpochMillis> =
-                parse(&v.data).into_iter().filter(|t| *t > since).collect();
+            let all = parse(&v.data);
+            let total = all.len();
+            let mut times: Vec<EpochMillis> = all
+                .into_iter()
+                .filter(|t| *t > since && *t <= now.saturating_add(SKEW_MS))
+                .collect();
+            if times.len() < total && parse(&v.data).iter().any(|t| *t > now + SKEW_MS) {
+                tracing::warn!(
+                    key,
+                    "mint governor: ignoring mint-log entries in the future"
+                );
+            }
             times.sort_unstable();
-            times
+            MintLog {
+                times,
+                unreadable: false,
+            }
         }
-        Ok(None) => Vec::new(),
+        Ok(None) => MintLog {
+            times: Vec::new(),
+            unreadable: false,
+        },
         Err(e) => {
+            let unreadable = e.kind == crate::store::StoreErrorKind::Key;
             tracing::warn!(key, error = %e, "mint governor: cannot read the mint log");
-            Vec::new()
+            MintLog {
+                times: Vec::new(),
+                unreadable,
+            }
         }
     }
 }
@@ -55,7 +90,7 @@ pub(crate) async fn record_mint(
             .map(|v| parse(&v.data))
             .unwrap_or_default()
             .into_iter()
-            .filter(|t| *t > since)
+            .filter(|t| *t > since && *t <= at.saturating_add(SKEW_MS))
             .collect();
         times.push(at);
         let data = serde_json::to_string(&times).unwrap_or_else(|_| "[]".into());

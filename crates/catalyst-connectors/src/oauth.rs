@@ -52,6 +52,9 @@ pub(crate) struct TokenClient {
     http: Arc<OnceLock<Result<reqwest::Client, String>>>,
 }
 
+/// The longest token lifetime believed (Zoho issues one-hour tokens).
+const MAX_LIFETIME_SECS: u64 = 24 * 3600;
+
 /// The largest token response body we read.
 const MAX_BODY: usize = 64 * 1024;
 
@@ -325,7 +328,15 @@ fn read_success(
         (Some(_), None) => return Err(malformed("the body is not a JSON object")),
     };
     let access_token = match obj.get("access_token") {
-        Some(Value::String(s)) if !s.is_empty() => AccessTokenSecret::new(s.clone()),
+        // It goes into an HTTP header: visible ASCII only (no CR/LF, no escape sequences).
+        Some(Value::String(s)) if !s.is_empty() && s.bytes().all(|b| b.is_ascii_graphic()) => {
+            AccessTokenSecret::new(s.clone())
+        }
+        Some(Value::String(s)) if !s.is_empty() => {
+            return Err(malformed(
+                "`access_token` holds characters an HTTP header cannot carry",
+            ));
+        }
         Some(_) => return Err(malformed("`access_token` is not a non-empty string")),
         None => return Err(malformed("no `access_token` and no `error` in the answer")),
     };
@@ -340,16 +351,35 @@ fn read_success(
     if seconds == 0 {
         return Err(malformed("`expires_in` is zero"));
     }
+    // Zoho's tokens live an hour; anything beyond a day is not believed.
+    let seconds = if seconds > MAX_LIFETIME_SECS {
+        tracing::warn!(
+            connector = %connector,
+            announced_secs = seconds,
+            "the token endpoint announced an implausible lifetime; treating it as one day"
+        );
+        MAX_LIFETIME_SECS
+    } else {
+        seconds
+    };
     let text = |k: &str| {
         obj.get(k)
             .and_then(Value::as_str)
             .filter(|s| !s.is_empty())
             .map(str::to_owned)
     };
+    // The API domain is where the token will be sent: https (or loopback http) only.
+    let api_domain = text("api_domain").filter(|d| {
+        let ok = crate::config::check_url(d).is_ok();
+        if !ok {
+            tracing::warn!(connector = %connector, "ignoring an api_domain that is not an https URL");
+        }
+        ok
+    });
     Ok(TokenResponse {
         access_token,
         lifetime: Duration::from_secs(seconds),
-        api_domain: text("api_domain"),
+        api_domain,
         refresh_token: text("refresh_token").map(RefreshToken::new),
     })
 }

@@ -1,5 +1,8 @@
 //! `connector`: Zoho access tokens for people and scripts.
 
+// The doc comments here are clap's help text, read in a terminal: `<NAME>` is meant literally.
+#![allow(rustdoc::invalid_html_tags)]
+
 mod agent;
 mod commands;
 mod exit;

@@ -7,6 +7,7 @@ mod validate;
 
 use parse::{Number, RawConnector};
 pub(crate) use parse::{Settings, parse_settings, parse_toml_text, parse_value, read_file};
+pub(crate) use validate::check_url;
 
 use crate::dc::DataCenter;
 use crate::secret::{ClientSecret, RefreshToken};

@@ -164,14 +164,23 @@ impl Connector {
         let runtime = &self.inner.runtime;
         let options = &runtime.options;
         let now = runtime.clock.now_millis();
+        // What another process learnt: a revoked refresh token, or Zoho's throttle.
+        if let Some(e) = self.shared_refusal(now).await {
+            return Err(e);
+        }
         if options.mint_limit > 0 {
-            let mints = governor::recent_mints(
+            let log = governor::recent_mints(
                 &*runtime.store,
                 &creds.governor_key(),
                 now,
                 options.mint_window,
             )
             .await;
+            let mints = if log.unreadable {
+                vec![now; options.mint_limit as usize]
+            } else {
+                log.times
+            };
             if mints.len() >= options.mint_limit as usize {
                 let frees_at = mints
                     .first()
@@ -210,7 +219,24 @@ impl Connector {
             .inspect_err(|e| {
                 self.inner.metrics.mints_failed.increment(1);
                 tracing::debug!(connector = %name, error = %e, "token mint failed");
-            })?;
+            });
+        let response = match response {
+            Ok(r) => r,
+            Err(e @ Error::MalformedResponse { .. }) => {
+                // Zoho may well have minted (and counted) a token we cannot use: count it too.
+                if options.mint_limit > 0 {
+                    governor::record_mint(
+                        &*runtime.store,
+                        &creds.governor_key(),
+                        issued_at,
+                        options.mint_window,
+                    )
+                    .await;
+                }
+                return Err(e);
+            }
+            Err(e) => return Err(e),
+        };
         tracing::info!(connector = %name, lifetime_secs = response.lifetime.as_secs(), "token minted");
         if options.mint_limit > 0 {
             governor::record_mint(
@@ -222,6 +248,34 @@ impl Connector {
             .await;
         }
         Ok(self.save_minted(creds, response, issued_at, expected).await)
+    }
+
+    /// A failure another process recorded that makes a mint pointless now, while its wait (the
+    /// negative-cache TTL, or Zoho's throttle window) has not passed: the refresh token was
+    /// rejected, or Zoho throttles it. The health record is keyed by the credentials'
+    /// fingerprint, so new credentials start clean.
+    async fn shared_refusal(&self, now: EpochMillis) -> Option<Error> {
+        let failure = self.recorded_failure().await?;
+        let name = self.inner.name.clone();
+        let next = failure
+            .next_attempt_at
+            .map(crate::clock::system_time_to_millis)
+            .unwrap_or(0);
+        match failure.code.as_str() {
+            "reauthorization_required" if next > now => Some(Error::ReauthorizationRequired {
+                connector: name,
+                grant: "refresh token",
+                code: "recorded".into(),
+                description: Some(failure.message),
+            }),
+            "throttled" if next > now => Some(Error::Throttled {
+                connector: name,
+                code: "recorded".into(),
+                description: Some(failure.message),
+                retry_after: Some(until(now, next, Duration::from_secs(1))),
+            }),
+            _ => None,
+        }
     }
 
     /// The typed error for a store error the connector must not work around: the encryption

@@ -291,6 +291,7 @@ impl Connector {
             self.inner.runtime.options.mint_window,
         )
         .await
+        .times
         .len();
         ConnectorStatus {
             name: self.inner.name.clone(),

@@ -105,9 +105,12 @@ impl Connector {
         let (result, outcome) = loop {
             attempt += 1;
             let (result, outcome) = self.acquire(mode).await;
+            // Not an answer Zoho counted but we could not use: retrying would mint again.
             let retry = matches!(mode, Mode::Wait | Mode::Fresh(_))
                 && attempt < options.wait_attempts
-                && matches!(&outcome, Attempt::Failed(e) if e.retry_class() == RetryClass::Backoff);
+                && matches!(&outcome, Attempt::Failed(e)
+                    if e.retry_class() == RetryClass::Backoff
+                        && !matches!(e, Error::MalformedResponse { .. }));
             if !retry {
                 break (result, outcome);
             }

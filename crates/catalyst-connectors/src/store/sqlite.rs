@@ -333,7 +333,12 @@ fn upsert(
 ) -> Result<u64, rusqlite::Error> {
     tx.query_row(
         "INSERT INTO records (key, generation, data, expires_at) VALUES (?1, 1, ?2, ?3)
-         ON CONFLICT(key) DO UPDATE SET generation = generation + 1, data = excluded.data, expires_at = excluded.expires_at
+         ON CONFLICT(key) DO UPDATE SET
+             -- A damaged generation (negative, or near the integer limit) restarts rather than
+             -- overflowing into a REAL that no later read accepts.
+             generation = CASE WHEN generation < 0 OR generation >= 9007199254740991 THEN 1
+                               ELSE generation + 1 END,
+             data = excluded.data, expires_at = excluded.expires_at
          RETURNING generation",
         params![key, data, expires_at],
         |r| r.get::<_, i64>(0),
@@ -426,8 +431,15 @@ impl TokenStore for SqliteStore {
                     |r| Ok((r.get(0)?, r.get(1)?)),
                 )
                 .optional()?;
+            // A lease ending further ahead than any lease we grant (a clock jump, damage) is
+            // not honoured: it would lock every process out until then.
+            let impossible = now.saturating_add(ttl.saturating_mul(2)).saturating_add(60_000);
             let free = match &holder {
                 None => true,
+                Some((h, until)) if *until > impossible => {
+                    tracing::warn!(key = %key, holder = %h, "ignoring a mint lease that ends implausibly far in the future");
+                    true
+                }
                 Some((h, until)) => *h == owner || *until <= now,
             };
             if free {

@@ -1,0 +1,278 @@
+//! Issue 16, in part: faults that used to wedge or mislead one process after another now heal or
+//! are shared. Each test failed on the code before.
+
+mod common;
+
+use catalyst_connectors::{
+    Connection, EncryptionKey, Error, ExposeSecret, SqliteStore, TokenStore, TokenWrite,
+};
+use common::{CLIENT_ID, Setup};
+use std::sync::Arc;
+use std::time::Duration;
+use zoho_emulator::Fault;
+
+fn sqlite(s: &Setup, path: &std::path::Path) -> Connection {
+    s.bare_builder()
+        .store(SqliteStore::open(path).unwrap())
+        .json(s.config())
+        .wait_deadline(Duration::from_secs(5))
+        .build()
+        .unwrap()
+}
+
+fn raw(path: &std::path::Path) -> rusqlite::Connection {
+    rusqlite::Connection::open(path).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_generation_at_the_integer_limit_does_not_wedge_writes() {
+    let s = Setup::new().await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("t.db");
+    let crm = sqlite(&s, &path).connector("crm").unwrap();
+    crm.access_token().await.unwrap();
+    raw(&path)
+        .execute("UPDATE records SET generation = 9223372036854775807", [])
+        .unwrap();
+    crm.force_refresh().await.unwrap();
+    assert_eq!(s.token_requests(), 2);
+    // The record was written: a new process reads it instead of minting.
+    let again = sqlite(&s, &path).connector("crm").unwrap();
+    again.access_token().await.unwrap();
+    assert_eq!(s.token_requests(), 2, "read from the store, not minted");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lease_far_in_the_future_is_not_honoured() {
+    let s = Setup::new().await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("t.db");
+    let crm = sqlite(&s, &path).connector("crm").unwrap();
+    let key = crm.cache_key();
+    let store = SqliteStore::open(&path).unwrap();
+    assert!(
+        store
+            .try_acquire_lease(&key, "4242:dead", Duration::from_secs(30))
+            .await
+            .unwrap()
+    );
+    // A clock jump left the lease ten years ahead.
+    raw(&path)
+        .execute(
+            "UPDATE leases SET expires_at = expires_at + 315360000000",
+            [],
+        )
+        .unwrap();
+    let started = std::time::Instant::now();
+    let token = crm.access_token().await.unwrap();
+    assert!(token.expose_secret().starts_with("1000."));
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "no wait for the phantom lease"
+    );
+    assert_eq!(s.token_requests(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mint_log_entries_in_the_future_do_not_count() {
+    let s = Setup::new().await;
+    let store = Arc::new(catalyst_connectors::MemoryStore::with_clock(Arc::new(
+        s.clock.clone(),
+    )));
+    let fp =
+        catalyst_connectors::key::fingerprint(CLIENT_ID, &s.refresh_token, &s.emulator.token_url());
+    let key = format!("ZC_CONN_mints:{}", &fp[..16]);
+    let far = catalyst_connectors::system_time_to_millis(std::time::SystemTime::now())
+        + 8_204_047_317_000;
+    let log = serde_json::to_string(&vec![far; 10]).unwrap();
+    store
+        .compare_and_set(TokenWrite::new(&key, None, &log, Duration::from_secs(600)))
+        .await
+        .unwrap();
+    let crm = s
+        .bare_builder()
+        .shared_store(store)
+        .json(s.config())
+        .build()
+        .unwrap()
+        .connector("crm")
+        .unwrap();
+    crm.access_token().await.unwrap();
+    assert_eq!(
+        s.token_requests(),
+        1,
+        "the governor did not count future entries"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_answers_are_not_retried_and_count_toward_the_governor() {
+    let s = Setup::new().await;
+    s.emulator.inject_faults(
+        Fault::ErrorWith200 {
+            error: String::new(),
+            description: None,
+        },
+        0,
+    );
+    // A 200 whose access_token cannot go into a header.
+    let bad = hostile_server(r#"{"access_token":"1000.abc\r\nX-Evil: 1","expires_in":3600}"#).await;
+    let crm = s
+        .bare_builder()
+        .json(serde_json::json!({"crm": {
+            "client_id": CLIENT_ID, "client_secret": "x",
+            "auth_url": bad.url, "refresh_url": bad.url, "refresh_token": "1000.r"}}))
+        .build()
+        .unwrap()
+        .connector("crm")
+        .unwrap();
+    let err = crm.access_token().await.unwrap_err();
+    assert!(matches!(err, Error::MalformedResponse { .. }), "{err:?}");
+    assert!(err.to_string().contains("header"), "{err}");
+    assert_eq!(
+        bad.hits(),
+        1,
+        "not retried: a real endpoint would have counted each"
+    );
+    assert_eq!(
+        crm.status().await.mints_in_window,
+        1,
+        "counted by the governor"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn implausible_lifetimes_and_api_domains_are_not_believed() {
+    let s = Setup::new().await;
+    let bad = hostile_server(
+        r#"{"access_token":"1000.ok","expires_in":1000000000000,"api_domain":"javascript:alert(1)"}"#,
+    )
+    .await;
+    let crm = s
+        .bare_builder()
+        .json(serde_json::json!({"crm": {
+            "client_id": CLIENT_ID, "client_secret": "x",
+            "auth_url": bad.url, "refresh_url": bad.url, "refresh_token": "1000.r"}}))
+        .build()
+        .unwrap()
+        .connector("crm")
+        .unwrap();
+    let token = crm.access_token().await.unwrap();
+    let life = token
+        .expires_at()
+        .duration_since(std::time::SystemTime::now())
+        .unwrap_or_default();
+    assert!(
+        life <= Duration::from_secs(24 * 3600),
+        "clamped to a day: {life:?}"
+    );
+    assert_ne!(token.api_domain(), Some("javascript:alert(1)"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoked_refresh_token_seen_by_one_process_stops_the_others_without_a_request() {
+    let s = Setup::new().await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("t.db");
+    s.emulator.revoke(&s.refresh_token);
+    let first = sqlite(&s, &path).connector("crm").unwrap();
+    assert!(
+        first
+            .access_token()
+            .await
+            .unwrap_err()
+            .needs_reauthorization()
+    );
+    let before = s.token_requests();
+    for _ in 0..5 {
+        let other = sqlite(&s, &path).connector("crm").unwrap();
+        let err = other.access_token().await.unwrap_err();
+        assert!(err.needs_reauthorization(), "{err:?}");
+    }
+    assert_eq!(s.token_requests(), before, "no process asked Zoho again");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn access_denied_seen_by_one_process_is_shared() {
+    let s = Setup::new().await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("t.db");
+    s.emulator.inject_faults(
+        Fault::ErrorWith200 {
+            error: "Access Denied".into(),
+            description: None,
+        },
+        1,
+    );
+    let first = sqlite(&s, &path).connector("crm").unwrap();
+    assert!(matches!(
+        first.access_token().await.unwrap_err(),
+        Error::Throttled { .. }
+    ));
+    let before = s.token_requests();
+    for _ in 0..5 {
+        let other = sqlite(&s, &path).connector("crm").unwrap();
+        assert!(matches!(
+            other.access_token().await.unwrap_err(),
+            Error::Throttled { .. }
+        ));
+    }
+    assert_eq!(
+        s.token_requests(),
+        before,
+        "each extra request would extend Zoho's lockout"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_encryption_keys_on_one_store_do_not_bypass_the_governor() {
+    let s = Setup::new().await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("t.db");
+    let keys = [EncryptionKey::generate(), EncryptionKey::generate()];
+    for i in 0..14 {
+        let crm = s
+            .bare_builder()
+            .store(SqliteStore::open(&path).unwrap())
+            .json(s.config())
+            .encryption_key(keys[i % 2].clone())
+            .build()
+            .unwrap()
+            .connector("crm")
+            .unwrap();
+        let _ = crm.force_refresh().await;
+    }
+    assert!(
+        s.token_requests() <= 10,
+        "alternating keys stayed within Zoho's limit: {}",
+        s.token_requests()
+    );
+}
+
+/// A token endpoint that answers every request with `body` (HTTP 200) and counts them.
+struct Hostile {
+    url: String,
+    hits: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl Hostile {
+    fn hits(&self) -> usize {
+        self.hits.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+async fn hostile_server(body: &'static str) -> Hostile {
+    let hits = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = hits.clone();
+    let app = axum::Router::new().route(
+        "/oauth/v2/token",
+        axum::routing::post(move || {
+            counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            async move { ([("content-type", "application/json")], body) }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/oauth/v2/token", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    Hostile { url, hits }
+}
