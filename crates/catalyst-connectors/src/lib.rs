@@ -49,6 +49,7 @@ mod keep_warm;
 pub mod key;
 #[cfg(not(feature = "testing"))]
 mod key;
+mod lease;
 #[cfg(feature = "middleware")]
 pub mod middleware;
 mod oauth;

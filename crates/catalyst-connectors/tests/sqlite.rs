@@ -332,6 +332,26 @@ async fn a_lease_holder_killed_mid_mint_blocks_others_at_most_the_lease() {
     common::sigkill_takeover(&s, &sqlite_spec(&dir.path().join("tokens.db"))).await;
 }
 
+/// Issue 16: a holder killed mid-mint on this host is recognised as dead (pid, boot and start
+/// time in its owner name), so the next process takes the lease at once instead of waiting out a
+/// 30-second lease.
+#[cfg(target_os = "linux")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_holders_lease_is_taken_over_at_once() {
+    let s = Setup::new().await;
+    let dir = tempfile::tempdir().unwrap();
+    let waited = common::sigkill_takeover_with(
+        &s,
+        &sqlite_spec(&dir.path().join("tokens.db")),
+        Duration::from_secs(30),
+    )
+    .await;
+    assert!(
+        waited < Duration::from_secs(10),
+        "took {waited:?} with a 30 s lease"
+    );
+}
+
 #[cfg(unix)]
 #[test]
 fn kill_9_during_writes_never_corrupts() {

@@ -121,7 +121,7 @@ impl Connector {
             fallback = Some(token);
         }
 
-        let owner = format!("{}:{:016x}", std::process::id(), rand::random::<u64>());
+        let owner = crate::lease::owner_id();
         let mut leased = false;
         if runtime.store.is_shared() {
             match self.wait_for_lease(&creds, &owner, mode, floor).await {
@@ -206,6 +206,9 @@ impl Connector {
         }
         let issued_at = now;
         tracing::debug!(connector = %name, "minting a token");
+        self.inner
+            .minting
+            .store(true, std::sync::atomic::Ordering::Release);
         let response = runtime
             .client
             .request(
@@ -220,6 +223,9 @@ impl Connector {
                 self.inner.metrics.mints_failed.increment(1);
                 tracing::debug!(connector = %name, error = %e, "token mint failed");
             });
+        self.inner
+            .minting
+            .store(false, std::sync::atomic::Ordering::Release);
         let response = match response {
             Ok(r) => r,
             Err(e @ Error::MalformedResponse { .. }) => {
@@ -384,6 +390,29 @@ impl Connector {
                     return LeaseWait::Leased(read.generation());
                 }
                 Ok(false) => {
+                    // A holder that died (on this host) is not waited for.
+                    if let Ok(Some(holder)) = runtime.store.lease_holder(&creds.key).await
+                        && crate::lease::is_dead(&holder)
+                        && runtime
+                            .store
+                            .take_over_lease(&creds.key, &holder, owner, ttl)
+                            .await
+                            .unwrap_or(false)
+                    {
+                        tracing::warn!(connector = %name, holder = %holder, "took over the mint lease of a process that is gone");
+                        let read = self.read_store(creds).await;
+                        if let StoreRead::Unreadable(e) = read {
+                            let _ = runtime.store.release_lease(&creds.key, owner).await;
+                            return LeaseWait::Failed(e);
+                        }
+                        if let Some(token) =
+                            acceptable(&read, mode, floor, runtime.clock.now_millis())
+                        {
+                            let _ = runtime.store.release_lease(&creds.key, owner).await;
+                            return LeaseWait::Token(token);
+                        }
+                        return LeaseWait::Leased(read.generation());
+                    }
                     tracing::debug!(connector = %name, "another process holds the mint lease; waiting for its token");
                     tokio::time::sleep(delay).await;
                     delay = (delay * 2).min(Duration::from_millis(250));

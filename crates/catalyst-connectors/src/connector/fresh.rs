@@ -86,11 +86,13 @@ impl Connector {
     /// Awaits `flight` at most the connection's wait deadline.
     async fn bounded(
         &self,
-        flight: impl std::future::Future<Output = Result<AccessToken>>,
+        flight: super::flight::Flight<Result<AccessToken>>,
     ) -> Result<AccessToken> {
         let deadline = self.inner.runtime.options.wait_deadline;
-        match tokio::time::timeout(deadline, flight).await {
+        match tokio::time::timeout(deadline, flight.clone()).await {
             Ok(r) => r,
+            // A mint in progress is not abandoned: its token would be thrown away.
+            Err(_) if self.inner.minting.load(Ordering::Acquire) => flight.await,
             Err(_) => Err(Error::DeadlineExceeded {
                 connector: self.inner.name.clone(),
                 deadline,

@@ -59,6 +59,9 @@ pub(crate) struct ConnectorInner {
     /// Allocated on the first failure only, so healthy connectors stay small.
     health: Mutex<Option<Box<Health>>>,
     waiters: AtomicUsize,
+    /// A token request is on the wire: a waiter past its deadline waits for its answer rather
+    /// than throw away a token Zoho minted (the request has its own timeout).
+    minting: std::sync::atomic::AtomicBool,
     /// Epoch ms of the last `access_token` call, to the second (for keep-warm).
     last_used: AtomicI64,
     pub(crate) metrics: Arc<Metrics>,
@@ -193,6 +196,7 @@ impl Connector {
                 next_attempt_at: AtomicI64::new(0),
                 health: Mutex::new(None),
                 waiters: AtomicUsize::new(0),
+                minting: std::sync::atomic::AtomicBool::new(false),
                 last_used: AtomicI64::new(0),
                 metrics,
             }),
@@ -346,8 +350,10 @@ impl Connector {
         let waiting = WaiterGuard::new(&self.inner.waiters);
         let deadline = self.inner.runtime.options.wait_deadline;
         let flight = self.flight_or_start(Mode::Wait);
-        let result = match tokio::time::timeout(deadline, flight).await {
+        let result = match tokio::time::timeout(deadline, flight.clone()).await {
             Ok(r) => r,
+            // A mint in progress is not abandoned: its token would be thrown away.
+            Err(_) if self.inner.minting.load(Ordering::Acquire) => flight.await,
             Err(_) => Err(Error::DeadlineExceeded {
                 connector: self.inner.name.clone(),
                 deadline,

@@ -576,6 +576,26 @@ impl TokenStore for CatalystCacheStore {
         }
     }
 
+    async fn lease_holder(&self, key: &str) -> Result<Option<String>, StoreError> {
+        match &self.inner.lease {
+            Some(l) => l.lease_holder(key).await,
+            None => Ok(None),
+        }
+    }
+
+    async fn take_over_lease(
+        &self,
+        key: &str,
+        dead_owner: &str,
+        owner: &str,
+        ttl: Duration,
+    ) -> Result<bool, StoreError> {
+        match &self.inner.lease {
+            Some(l) => l.take_over_lease(key, dead_owner, owner, ttl).await,
+            None => Ok(false),
+        }
+    }
+
     /// Shared for leases only when a lease store is configured.
     fn is_shared(&self) -> bool {
         self.inner.lease.is_some()

@@ -302,6 +302,22 @@ impl TokenStore for EncryptedStore {
         self.inner.release_lease(key, owner).await
     }
 
+    async fn lease_holder(&self, key: &str) -> Result<Option<String>, StoreError> {
+        self.inner.lease_holder(key).await
+    }
+
+    async fn take_over_lease(
+        &self,
+        key: &str,
+        dead_owner: &str,
+        owner: &str,
+        ttl: Duration,
+    ) -> Result<bool, StoreError> {
+        self.inner
+            .take_over_lease(key, dead_owner, owner, ttl)
+            .await
+    }
+
     fn is_shared(&self) -> bool {
         self.inner.is_shared()
     }

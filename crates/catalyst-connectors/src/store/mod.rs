@@ -191,6 +191,27 @@ pub trait TokenStore: Send + Sync + fmt::Debug + 'static {
     /// Releases the lease if `owner` still holds it.
     async fn release_lease(&self, key: &str, owner: &str) -> Result<(), StoreError>;
 
+    /// Who holds the lease for `key` now, if anyone and if the store can tell (default: it
+    /// cannot). Lets a waiter see that the holder's process is gone.
+    async fn lease_holder(&self, key: &str) -> Result<Option<String>, StoreError> {
+        let _ = key;
+        Ok(None)
+    }
+
+    /// Takes the lease for `key` from `dead_owner`, whose process is known to be gone, if it
+    /// still holds it. True if `owner` now holds it. Default: not supported (the lease ends by
+    /// its TTL).
+    async fn take_over_lease(
+        &self,
+        key: &str,
+        dead_owner: &str,
+        owner: &str,
+        ttl: Duration,
+    ) -> Result<bool, StoreError> {
+        let _ = (key, dead_owner, owner, ttl);
+        Ok(false)
+    }
+
     /// Whether other processes can see this store. When false, connectors skip the lease and the
     /// polling for other processes' tokens (a process-local store needs neither).
     fn is_shared(&self) -> bool {

@@ -120,6 +120,26 @@ fn io_error(label: &str, what: String, e: std::io::Error) -> StoreError {
 }
 
 /// Creates the directory (0700) and the file (0600) if they do not exist.
+/// Warns about a store file or directory other users can read, and restricts it to `mode` when it
+/// is ours.
+#[cfg(unix)]
+fn tighten(path: &Path, mode: u32) {
+    use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
+    let Ok(meta) = std::fs::metadata(path) else {
+        return;
+    };
+    let current = meta.permissions().mode() & 0o777;
+    if current & 0o077 == 0 {
+        return;
+    }
+    let ours = std::fs::metadata("/proc/self").is_ok_and(|me| me.uid() == meta.uid());
+    if ours && std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).is_ok() {
+        tracing::warn!(path = %path.display(), was = format!("{current:o}"), now = format!("{mode:o}"), "the token store was readable by other users; restricted it");
+    } else {
+        tracing::warn!(path = %path.display(), mode = format!("{current:o}"), "the token store is readable by other users: restrict it (chmod)");
+    }
+}
+
 fn prepare_file(path: &Path, label: &str) -> Result<(), StoreError> {
     if path.is_dir() {
         return Err(StoreError::new(
@@ -153,7 +173,16 @@ fn prepare_file(path: &Path, label: &str) -> Result<(), StoreError> {
     std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
     match options.open(path) {
         Ok(_) => Ok(()),
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            #[cfg(unix)]
+            {
+                if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+                    tighten(dir, 0o700);
+                }
+                tighten(path, 0o600);
+            }
+            Ok(())
+        }
         Err(e) => Err(io_error(
             label,
             format!("cannot create {}", path.display()),
@@ -451,6 +480,40 @@ impl TokenStore for SqliteStore {
             }
             tx.commit()?;
             Ok(free)
+        })
+        .await
+    }
+
+    async fn lease_holder(&self, key: &str) -> Result<Option<String>, StoreError> {
+        let key = key.to_owned();
+        self.blocking(move |inner, conn| {
+            let now = inner.clock.now_millis();
+            conn.query_row(
+                "SELECT owner FROM leases WHERE key = ?1 AND expires_at > ?2",
+                params![key, now],
+                |r| r.get::<_, String>(0),
+            )
+            .optional()
+        })
+        .await
+    }
+
+    async fn take_over_lease(
+        &self,
+        key: &str,
+        dead_owner: &str,
+        owner: &str,
+        ttl: Duration,
+    ) -> Result<bool, StoreError> {
+        let (key, dead, owner) = (key.to_owned(), dead_owner.to_owned(), owner.to_owned());
+        let ttl = duration_millis(ttl);
+        self.blocking(move |inner, conn| {
+            let now = inner.clock.now_millis();
+            let changed = conn.execute(
+                "UPDATE leases SET owner = ?3, expires_at = ?4 WHERE key = ?1 AND owner = ?2",
+                params![key, dead, owner, now.saturating_add(ttl)],
+            )?;
+            Ok(changed == 1)
         })
         .await
     }

@@ -208,8 +208,16 @@ pub async fn stampede(s: &Setup, store: &str) {
 /// The lease holder is SIGKILLed mid-mint; another process mints within the lease: exactly 2
 /// token requests in all. Returns how long the takeover took after the kill.
 pub async fn sigkill_takeover(s: &Setup, store: &str) -> std::time::Duration {
+    sigkill_takeover_with(s, store, std::time::Duration::from_secs(2)).await
+}
+
+/// [`sigkill_takeover`] with a lease of `lease`.
+pub async fn sigkill_takeover_with(
+    s: &Setup,
+    store: &str,
+    lease: std::time::Duration,
+) -> std::time::Duration {
     use std::time::{Duration, Instant};
-    let lease = Duration::from_secs(2);
     s.emulator.set_latency(Duration::from_secs(30)); // the holder's mint hangs
     let mut holder = spawn_child(s, store, 1, lease);
     let deadline = Instant::now() + Duration::from_secs(20);
