@@ -76,8 +76,8 @@ pub use secret::{AccessTokenSecret, ClientSecret, ExposeSecret, GrantCode, Refre
 #[cfg(feature = "sqlite")]
 pub use store::SqliteStore;
 pub use store::{
-    CasOutcome, EncryptedStore, EncryptionKey, MemoryStore, SpecError, StoreError, StoreErrorKind,
-    StoreSpec, StoredValue, TokenStore, TokenWrite,
+    CasOutcome, EncryptedStore, EncryptionKey, FallbackStore, MemoryStore, SpecError, StoreError,
+    StoreErrorKind, StoreSpec, StoredValue, TokenStore, TokenWrite,
 };
 #[cfg(feature = "catalyst")]
 pub use store::{

@@ -52,8 +52,9 @@ pub(crate) struct TokenClient {
     http: Arc<OnceLock<Result<reqwest::Client, String>>>,
 }
 
-/// The longest token lifetime believed (Zoho issues one-hour tokens).
-const MAX_LIFETIME_SECS: u64 = 24 * 3600;
+/// The longest token lifetime believed: a week (Zoho issues one-hour tokens; other providers a
+/// few hours). Beyond it an answer is not believed and the lifetime is clamped.
+const MAX_LIFETIME_SECS: u64 = 7 * 24 * 3600;
 
 /// The largest token response body we read.
 const MAX_BODY: usize = 64 * 1024;
@@ -351,12 +352,12 @@ fn read_success(
     if seconds == 0 {
         return Err(malformed("`expires_in` is zero"));
     }
-    // Zoho's tokens live an hour; anything beyond a day is not believed.
+    // Zoho's tokens live an hour; anything beyond a week is not believed.
     let seconds = if seconds > MAX_LIFETIME_SECS {
         tracing::warn!(
             connector = %connector,
             announced_secs = seconds,
-            "the token endpoint announced an implausible lifetime; treating it as one day"
+            "the token endpoint announced an implausible lifetime; treating it as one week"
         );
         MAX_LIFETIME_SECS
     } else {

@@ -534,3 +534,93 @@ async fn rediss_works_with_a_private_ca_and_refuses_an_untrusted_server() {
     let _ = server.kill();
     let _ = server.wait();
 }
+
+/// Issue 16: with Redis down, processes on one host share a local tier (here a temporary SQLite
+/// file standing in for the default store): one mint for all, not one per process; with Redis
+/// hung (SIGSTOP), a caller pays the Redis timeout once, then the breaker sends it to the local
+/// tier without waiting.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_down_or_hung_falls_back_to_the_host_local_tier() {
+    if !redis_available() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let mut server = Server::start(port, dir.path(), false);
+    let s = Setup::new().await;
+    let local: catalyst_connectors::StoreSpec =
+        format!("sqlite:{}", dir.path().join("local.db").display())
+            .parse()
+            .unwrap();
+    let url = server.url();
+    let connect = || {
+        common::hermetic_without_store()
+            .store_spec(url.parse().unwrap())
+            .local_store(Some(local.clone()))
+            .json(s.config())
+            .build()
+            .unwrap()
+            .connector("crm")
+            .unwrap()
+    };
+    server.stop();
+    // Five "processes" (each its own Connection) while Redis is down.
+    let mut tokens = std::collections::BTreeSet::new();
+    for _ in 0..5 {
+        tokens.insert(
+            connect()
+                .access_token()
+                .await
+                .unwrap()
+                .expose_secret()
+                .to_owned(),
+        );
+    }
+    assert_eq!(tokens.len(), 1, "one token for all");
+    assert_eq!(
+        s.token_requests(),
+        1,
+        "one mint for the host while Redis is down"
+    );
+
+    // Redis back, then hung.
+    let server = Server::start(port, dir.path(), false);
+    let crm = connect();
+    crm.force_refresh().await.unwrap();
+    let pid = server.child.id().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-STOP", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let hung = connect();
+    hung.evict_memory();
+    let started = Instant::now();
+    let first = hung.access_token().await;
+    let first_wait = started.elapsed();
+    // The same process again: the breaker is open, nothing waits for Redis.
+    hung.evict_memory();
+    let started = Instant::now();
+    let again = hung.access_token().await;
+    let second_wait = started.elapsed();
+    assert!(
+        Command::new("kill")
+            .args(["-CONT", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    assert!(first.is_ok(), "{first:?}");
+    assert!(again.is_ok(), "{again:?}");
+    assert!(
+        first_wait < Duration::from_secs(8),
+        "one timeout at most: {first_wait:?}"
+    );
+    assert!(
+        second_wait < Duration::from_millis(500),
+        "no second timeout: {second_wait:?}"
+    );
+    eprintln!("hung Redis: first call {first_wait:?}, then {second_wait:?}");
+}

@@ -56,6 +56,10 @@ pub(super) fn build(b: ConnectionBuilder) -> Result<Connection> {
         .or(env_spec)
         .or(settings.store.clone())
         .unwrap_or_else(StoreSpec::default_store);
+    let local = b
+        .local_store
+        .clone()
+        .unwrap_or_else(|| Some(StoreSpec::default_store()));
     let (store, catalyst_admin) = match b.store {
         Some(store) => (store, None),
         None => open_store(
@@ -63,7 +67,7 @@ pub(super) fn build(b: ConnectionBuilder) -> Result<Connection> {
             &settings,
             &by_name,
             (&b.clock, &b.options, &client),
-            key.as_ref(),
+            (key.as_ref(), local.as_ref()),
         )?,
     };
     let store: Arc<dyn TokenStore> = match &key {
@@ -195,16 +199,43 @@ fn open_store(
     settings: &Settings,
     by_name: &ByName,
     (clock, options, client): (&Arc<dyn Clock>, &Options, &TokenClient),
-    key: Option<&EncryptionKey>,
+    (key, local): (Option<&EncryptionKey>, Option<&StoreSpec>),
 ) -> Result<(Arc<dyn TokenStore>, Option<Connector>)> {
     #[cfg(feature = "catalyst")]
     if let StoreSpec::Catalyst { .. } = spec {
-        let (store, admin) =
-            super::catalyst::open(spec, settings, by_name, clock, options, client, key)?;
+        let (store, admin) = super::catalyst::open(
+            spec,
+            settings,
+            by_name,
+            (clock, options, client),
+            key,
+            local,
+        )?;
         return Ok((store, Some(admin)));
     }
     let store = spec.open(Arc::clone(clock)).map_err(Error::StoreOpen)?;
-    Ok((store, None))
+    Ok((with_local_tier(spec, store, clock, local), None))
+}
+
+/// A Redis store gets the host's default SQLite store as its fallback tier (see
+/// [`FallbackStore`]): a Redis outage is then one mint per host, not one per process.
+#[cfg_attr(not(feature = "redis"), allow(unused_variables))]
+fn with_local_tier(
+    spec: &StoreSpec,
+    store: Arc<dyn TokenStore>,
+    clock: &Arc<dyn Clock>,
+    local: Option<&StoreSpec>,
+) -> Arc<dyn TokenStore> {
+    #[cfg(all(feature = "redis", feature = "sqlite"))]
+    if matches!(spec, StoreSpec::Redis { .. })
+        && let Some(local @ StoreSpec::Sqlite(_)) = local
+    {
+        match local.open(Arc::clone(clock)) {
+            Ok(local) => return Arc::new(crate::store::FallbackStore::new(store, local)),
+            Err(e) => tracing::warn!(error = %e, "no local fallback for the Redis store"),
+        }
+    }
+    store
 }
 
 /// Step 4: one connector per config (the Catalyst admin connector is reused as is).

@@ -23,10 +23,9 @@ pub(super) fn open(
     spec: &StoreSpec,
     settings: &Settings,
     by_name: &BTreeMap<String, (crate::ConnectorConfig, String)>,
-    clock: &Arc<dyn Clock>,
-    options: &Options,
-    client: &TokenClient,
+    (clock, options, client): (&Arc<dyn Clock>, &Options, &TokenClient),
     encryption: Option<&EncryptionKey>,
+    local: Option<&StoreSpec>,
 ) -> Result<(Arc<dyn TokenStore>, Connector)> {
     let StoreSpec::Catalyst {
         project,
@@ -60,12 +59,14 @@ pub(super) fn open(
         .get(&name)
         .ok_or_else(|| issue(format!("no connector named `{name}` in this config")))?;
     // The host's local shared store; memory only where there is none (no data directory).
-    let local = StoreSpec::default_store()
-        .open(Arc::clone(clock))
-        .unwrap_or_else(|e| {
+    let memory = || -> Arc<dyn TokenStore> { Arc::new(MemoryStore::with_clock(Arc::clone(clock))) };
+    let local = match local {
+        Some(spec) => spec.open(Arc::clone(clock)).unwrap_or_else(|e| {
             tracing::warn!(error = %e, "no local token store for the Catalyst API token; keeping it in memory");
-            Arc::new(MemoryStore::with_clock(Arc::clone(clock)))
-        });
+            memory()
+        }),
+        None => memory(),
+    };
     let local: Arc<dyn TokenStore> = match encryption {
         Some(k) => Arc::new(EncryptedStore::new(local, k)),
         None => local,

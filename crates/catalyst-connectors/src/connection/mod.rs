@@ -147,6 +147,9 @@ pub struct ConnectionBuilder {
     connect_timeout: Duration,
     request_timeout: Duration,
     skip_invalid: bool,
+    /// The host-local store for the Redis fallback tier and the Catalyst API token: `None` =
+    /// the default store; `Some(None)` = none.
+    local_store: Option<Option<StoreSpec>>,
 }
 
 impl fmt::Debug for ConnectionBuilder {
@@ -174,6 +177,7 @@ impl Default for ConnectionBuilder {
             connect_timeout: Duration::from_secs(5),
             request_timeout: Duration::from_secs(30),
             skip_invalid: false,
+            local_store: None,
         }
     }
 }
@@ -320,6 +324,15 @@ impl ConnectionBuilder {
     /// the build. Off by default.
     pub fn skip_invalid_connectors(mut self, on: bool) -> Self {
         self.skip_invalid = on;
+        self
+    }
+
+    /// The host-local store (default: the default SQLite store in the user data directory):
+    /// where a Redis store falls back while Redis is down, and where the `catalyst_auth`
+    /// connector of a `catalyst://` store keeps its token. `None` turns the local tier off
+    /// (the Catalyst token then stays in memory).
+    pub fn local_store(mut self, spec: Option<StoreSpec>) -> Self {
+        self.local_store = Some(spec);
         self
     }
 

@@ -11,6 +11,7 @@ mod catalyst;
 #[cfg(feature = "testing")]
 pub mod conformance;
 mod encrypted;
+mod fallback;
 mod memory;
 #[cfg(feature = "redis")]
 mod redis;
@@ -26,6 +27,7 @@ pub use catalyst::{
 };
 pub(crate) use encrypted::looks_encrypted;
 pub use encrypted::{EncryptedStore, EncryptionKey, KEY_ENV, KEY_FILE_ENV, KeyError};
+pub use fallback::FallbackStore;
 pub use memory::MemoryStore;
 #[cfg(feature = "redis")]
 pub(crate) use spec::redact_url;

@@ -17,7 +17,8 @@ pub fn hermetic() -> ConnectionBuilder {
 
 /// A builder that ignores the environment; the test sets the store.
 pub fn hermetic_without_store() -> ConnectionBuilder {
-    Connection::builder().ignore_env()
+    // No host-local tier either: tests never touch the user's data directory.
+    Connection::builder().ignore_env().local_store(None)
 }
 
 /// `Connection::from_json`, hermetic.
@@ -68,6 +69,7 @@ impl Setup {
     pub fn bare_builder(&self) -> ConnectionBuilder {
         Connection::builder()
             .ignore_env()
+            .local_store(None)
             .store(MemoryStore::with_clock(Arc::new(self.clock.clone())))
             .clock(self.clock.clone())
     }
