@@ -44,6 +44,7 @@ impl Env {
             .env_remove("CONNECTOR_CONFIG")
             .env_remove("CONNECTOR_AGENT")
             .env_remove("CONNECTOR_ENCRYPTION_KEY")
+            .env("XDG_DATA_HOME", self.dir.path().join("data"))
             .env(
                 "CONNECTOR_STORE",
                 format!("sqlite:{}", self.dir.path().join("tokens.db").display()),

@@ -47,6 +47,7 @@ impl Env {
                 "CONNECTOR_STORE",
                 format!("sqlite:{}", self.dir.path().join("tokens.db").display()),
             )
+            .env("XDG_DATA_HOME", self.dir.path().join("data"))
             .args(args);
         tokio::task::spawn_blocking(move || cmd.output().unwrap())
             .await
@@ -118,6 +119,11 @@ async fn exit_codes_tell_failures_apart() {
     );
     let out = env.run(&["token", "crm"]).await;
     assert_eq!(out.status.code(), Some(5), "throttled: {}", stderr(&out));
+    // The throttle is now recorded in the store and answers every process without a request
+    // until Zoho's window passes: start the next scenario from a fresh store.
+    for suffix in ["", "-wal", "-shm"] {
+        let _ = std::fs::remove_file(env.dir.path().join(format!("tokens.db{suffix}")));
+    }
 
     // A caller with no token tries 3 times at once; all 3 fail here.
     env.emulator.inject_faults(Fault::Http500, 3);

@@ -68,6 +68,7 @@ impl Env {
             .env_remove("CONNECTOR_ENCRYPTION_KEY")
             .env_remove("CONNECTOR_ENCRYPTION_KEY_FILE")
             .env_remove("CONNECTOR_LOG")
+            .env("XDG_DATA_HOME", self.dir.path().join("data"))
             .env(
                 "CONNECTOR_STORE",
                 format!("sqlite:{}", self.dir.path().join("tokens.db").display()),

@@ -91,8 +91,28 @@ macro_rules! tiered {
 
 #[async_trait]
 impl TokenStore for FallbackStore {
+    /// A miss in the local tier while the shared store is down is reported as the shared
+    /// store's failure: the record may well be there (a refresh token kept in Redis), and
+    /// "absent" would send people to re-authorize for nothing.
     async fn get(&self, key: &str) -> Result<Option<StoredValue>, StoreError> {
-        tiered!(self, s => s.get(key).await)
+        let mut down = None;
+        if self.shared_up() {
+            let result = self.shared.get(key).await;
+            if !self.note(&result) {
+                return result;
+            }
+            down = result.err();
+        }
+        match self.local.get(key).await {
+            Ok(None) => Err(down.unwrap_or_else(|| {
+                StoreError::new(
+                    "shared",
+                    StoreErrorKind::Unavailable,
+                    "the shared token store is unavailable (its circuit breaker is open)",
+                )
+            })),
+            other => other,
+        }
     }
 
     async fn compare_and_set(&self, write: TokenWrite<'_>) -> Result<CasOutcome, StoreError> {
