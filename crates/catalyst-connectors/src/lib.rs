@@ -43,6 +43,8 @@ mod connection;
 mod connector;
 mod dc;
 mod error;
+#[cfg(test)]
+mod fuzz;
 mod governor;
 mod keep_warm;
 #[cfg(feature = "testing")]

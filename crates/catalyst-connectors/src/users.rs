@@ -219,7 +219,7 @@ impl ConsentFlow {
     }
 
     /// Verifies `state` (signature, template, expiry, single use) and returns its user id.
-    async fn verify(&self, state: &str) -> Result<String> {
+    pub(crate) async fn verify(&self, state: &str) -> Result<String> {
         let (payload, tag) = state
             .split_once('.')
             .ok_or_else(|| self.refused("malformed"))?;

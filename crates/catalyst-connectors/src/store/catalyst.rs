@@ -231,7 +231,7 @@ impl fmt::Debug for CatalystCacheStore {
 }
 
 /// A decoded cache value.
-enum Decoded {
+pub(crate) enum Decoded {
     Live(StoredValue),
     /// Deleted by us; the generation is kept so it never repeats.
     Tombstone(u64),
@@ -437,7 +437,7 @@ fn check_key(store: &CatalystCacheStore, key: &str) -> Result<(), StoreError> {
 
 /// Our value: the data with a generation. A JSON object gets a `_cc_generation` field (the SDKs
 /// ignore it); anything else is wrapped.
-fn encode(data: &str, generation: u64) -> String {
+pub(crate) fn encode(data: &str, generation: u64) -> String {
     match serde_json::from_str::<Value>(data) {
         Ok(Value::Object(mut obj)) if !obj.contains_key(WRAPPED) => {
             obj.insert(GENERATION.into(), generation.into());
@@ -447,7 +447,7 @@ fn encode(data: &str, generation: u64) -> String {
     }
 }
 
-fn decode(value: &Value) -> Decoded {
+pub(crate) fn decode(value: &Value) -> Decoded {
     let (object, raw) = match value {
         Value::Null => return Decoded::Absent,
         Value::String(s) => match serde_json::from_str::<Value>(s) {

@@ -7,7 +7,7 @@
 //! format; stores never interpret them.
 
 #[cfg(feature = "catalyst")]
-mod catalyst;
+pub(crate) mod catalyst;
 #[cfg(feature = "testing")]
 pub mod conformance;
 mod encrypted;

@@ -96,20 +96,14 @@ pub enum StoreSpec {
 /// parse as one URL: they are shown without their credentials part).
 #[cfg(feature = "redis")]
 pub(crate) fn redact_url(url: &str) -> String {
-    match url::Url::parse(url) {
-        Ok(mut u) => {
-            if u.password().is_some() {
-                let _ = u.set_password(Some("redacted"));
-            }
-            u.to_string()
-        }
-        Err(_) => match url
-            .split_once("://")
-            .and_then(|(s, rest)| rest.rsplit_once('@').map(|(_, h)| (s, h)))
-        {
-            Some((scheme, hosts)) => format!("{scheme}://[redacted]@{hosts}"),
-            None => url.to_owned(),
-        },
+    // Everything before the last `@` may be credentials, however the rest parses (a mistyped
+    // URL can put the password in what a parser calls the path): show none of it.
+    match url
+        .split_once("://")
+        .and_then(|(scheme, rest)| rest.rsplit_once('@').map(|(_, hosts)| (scheme, hosts)))
+    {
+        Some((scheme, hosts)) => format!("{scheme}://[redacted]@{hosts}"),
+        None => url.to_owned(),
     }
 }
 
