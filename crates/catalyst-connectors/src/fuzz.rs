@@ -5,7 +5,6 @@
 //! (`FUZZ_SECONDS`, default 1 s per target) and for as long as you like by hand:
 //! `FUZZ_SECONDS=600 cargo test -p catalyst-connectors --all-features --lib fuzz -- --nocapture --test-threads 1`.
 
-use rand::Rng as _;
 use std::time::{Duration, Instant};
 
 /// How long each target runs.
@@ -147,7 +146,7 @@ fn fuzz_configs() {
         let mut warnings = Vec::new();
         if let Ok(v) = serde_json::from_str::<serde_json::Value>(&text) {
             let _ = crate::config::parse_value(&v, None, &mut issues, &mut warnings);
-            let _ = crate::config::parse_settings(&v, None, &mut Default::default(), &mut issues);
+            crate::config::parse_settings(&v, None, &mut Default::default(), &mut issues);
         }
         let _ = crate::config::parse_toml_text(&text);
         // A value given as a secret is never echoed (unless the same text is also given in a

@@ -22,7 +22,12 @@ struct Breaker {
     open_for: Duration,
 }
 
-/// A shared store with a host-local fallback. See the [module docs](self).
+/// A shared store (e.g. Redis) with a host-local fallback tier (e.g. the default SQLite store)
+/// behind a circuit breaker: while the shared store is down or hung, tokens, leases, the mint
+/// governor and shared health live in the local tier, so processes on this host still mint once;
+/// a failure opens the breaker for 5 s (doubling to a minute), so a hung store costs a caller one
+/// timeout, not one per operation. A local miss while the shared store is down is reported as the
+/// shared store's failure.
 #[derive(Debug)]
 pub struct FallbackStore {
     shared: Arc<dyn TokenStore>,
