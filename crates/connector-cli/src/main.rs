@@ -26,9 +26,11 @@ struct Place {
     #[arg(long, env = "CONNECTOR_CONFIG", value_name = "FILE")]
     config: Option<PathBuf>,
     /// Where tokens are kept and shared: `sqlite:PATH`, `memory:` (this process only),
-    /// `redis://…`, `rediss://…`, `redis+cluster://h1:p1,h2:p2` or
-    /// `catalyst://PROJECT_ID[/SEGMENT]` (with `$connector.catalyst_auth` in the config).
-    /// Default: the config's `$connector.store`, else SQLite in the user data directory.
+    /// `redis://…`, `rediss://…`, `redis+cluster://h1:p1,h2:p2` (with this host's SQLite store as
+    /// the fallback while Redis is down) or
+    /// `catalyst://PROJECT_ID[/SEGMENT][?environment=Production&key=PROJECT_KEY]` (with
+    /// `$connector.catalyst_auth` in the config). Default: the config's `$connector.store`, else
+    /// SQLite in the user data directory.
     #[arg(long, env = "CONNECTOR_STORE", value_parser = parse_store, value_name = "STORE")]
     store: Option<StoreSpec>,
 }
