@@ -202,7 +202,14 @@ fn fuzz_store_urls() {
                 .map(|(userinfo, _)| userinfo.to_owned());
             if let Some(userinfo) = hidden {
                 let shown = format!("{spec} {spec:?}");
-                assert!(!shown.contains(&userinfo), "{shown}");
+                // What follows each scheme, without our own marker.
+                let visible: String = shown
+                    .split("://")
+                    .skip(1)
+                    .collect::<Vec<_>>()
+                    .join(" ")
+                    .replace("[redacted]", " ");
+                assert!(!visible.contains(&userinfo), "{shown}");
             }
         }
     });
