@@ -87,11 +87,18 @@ fn write_state(path: &Path, state: &SavedState) -> std::io::Result<()> {
     std::fs::rename(tmp, path)
 }
 
-/// Saves the state whenever it changed, until Ctrl-C or SIGTERM.
-async fn serve(emulator: &Emulator, state: Option<&Path>) -> std::io::Result<()> {
+/// Saves the state whenever it changed, until Ctrl-C or SIGTERM (`term`, registered before the
+/// URL is printed, so a client that saw the URL can stop the emulator cleanly).
+async fn serve(
+    emulator: &Emulator,
+    state: Option<&Path>,
+    mut term: tokio::signal::unix::Signal,
+) -> std::io::Result<()> {
     let mut last = emulator.saved_state();
-    let mut tick = tokio::time::interval(Duration::from_millis(500));
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    if let Some(path) = state {
+        write_state(path, &last)?;
+    }
+    let mut tick = tokio::time::interval(Duration::from_millis(200));
     loop {
         let stop = tokio::select! {
             r = tokio::signal::ctrl_c() => { r?; true }
@@ -130,6 +137,7 @@ async fn main() -> std::io::Result<()> {
             emulator.add_refresh_token_labeled(id, rt, "ZohoCRM.users.READ", "");
         }
     }
+    let term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     println!("{}", emulator.url());
     eprintln!(
         "zoho-emulator listening on {} (token endpoint {}, stats {}/__emulator/stats); Ctrl-C to stop",
@@ -137,7 +145,7 @@ async fn main() -> std::io::Result<()> {
         emulator.token_url(),
         emulator.url()
     );
-    serve(&emulator, args.state.as_deref()).await?;
+    serve(&emulator, args.state.as_deref(), term).await?;
     emulator.shutdown().await;
     Ok(())
 }
