@@ -1,0 +1,274 @@
+//! Chaos soak (issue 16): several processes × several connectors on one SQLite store against the
+//! emulator with short-lived tokens, while faults are injected at random — SIGKILL of processes
+//! (mid-mint or not), token endpoint 500s, hangs and Access Denied. At the end it checks, from the
+//! emulator's own counters and what every caller saw:
+//! - Zoho's limit was never hit by us (the emulator's real throttle never answered);
+//! - no token was served past its expiry, and none for other credentials;
+//! - no caller erred while its process held a valid token;
+//! - no call waited longer than the lease plus one (possibly hung) mint.
+//!
+//! Short mode (the test suite): `SOAK_SECONDS` (default 15). Long:
+//! `SOAK_SECONDS=600 cargo test --release -p catalyst-connectors --all-features --test soak`.
+//! Redis faults and encryption-key changes are not injected yet.
+
+use catalyst_connectors::{Connection, ExposeSecret, SqliteStore};
+use std::collections::BTreeMap;
+use std::io::{BufRead as _, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use zoho_emulator::Fault;
+
+const CLIENT_ID: &str = "1000.SOAK";
+const CLIENT_SECRET: &str = "soak-secret";
+const PROCESSES: usize = 4;
+const CONNECTORS: usize = 3;
+/// Tokens live 12 s (refresh at 9 s); Zoho's window is scaled to 60 s with its limit of 10.
+const LIFETIME: Duration = Duration::from_secs(12);
+const WINDOW: Duration = Duration::from_secs(60);
+const LEASE: Duration = Duration::from_secs(5);
+const HANG: Duration = Duration::from_secs(2);
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// One child process: connectors `c0…` on the store, callers in a loop, one line per call:
+/// `OK <name> <token> <expires_at_ms> <elapsed_ms>` or `ERR <name> <code> <held_valid> <elapsed_ms>`.
+fn child() {
+    let var = |k: &str| std::env::var(k).unwrap_or_default();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let config: serde_json::Value = serde_json::from_str(&var("SOAK_CONFIG")).unwrap();
+        let connection = Connection::builder()
+            .ignore_env()
+            .local_store(None)
+            .store(SqliteStore::open(var("SOAK_DB")).unwrap())
+            .json(config)
+            .lease_ttl(LEASE)
+            .wait_deadline(LEASE)
+            .mint_limit(10, WINDOW)
+            .request_timeout(Duration::from_secs(5))
+            .build()
+            .unwrap();
+        let out = Arc::new(Mutex::new(std::io::stdout()));
+        let mut tasks = Vec::new();
+        for i in 0..CONNECTORS {
+            for _ in 0..3 {
+                let crm = connection.connector(&format!("c{i}")).unwrap();
+                let out = out.clone();
+                tasks.push(tokio::spawn(async move {
+                    loop {
+                        let started = Instant::now();
+                        let result = crm.access_token().await;
+                        let elapsed = started.elapsed().as_millis();
+                        let line = match result {
+                            Ok(t) => {
+                                let exp = t
+                                    .expires_at()
+                                    .duration_since(UNIX_EPOCH)
+                                    .map(|d| d.as_millis())
+                                    .unwrap_or(0);
+                                format!(
+                                    "OK c{i} {} {exp} {elapsed} {}",
+                                    t.expose_secret(),
+                                    now_ms()
+                                )
+                            }
+                            Err(e) => {
+                                let held = crm
+                                    .status()
+                                    .await
+                                    .expires_at
+                                    .is_some_and(|t| t > SystemTime::now());
+                                format!("ERR c{i} {} {held} {elapsed} {}", e.code(), now_ms())
+                            }
+                        };
+                        {
+                            use std::io::Write as _;
+                            let mut o = out.lock().unwrap();
+                            let _ = writeln!(o, "{line}");
+                        }
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                }));
+            }
+        }
+        for t in tasks {
+            let _ = t.await;
+        }
+    });
+}
+
+#[derive(Default)]
+struct Seen {
+    calls: u64,
+    errors: BTreeMap<String, u64>,
+    errors_while_holding: u64,
+    expired: u64,
+    foreign: u64,
+    worst_wait_ms: u128,
+}
+
+fn main() {
+    if std::env::var_os("SOAK_CHILD").is_some() {
+        child();
+        return;
+    }
+    if std::env::args().any(|a| a == "--list") {
+        return;
+    }
+    let seconds: u64 = std::env::var("SOAK_SECONDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(15);
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let emulator = Arc::new(runtime.block_on(zoho_emulator::start()).unwrap());
+    emulator.add_client(CLIENT_ID, CLIENT_SECRET);
+    emulator.set_token_lifetime(LIFETIME);
+    let mut settings = emulator.settings();
+    settings.mint_window_secs = WINDOW.as_secs();
+    emulator.set_settings(settings);
+    let mut config = serde_json::Map::new();
+    let mut refresh_tokens = BTreeMap::new();
+    for i in 0..CONNECTORS {
+        let rt = format!("1000.soak-rt-{i}");
+        emulator.add_refresh_token_labeled(CLIENT_ID, &rt, "ZohoCRM.users.READ", &format!("c{i}"));
+        config.insert(
+            format!("c{i}"),
+            serde_json::json!({"client_id": CLIENT_ID, "client_secret": CLIENT_SECRET,
+                "auth_url": emulator.token_url(), "refresh_url": emulator.token_url(),
+                "refresh_token": rt}),
+        );
+        refresh_tokens.insert(format!("c{i}"), rt);
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("soak.db");
+    let config = serde_json::Value::Object(config).to_string();
+    let seen = Arc::new(Mutex::new(Seen::default()));
+    let spawn = |seen: Arc<Mutex<Seen>>| -> Child {
+        let mut child = Command::new(std::env::current_exe().unwrap())
+            .env("SOAK_CHILD", "1")
+            .env("SOAK_DB", &db)
+            .env("SOAK_CONFIG", &config)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let emulator_rt = refresh_tokens.clone();
+        let emu = Arc::clone(&emulator);
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                let parts: Vec<&str> = line.split(' ').collect();
+                let mut s = seen.lock().unwrap();
+                s.calls += 1;
+                match parts.as_slice() {
+                    ["OK", name, token, exp, elapsed, at] => {
+                        let (exp, at): (i64, i64) =
+                            (exp.parse().unwrap_or(0), at.parse().unwrap_or(0));
+                        if exp <= at {
+                            s.expired += 1;
+                        }
+                        if emu
+                            .refresh_token_of(token)
+                            .is_some_and(|rt| Some(&rt) != emulator_rt.get(*name))
+                        {
+                            s.foreign += 1;
+                        }
+                        s.worst_wait_ms = s.worst_wait_ms.max(elapsed.parse().unwrap_or(0));
+                    }
+                    ["ERR", _, code, held, elapsed, _] => {
+                        *s.errors.entry((*code).to_owned()).or_default() += 1;
+                        if *held == "true" {
+                            s.errors_while_holding += 1;
+                        }
+                        s.worst_wait_ms = s.worst_wait_ms.max(elapsed.parse().unwrap_or(0));
+                    }
+                    _ => {}
+                }
+            }
+        });
+        child
+    };
+    let mut children: Vec<Child> = (0..PROCESSES).map(|_| spawn(seen.clone())).collect();
+    let mut faults: BTreeMap<&str, u64> = BTreeMap::new();
+    let end = Instant::now() + Duration::from_secs(seconds);
+    let mut rng = rand::rng();
+    use rand::Rng as _;
+    while Instant::now() < end {
+        std::thread::sleep(Duration::from_millis(rng.random_range(500..2000)));
+        match rng.random_range(0..10) {
+            0..=3 => {
+                let i = rng.random_range(0..children.len());
+                let _ = children[i].kill();
+                let _ = children[i].wait();
+                children[i] = spawn(seen.clone());
+                *faults.entry("SIGKILL of a process").or_default() += 1;
+            }
+            4..=5 => {
+                emulator.inject_faults(Fault::Http500, rng.random_range(1..4));
+                *faults.entry("token endpoint 500s").or_default() += 1;
+            }
+            6 => {
+                emulator.inject_faults(
+                    Fault::Hang {
+                        millis: HANG.as_millis() as u64,
+                    },
+                    1,
+                );
+                *faults.entry("token endpoint hang").or_default() += 1;
+            }
+            7 => {
+                emulator.inject_faults(
+                    Fault::ErrorWith200 {
+                        error: "Access Denied".into(),
+                        description: None,
+                    },
+                    1,
+                );
+                *faults.entry("Access Denied").or_default() += 1;
+            }
+            _ => {}
+        }
+    }
+    for mut c in children {
+        let _ = c.kill();
+        let _ = c.wait();
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    let stats = emulator.stats();
+    let s = seen.lock().unwrap();
+    let mints: u64 = stats.mints_by_label.values().sum();
+    println!(
+        "chaos soak: {seconds} s, {PROCESSES} processes x {CONNECTORS} connectors x 3 callers"
+    );
+    println!("  faults injected     {faults:?}");
+    println!("  calls               {}", s.calls);
+    println!("  errors              {:?}", s.errors);
+    println!("  errors with a token {}", s.errors_while_holding);
+    println!("  mints               {mints} ({:?})", stats.mints_by_label);
+    println!("  Zoho throttled us   {}", stats.throttled);
+    println!("  expired / foreign   {} / {}", s.expired, s.foreign);
+    println!("  worst wait          {} ms", s.worst_wait_ms);
+    assert!(s.calls > 0, "callers ran");
+    assert_eq!(
+        stats.throttled, 0,
+        "our governor kept every refresh token under Zoho's limit"
+    );
+    assert_eq!(s.expired, 0, "no token served past its expiry");
+    assert_eq!(s.foreign, 0, "no token served for other credentials");
+    assert_eq!(
+        s.errors_while_holding, 0,
+        "no caller erred while its process held a valid token"
+    );
+    let bound = (LEASE + HANG + Duration::from_secs(5)).as_millis();
+    assert!(
+        s.worst_wait_ms <= bound,
+        "worst wait {} ms > {bound} ms",
+        s.worst_wait_ms
+    );
+}
