@@ -1,6 +1,7 @@
 //! Chaos soak (issue 16): several processes × several connectors on one SQLite store against the
 //! emulator with short-lived tokens, while faults are injected at random — SIGKILL of processes
-//! (mid-mint or not), token endpoint 500s, hangs and Access Denied. At the end it checks, from the
+//! (mid-mint or not), token endpoint 500s, hangs, Access Denied, and a process started with another
+//! encryption key (it must fail with a key error, never mint or overwrite). At the end it checks, from the
 //! emulator's own counters and what every caller saw:
 //! - Zoho's limit was never hit by us (the emulator's real throttle never answered);
 //! - no token was served past its expiry, and none for other credentials;
@@ -9,9 +10,9 @@
 //!
 //! Short mode (the test suite): `SOAK_SECONDS` (default 15). Long:
 //! `SOAK_SECONDS=600 cargo test --release -p catalyst-connectors --all-features --test soak`.
-//! Redis faults and encryption-key changes are not injected yet.
+//! Redis faults are not injected yet (the fallback tier is tested in `tests/redis.rs`).
 
-use catalyst_connectors::{Connection, ExposeSecret, SqliteStore};
+use catalyst_connectors::{Connection, EncryptionKey, ExposeSecret, SqliteStore};
 use std::collections::BTreeMap;
 use std::io::{BufRead as _, BufReader};
 use std::process::{Child, Command, Stdio};
@@ -43,11 +44,15 @@ fn child() {
     let runtime = tokio::runtime::Runtime::new().unwrap();
     runtime.block_on(async {
         let config: serde_json::Value = serde_json::from_str(&var("SOAK_CONFIG")).unwrap();
-        let connection = Connection::builder()
+        let mut builder = Connection::builder()
             .ignore_env()
             .local_store(None)
             .store(SqliteStore::open(var("SOAK_DB")).unwrap())
-            .json(config)
+            .json(config);
+        if let Ok(key) = EncryptionKey::parse(&var("SOAK_KEY")) {
+            builder = builder.encryption_key(key);
+        }
+        let connection = builder
             .lease_ttl(LEASE)
             .wait_deadline(LEASE)
             .mint_limit(10, WINDOW)
@@ -149,9 +154,15 @@ fn main() {
     let db = dir.path().join("soak.db");
     let config = serde_json::Value::Object(config).to_string();
     let seen = Arc::new(Mutex::new(Seen::default()));
-    let spawn = |seen: Arc<Mutex<Seen>>| -> Child {
+    // Every process encrypts with key A; the key-change fault starts one with key B.
+    let keys = [
+        EncryptionKey::generate().to_base64(),
+        EncryptionKey::generate().to_base64(),
+    ];
+    let spawn = |seen: Arc<Mutex<Seen>>, key: usize| -> Child {
         let mut child = Command::new(std::env::current_exe().unwrap())
             .env("SOAK_CHILD", "1")
+            .env("SOAK_KEY", &keys[key])
             .env("SOAK_DB", &db)
             .env("SOAK_CONFIG", &config)
             .stdout(Stdio::piped())
@@ -194,7 +205,7 @@ fn main() {
         });
         child
     };
-    let mut children: Vec<Child> = (0..PROCESSES).map(|_| spawn(seen.clone())).collect();
+    let mut children: Vec<Child> = (0..PROCESSES).map(|_| spawn(seen.clone(), 0)).collect();
     let mut faults: BTreeMap<&str, u64> = BTreeMap::new();
     let end = Instant::now() + Duration::from_secs(seconds);
     let mut rng = rand::rng();
@@ -206,8 +217,17 @@ fn main() {
                 let i = rng.random_range(0..children.len());
                 let _ = children[i].kill();
                 let _ = children[i].wait();
-                children[i] = spawn(seen.clone());
+                children[i] = spawn(seen.clone(), 0);
                 *faults.entry("SIGKILL of a process").or_default() += 1;
+            }
+            8 => {
+                let i = rng.random_range(0..children.len());
+                let _ = children[i].kill();
+                let _ = children[i].wait();
+                children[i] = spawn(seen.clone(), 1);
+                *faults
+                    .entry("a process with another encryption key")
+                    .or_default() += 1;
             }
             4..=5 => {
                 emulator.inject_faults(Fault::Http500, rng.random_range(1..4));
