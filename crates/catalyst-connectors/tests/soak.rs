@@ -10,7 +10,9 @@
 //!
 //! Short mode (the test suite): `SOAK_SECONDS` (default 15). Long:
 //! `SOAK_SECONDS=600 cargo test --release -p catalyst-connectors --all-features --test soak`.
-//! Redis faults are not injected yet (the fallback tier is tested in `tests/redis.rs`).
+//! A second phase runs the same on Redis (with the host-local SQLite tier behind it), adding
+//! Redis killed and restarted, and Redis hung for 2 s (SIGSTOP). `SOAK_ONLY=sqlite|redis` runs
+//! one phase.
 
 use catalyst_connectors::{Connection, EncryptionKey, ExposeSecret, SqliteStore};
 use std::collections::BTreeMap;
@@ -44,11 +46,16 @@ fn child() {
     let runtime = tokio::runtime::Runtime::new().unwrap();
     runtime.block_on(async {
         let config: serde_json::Value = serde_json::from_str(&var("SOAK_CONFIG")).unwrap();
-        let mut builder = Connection::builder()
-            .ignore_env()
-            .local_store(None)
-            .store(SqliteStore::open(var("SOAK_DB")).unwrap())
-            .json(config);
+        let mut builder = Connection::builder().ignore_env().json(config);
+        builder = match std::env::var("SOAK_REDIS") {
+            // Redis, with the host-local SQLite tier behind it.
+            Ok(url) => builder
+                .store_spec(url.parse().unwrap())
+                .local_store(Some(format!("sqlite:{}", var("SOAK_DB")).parse().unwrap())),
+            Err(_) => builder
+                .local_store(None)
+                .store(SqliteStore::open(var("SOAK_DB")).unwrap()),
+        };
         if let Ok(key) = EncryptionKey::parse(&var("SOAK_KEY")) {
             builder = builder.encryption_key(key);
         }
@@ -130,6 +137,102 @@ fn main() {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(15);
+    // `SOAK_ONLY=redis` (or `sqlite`) runs one phase.
+    let only = std::env::var("SOAK_ONLY").unwrap_or_default();
+    if only != "redis" {
+        phase(seconds, None);
+    }
+    if only == "sqlite" {
+        return;
+    }
+    let redis_found = Command::new("redis-server")
+        .arg("--version")
+        .stdout(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if redis_found {
+        let dir = tempfile::tempdir().unwrap();
+        let port = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap().port()
+        };
+        let redis = Redis::start(port, dir.path());
+        phase(seconds, Some(redis));
+    } else {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "redis-server is not installed, and CI is set: install it"
+        );
+        eprintln!("SKIPPED the Redis phase: redis-server is not installed");
+    }
+}
+
+/// A redis-server on loopback that the soak kills, restarts and stops.
+struct Redis {
+    child: Child,
+    port: u16,
+    dir: std::path::PathBuf,
+}
+
+impl Redis {
+    fn start(port: u16, dir: &std::path::Path) -> Self {
+        let child = Command::new("redis-server")
+            .args([
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+            ])
+            // Data survives the restarts the soak inflicts, as a production Redis's would.
+            .args(["--appendonly", "yes", "--appendfsync", "always", "--dir"])
+            .arg(dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        for _ in 0..200 {
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        Self {
+            child,
+            port,
+            dir: dir.to_owned(),
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    fn signal(&self, sig: &str) {
+        let _ = Command::new("kill")
+            .args([sig, &self.child.id().to_string()])
+            .status();
+    }
+
+    fn restart(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        std::thread::sleep(Duration::from_millis(300));
+        *self = Redis::start(self.port, &self.dir.clone());
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        self.signal("-CONT");
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// One soak on SQLite (`redis` None) or on Redis with the local tier.
+fn phase(seconds: u64, mut redis: Option<Redis>) {
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let emulator = Arc::new(runtime.block_on(zoho_emulator::start()).unwrap());
     emulator.add_client(CLIENT_ID, CLIENT_SECRET);
@@ -154,13 +257,18 @@ fn main() {
     let db = dir.path().join("soak.db");
     let config = serde_json::Value::Object(config).to_string();
     let seen = Arc::new(Mutex::new(Seen::default()));
+    let redis_url = redis.as_ref().map(Redis::url);
     // Every process encrypts with key A; the key-change fault starts one with key B.
     let keys = [
         EncryptionKey::generate().to_base64(),
         EncryptionKey::generate().to_base64(),
     ];
     let spawn = |seen: Arc<Mutex<Seen>>, key: usize| -> Child {
-        let mut child = Command::new(std::env::current_exe().unwrap())
+        let mut command = Command::new(std::env::current_exe().unwrap());
+        if let Some(url) = &redis_url {
+            command.env("SOAK_REDIS", url);
+        }
+        let mut child = command
             .env("SOAK_CHILD", "1")
             .env("SOAK_KEY", &keys[key])
             .env("SOAK_DB", &db)
@@ -220,6 +328,18 @@ fn main() {
                 children[i] = spawn(seen.clone(), 0);
                 *faults.entry("SIGKILL of a process").or_default() += 1;
             }
+            9 if redis.is_some() => {
+                let r = redis.as_mut().unwrap();
+                if rng.random_bool(0.5) {
+                    r.restart();
+                    *faults.entry("Redis killed and restarted").or_default() += 1;
+                } else {
+                    r.signal("-STOP");
+                    std::thread::sleep(Duration::from_secs(2));
+                    r.signal("-CONT");
+                    *faults.entry("Redis hung 2 s (SIGSTOP)").or_default() += 1;
+                }
+            }
             8 => {
                 let i = rng.random_range(0..children.len());
                 let _ = children[i].kill();
@@ -263,8 +383,13 @@ fn main() {
     let stats = emulator.stats();
     let s = seen.lock().unwrap();
     let mints: u64 = stats.mints_by_label.values().sum();
+    let on = if redis_url.is_some() {
+        "Redis + local SQLite tier"
+    } else {
+        "SQLite"
+    };
     println!(
-        "chaos soak: {seconds} s, {PROCESSES} processes x {CONNECTORS} connectors x 3 callers"
+        "chaos soak on {on}: {seconds} s, {PROCESSES} processes x {CONNECTORS} connectors x 3 callers"
     );
     println!("  faults injected     {faults:?}");
     println!("  calls               {}", s.calls);
