@@ -295,6 +295,28 @@ impl Error {
         }
     }
 
+    /// The connector the error is about, when it is about one.
+    pub fn connector(&self) -> Option<&str> {
+        match self {
+            Self::UnknownConnector { name, .. } => Some(name),
+            Self::MissingRefreshToken { connector }
+            | Self::ReauthorizationRequired { connector, .. }
+            | Self::InvalidClient { connector, .. }
+            | Self::Throttled { connector, .. }
+            | Self::Transient { connector, .. }
+            | Self::Tls { connector, .. }
+            | Self::MalformedResponse { connector, .. }
+            | Self::Rejected { connector, .. }
+            | Self::Store { connector, .. }
+            | Self::EncryptionKey { connector, .. }
+            | Self::LifetimeTooShort { connector, .. }
+            | Self::DeadlineExceeded { connector, .. }
+            | Self::InvalidUser { connector, .. }
+            | Self::InvalidState { connector, .. } => Some(connector),
+            Self::Config(_) | Self::StoreOpen(_) | Self::HttpClient(_) => None,
+        }
+    }
+
     /// Whether a person must authorize the connector again.
     pub fn needs_reauthorization(&self) -> bool {
         matches!(

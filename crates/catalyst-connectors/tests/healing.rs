@@ -108,13 +108,6 @@ async fn mint_log_entries_in_the_future_do_not_count() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_answers_are_not_retried_and_count_toward_the_governor() {
     let s = Setup::new().await;
-    s.emulator.inject_faults(
-        Fault::ErrorWith200 {
-            error: String::new(),
-            description: None,
-        },
-        0,
-    );
     // A 200 whose access_token cannot go into a header.
     let bad = hostile_server(r#"{"access_token":"1000.abc\r\nX-Evil: 1","expires_in":3600}"#).await;
     let crm = s

@@ -83,15 +83,15 @@ impl Connector {
         keep(&current).then_some(current)
     }
 
-    /// Awaits `flight` at most the connection's wait deadline.
-    async fn bounded(
+    /// Awaits `flight` at most the connection's wait deadline — longer only for a mint already
+    /// on the wire (its token would be thrown away; the request has its own timeout).
+    pub(super) async fn bounded(
         &self,
         flight: super::flight::Flight<Result<AccessToken>>,
     ) -> Result<AccessToken> {
         let deadline = self.inner.runtime.options.wait_deadline;
         match tokio::time::timeout(deadline, flight.clone()).await {
             Ok(r) => r,
-            // A mint in progress is not abandoned: its token would be thrown away.
             Err(_) if self.inner.minting.load(Ordering::Acquire) => flight.await,
             Err(_) => Err(Error::DeadlineExceeded {
                 connector: self.inner.name.clone(),

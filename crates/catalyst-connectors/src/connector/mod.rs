@@ -348,17 +348,7 @@ impl Connector {
         }
         self.inner.metrics.misses.increment(1);
         let waiting = WaiterGuard::new(&self.inner.waiters);
-        let deadline = self.inner.runtime.options.wait_deadline;
-        let flight = self.flight_or_start(Mode::Wait);
-        let result = match tokio::time::timeout(deadline, flight.clone()).await {
-            Ok(r) => r,
-            // A mint in progress is not abandoned: its token would be thrown away.
-            Err(_) if self.inner.minting.load(Ordering::Acquire) => flight.await,
-            Err(_) => Err(Error::DeadlineExceeded {
-                connector: self.inner.name.clone(),
-                deadline,
-            }),
-        };
+        let result = self.bounded(self.flight_or_start(Mode::Wait)).await;
         drop(waiting);
         if let Ok(token) = &result {
             let now = self.inner.runtime.clock.now_millis();

@@ -97,7 +97,7 @@ fn error_response(e: Error) -> Response {
         _ => None,
     };
     let code = e.code();
-    let connector = connector_of(&e);
+    let connector = e.connector().map(str::to_owned);
     let failure = Failure::from(e);
     let mut response = (
         status,
@@ -116,27 +116,6 @@ fn error_response(e: Error) -> Response {
         response.headers_mut().insert(header::RETRY_AFTER, v);
     }
     response
-}
-
-fn connector_of(e: &Error) -> Option<String> {
-    match e {
-        Error::UnknownConnector { name, .. } => Some(name.clone()),
-        Error::MissingRefreshToken { connector }
-        | Error::ReauthorizationRequired { connector, .. }
-        | Error::InvalidClient { connector, .. }
-        | Error::Throttled { connector, .. }
-        | Error::Transient { connector, .. }
-        | Error::Tls { connector, .. }
-        | Error::MalformedResponse { connector, .. }
-        | Error::Rejected { connector, .. }
-        | Error::Store { connector, .. }
-        | Error::EncryptionKey { connector, .. }
-        | Error::LifetimeTooShort { connector, .. }
-        | Error::DeadlineExceeded { connector, .. }
-        | Error::InvalidUser { connector, .. }
-        | Error::InvalidState { connector, .. } => Some(connector.clone()),
-        _ => None,
-    }
 }
 
 fn token_body(t: &AccessToken) -> Response {
