@@ -624,3 +624,99 @@ async fn redis_down_or_hung_falls_back_to_the_host_local_tier() {
     );
     eprintln!("hung Redis: first call {first_wait:?}, then {second_wait:?}");
 }
+
+/// Issue 16: the mint governor counts both tiers. Mints recorded in Redis still count while it is
+/// down (the local tier has them too), and mints made on the local tier during the outage still
+/// count when Redis answers again — before, each tier counted alone and an outage doubled what
+/// Zoho saw.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_mint_governor_counts_across_a_redis_outage() {
+    if !redis_available() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let mut server = Server::start(port, dir.path(), false);
+    let s = Setup::new().await;
+    let local: StoreSpec = format!("sqlite:{}", dir.path().join("local.db").display())
+        .parse()
+        .unwrap();
+    let url = server.url();
+    // Each call is a new "process": its own connection, its circuit breaker closed.
+    let connect = || {
+        common::hermetic_without_store()
+            .store_spec(url.parse().unwrap())
+            .local_store(Some(local.clone()))
+            .mint_limit(4, Duration::from_secs(3600))
+            .json(s.config())
+            .build()
+            .unwrap()
+            .connector("crm")
+            .unwrap()
+    };
+    let is_governor = |r: &Result<_, catalyst_connectors::Error>| matches!(r, Err(catalyst_connectors::Error::Throttled { code, .. }) if code == "mint limit");
+    for _ in 0..2 {
+        connect().force_refresh().await.unwrap();
+    }
+    assert_eq!(s.token_requests(), 2);
+
+    server.stop();
+    for _ in 0..2 {
+        connect().force_refresh().await.unwrap();
+    }
+    assert_eq!(s.token_requests(), 4, "Redis down: two more mints");
+    let refused = connect().force_refresh().await;
+    assert!(is_governor(&refused), "{refused:?}");
+    assert_eq!(
+        s.token_requests(),
+        4,
+        "the two mints recorded in Redis count while it is down"
+    );
+
+    // Redis back (empty: it kept nothing across the restart).
+    let _server = Server::start(port, dir.path(), false);
+    let refused = connect().force_refresh().await;
+    assert!(is_governor(&refused), "{refused:?}");
+    assert_eq!(
+        s.token_requests(),
+        4,
+        "the mints made during the outage count when Redis is back"
+    );
+}
+
+/// Issue 16: a revoked refresh token seen while Redis answered still stops this host's other
+/// processes without a request while Redis is down (the shared health is kept in both tiers).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoked_refresh_token_stays_known_through_a_redis_outage() {
+    if !redis_available() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let mut server = Server::start(port, dir.path(), false);
+    let s = Setup::new().await;
+    let local: StoreSpec = format!("sqlite:{}", dir.path().join("local.db").display())
+        .parse()
+        .unwrap();
+    let url = server.url();
+    let connect = || {
+        common::hermetic_without_store()
+            .store_spec(url.parse().unwrap())
+            .local_store(Some(local.clone()))
+            .json(s.config())
+            .build()
+            .unwrap()
+            .connector("crm")
+            .unwrap()
+    };
+    s.emulator.revoke(&s.refresh_token);
+    let err = connect().access_token().await.unwrap_err();
+    assert!(err.needs_reauthorization(), "{err:?}");
+    let seen = s.token_requests();
+    server.stop();
+    for _ in 0..3 {
+        let err = connect().access_token().await.unwrap_err();
+        assert!(err.needs_reauthorization(), "{err:?}");
+    }
+    assert_eq!(s.token_requests(), seen, "nobody asked Zoho again");
+}

@@ -1,6 +1,7 @@
 //! Shared health: the last refresh failure of a connector's credentials, kept in the store beside
 //! the token (encrypted like the rest), so every process — `connector status` in another shell, a
-//! health check — sees what a worker saw.
+//! health check — sees what a worker saw. Behind Redis it is kept in the host-local tier too, so
+//! it still holds while Redis is down.
 //!
 //! Written after a failed flight; deleted after a successful mint by a process that saw a
 //! failure. A failure older than the token in the store is shown as resolved.
@@ -13,6 +14,7 @@ use crate::key::KEY_PREFIX;
 use crate::record::lenient_i64;
 use crate::store::TokenWrite;
 use serde_json::{Value, json};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 /// How long a recorded failure is kept when nothing replaces it.
@@ -60,21 +62,28 @@ impl Connector {
             "next_attempt_at": next_attempt_at,
         })
         .to_string();
+        // Kept in the host-local tier too (behind Redis): it then still refuses while Redis is down.
         let store = &self.inner.runtime.store;
-        let expected = match store.get(&key).await {
-            Ok(v) => v.map(|v| v.generation),
-            Err(_) => return,
-        };
-        let write = TokenWrite::new(&key, expected, &data, KEEP);
-        if let Err(err) = store.compare_and_set(write).await {
-            tracing::debug!(connector = %self.inner.name, error = %err, "could not record the failure in the store");
+        for tier in std::iter::once(Arc::clone(store)).chain(store.local_tier()) {
+            let expected = match tier.get(&key).await {
+                Ok(v) => v.map(|v| v.generation),
+                Err(_) => continue,
+            };
+            let write = TokenWrite::new(&key, expected, &data, KEEP);
+            if let Err(err) = tier.compare_and_set(write).await {
+                tracing::debug!(connector = %self.inner.name, error = %err, "could not record the failure in the store");
+            }
         }
     }
 
     /// Forgets a recorded failure after a success.
     pub(super) async fn clear_failure(&self) {
         let key = self.inner.creds.load().health_key();
-        let _ = self.inner.runtime.store.delete(&key, None).await;
+        let store = &self.inner.runtime.store;
+        if let Some(local) = store.local_tier() {
+            let _ = local.delete(&key, None).await;
+        }
+        let _ = store.delete(&key, None).await;
     }
 
     /// The last failure recorded in the store by any process, if any.

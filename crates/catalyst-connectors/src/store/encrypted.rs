@@ -325,6 +325,15 @@ impl TokenStore for EncryptedStore {
     fn max_key_len(&self) -> Option<usize> {
         self.inner.max_key_len()
     }
+
+    fn local_tier(&self) -> Option<Arc<dyn TokenStore>> {
+        let inner = self.inner.local_tier()?;
+        Some(Arc::new(Self {
+            inner,
+            cipher: self.cipher.clone(),
+            key_id: self.key_id.clone(),
+        }))
+    }
 }
 
 #[cfg(test)]

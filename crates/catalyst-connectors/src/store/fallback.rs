@@ -171,4 +171,8 @@ impl TokenStore for FallbackStore {
             (a, b) => a.or(b),
         }
     }
+
+    fn local_tier(&self) -> Option<Arc<dyn TokenStore>> {
+        Some(Arc::clone(&self.local))
+    }
 }

@@ -37,6 +37,7 @@ pub use sqlite::SqliteStore;
 
 use async_trait::async_trait;
 use std::fmt;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// A record as held by a store: opaque data plus its generation (≥ 1 once written).
@@ -229,6 +230,14 @@ pub trait TokenStore: Send + Sync + fmt::Debug + 'static {
     /// The longest key the backend accepts, if it has a limit; connectors whose keys would not
     /// fit are refused when the connection is built.
     fn max_key_len(&self) -> Option<usize> {
+        None
+    }
+
+    /// The host-local tier behind a shared store ([`FallbackStore`]), if any. The mint governor
+    /// keeps its log in both tiers and counts them together, so mints made on this host while the
+    /// shared store was down still count when it answers again (and the other way round).
+    /// Wrappers return the tier wrapped as they wrap the store. Default: none.
+    fn local_tier(&self) -> Option<Arc<dyn TokenStore>> {
         None
     }
 }
