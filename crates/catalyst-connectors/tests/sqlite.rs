@@ -13,7 +13,7 @@ use common::{CLIENT_ID, CLIENT_SECRET, Setup};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 fn manual() -> ManualClock {
     ManualClock::new(1_800_000_000_000)
@@ -350,6 +350,55 @@ async fn a_dead_holders_lease_is_taken_over_at_once() {
         waited < Duration::from_secs(10),
         "took {waited:?} with a 30 s lease"
     );
+}
+
+/// Issue 16, item 2: a process that serves the stale token, starts the background refresh (taking
+/// the lease, its request on the wire) and exits does not strand the lease: the first process
+/// after expiry takes it at once instead of waiting out 30 s.
+#[cfg(target_os = "linux")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_process_exiting_mid_refresh_does_not_strand_its_lease() {
+    let s = Setup::new().await;
+    s.emulator.set_token_lifetime(Duration::from_secs(8)); // refresh point at 6 s
+    let dir = tempfile::tempdir().unwrap();
+    let store = sqlite_spec(&dir.path().join("tokens.db"));
+    let lease = Duration::from_secs(30);
+    let run = |child: std::process::Child| async move {
+        tokio::task::spawn_blocking(move || common::tokens_of(child))
+            .await
+            .unwrap()
+    };
+    let minted_at = Instant::now();
+    let first = run(common::spawn_child(&s, &store, 1, lease)).await;
+    assert_eq!(s.token_requests(), 1);
+    tokio::time::sleep(Duration::from_millis(6300).saturating_sub(minted_at.elapsed())).await;
+
+    // The stale window: served at once, then the process exits with its refresh in flight.
+    s.emulator.set_latency(Duration::from_secs(30));
+    let exiting = common::child_command(&s, &store, 1, lease)
+        .env("CHILD_EXIT_AFTER_MS", "500")
+        .spawn()
+        .unwrap();
+    assert_eq!(run(exiting).await, first, "the stale token, served at once");
+    assert_eq!(
+        s.token_requests(),
+        2,
+        "its refresh reached Zoho before it exited"
+    );
+
+    tokio::time::sleep(Duration::from_millis(8200).saturating_sub(minted_at.elapsed())).await;
+    s.emulator.set_latency(Duration::ZERO);
+    let started = Instant::now();
+    let tokens = run(common::spawn_child(&s, &store, 5, lease)).await;
+    let waited = started.elapsed();
+    assert_eq!(tokens.len(), 5);
+    assert!(tokens.iter().all(|t| *t == tokens[0] && *t != first[0]));
+    assert_eq!(s.token_requests(), 3, "one more mint");
+    assert!(
+        waited < Duration::from_secs(10),
+        "took {waited:?} with a 30 s lease"
+    );
+    eprintln!("first call after expiry took {waited:?}");
 }
 
 #[cfg(unix)]

@@ -109,7 +109,9 @@ pub async fn settle(connector: &catalyst_connectors::Connector) {
 pub const CHILD_TEST: &str = "child_process";
 
 /// One child process: its own Connection on the store `CHILD_STORE`, `CHILD_CALLERS` concurrent
-/// callers, each token printed as `TOKEN …`.
+/// callers, each token printed as `TOKEN …`. With `CHILD_EXIT_AFTER_MS`, it then lingers that long
+/// and returns from `main` as a short-lived program does: the runtime is dropped with any
+/// background refresh still running.
 pub fn child_process_main() {
     use catalyst_connectors::ExposeSecret;
     let var = |k: &str| std::env::var(k).unwrap_or_else(|_| panic!("{k} not set"));
@@ -139,6 +141,9 @@ pub fn child_process_main() {
         for t in tasks {
             println!("TOKEN {}", t.await.unwrap().unwrap().expose_secret());
         }
+        if let Ok(ms) = std::env::var("CHILD_EXIT_AFTER_MS") {
+            tokio::time::sleep(std::time::Duration::from_millis(ms.parse().unwrap())).await;
+        }
     });
 }
 
@@ -149,7 +154,18 @@ pub fn spawn_child(
     callers: usize,
     lease: std::time::Duration,
 ) -> std::process::Child {
-    std::process::Command::new(std::env::current_exe().unwrap())
+    child_command(s, store, callers, lease).spawn().unwrap()
+}
+
+/// The command [`spawn_child`] runs, to add variables to.
+pub fn child_command(
+    s: &Setup,
+    store: &str,
+    callers: usize,
+    lease: std::time::Duration,
+) -> std::process::Command {
+    let mut command = std::process::Command::new(std::env::current_exe().unwrap());
+    command
         .args([
             "--ignored",
             "--exact",
@@ -163,9 +179,8 @@ pub fn spawn_child(
         .env("CHILD_CALLERS", callers.to_string())
         .env("CHILD_LEASE_MS", lease.as_millis().to_string())
         .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap()
+        .stderr(std::process::Stdio::piped());
+    command
 }
 
 /// The tokens a child printed; fails if it failed.
