@@ -323,6 +323,32 @@ async fn server_errors_and_unreachable_endpoints_are_transient() {
     );
 }
 
+/// A connection dropped mid-answer is a network failure: retried at once by a waiting caller,
+/// an error only when every try is cut.
+#[tokio::test]
+async fn a_connection_reset_mid_answer_is_transient_and_retried() {
+    let s = Setup::new().await;
+    s.emulator.inject_faults(Fault::Reset, 2);
+    let crm = s.connection().connector("crm").unwrap();
+    crm.access_token().await.unwrap();
+    assert_eq!(s.token_requests(), 3, "two resets, then the answer");
+    assert_eq!(s.emulator.stats().by_grant["refresh_token"]["reset"], 2);
+
+    s.emulator.inject_faults(Fault::Reset, 3);
+    let err = crm.force_refresh().await.unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::Transient {
+                kind: TransientKind::Network,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    assert!(err.is_transient());
+}
+
 #[tokio::test]
 async fn a_hung_endpoint_times_out() {
     let s = Setup::new().await;

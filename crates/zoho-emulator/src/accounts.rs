@@ -33,6 +33,8 @@ pub(crate) fn oauth_error(error: &str, description: Option<&str>) -> Response {
 pub(crate) enum Decision {
     Respond(Response),
     Hang(Duration),
+    /// Headers, then the connection drops before the body.
+    Reset,
 }
 
 pub(crate) async fn token(
@@ -55,6 +57,22 @@ pub(crate) async fn token(
         Decision::Hang(d) => {
             tokio::time::sleep(d).await;
             (StatusCode::GATEWAY_TIMEOUT, "hung").into_response()
+        }
+        Decision::Reset => {
+            // A body that fails at once: hyper has sent the headers and now aborts the
+            // connection, as a reset would.
+            let reset = futures_util::stream::once(async {
+                Err::<Bytes, _>(std::io::Error::new(
+                    std::io::ErrorKind::ConnectionReset,
+                    "emulated connection reset",
+                ))
+            });
+            (
+                StatusCode::OK,
+                [(axum::http::header::CONTENT_TYPE, "application/json")],
+                axum::body::Body::from_stream(reset),
+            )
+                .into_response()
         }
     }
 }

@@ -114,6 +114,11 @@ pub(crate) fn apply_fault(inner: &mut Inner, grant: &str) -> Result<bool, Box<De
             inner.count(grant, "hang");
             Err(Box::new(Decision::Hang(Duration::from_millis(millis))))
         }
+        Some(Fault::Reset) => {
+            inner.stats.faults_injected += 1;
+            inner.count(grant, "reset");
+            Err(Box::new(Decision::Reset))
+        }
         Some(Fault::ErrorWith200 { error, description }) => {
             inner.stats.faults_injected += 1;
             inner.count(grant, &error);

@@ -56,7 +56,9 @@ against it: leave out refresh_token above and run `connector authorize crm --sco
 Routes under /__emulator/:
   GET  stats            counters: token requests by grant and outcome, throttled, live tokens…
   GET  settings         token lifetime, latency, limits (mint_limit, mint_window_secs,
-  POST settings           live_token_cap), fault, api_domain (POST a JSON object to change)
+  POST settings           live_token_cap), fault, api_domain (POST a JSON object to change);
+                          fault: {\"kind\": \"http500\" | \"hang\" (+ \"millis\") | \"reset\" |
+                          \"error_with200\" (+ \"error\", \"description\") | \"legacy_expiry\"}
   POST clients          {\"client_id\", \"client_secret\"}
   POST refresh_tokens   {\"client_id\", \"scope\"[, \"label\"]} → {\"refresh_token\"}
   POST grant_codes      {\"client_id\", \"scope\"[, \"redirect_uri\"]} → {\"code\"}

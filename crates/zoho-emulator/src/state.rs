@@ -24,6 +24,9 @@ pub enum Fault {
         /// Optional description.
         description: Option<String>,
     },
+    /// Drop the connection mid-answer: the status line and headers go out, then the connection
+    /// closes before the body — what a client sees when the server or a proxy resets it.
+    Reset,
     /// Succeed, but in the legacy shape: `expires_in_sec` in seconds and `expires_in` in
     /// milliseconds.
     LegacyExpiry,
