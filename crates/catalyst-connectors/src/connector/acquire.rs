@@ -136,9 +136,22 @@ impl Connector {
         }
 
         let outcome = self.mint(&creds, &refresh_token, expected).await;
-        if leased && let Err(e) = runtime.store.release_lease(&creds.key, &owner).await {
-            self.inner.metrics.store_errors.increment(1);
-            tracing::warn!(connector = %name, error = %e, "could not release the mint lease; it will expire");
+        if leased {
+            // A refusal every process must honour (revoked, throttled) is in the store before the
+            // lease goes: the next holder reads it instead of asking Zoho again.
+            // (Not when the refusal was read from there.)
+            if let Err(e) = &outcome
+                && !is_recorded(e)
+                && let Some(delay) = self.refusal_delay(e)
+            {
+                let now = runtime.clock.now_millis();
+                self.save_failure(e, 1, now.saturating_add(duration_millis(delay)))
+                    .await;
+            }
+            if let Err(e) = runtime.store.release_lease(&creds.key, &owner).await {
+                self.inner.metrics.store_errors.increment(1);
+                tracing::warn!(connector = %name, error = %e, "could not release the mint lease; it will expire");
+            }
         }
         match outcome {
             Ok(token) => (Ok(token), Attempt::Minted),
@@ -564,4 +577,9 @@ enum LeaseWait {
     Leased(Option<u64>),
     StoreFailed,
     Failed(Error),
+}
+
+/// Whether `e` is a refusal read from the shared health (see `shared_refusal`), not a new one.
+pub(super) fn is_recorded(e: &Error) -> bool {
+    matches!(e, Error::ReauthorizationRequired { code, .. } | Error::Throttled { code, .. } if code == "recorded")
 }

@@ -128,7 +128,10 @@ impl Connector {
         match &outcome {
             Attempt::Failed(e) => {
                 let (failures, next) = self.note_outcome(&outcome);
-                self.save_failure(e, failures, next).await;
+                // A refusal read from the shared health is there already.
+                if !super::acquire::is_recorded(e) {
+                    self.save_failure(e, failures, next).await;
+                }
             }
             Attempt::Minted => {
                 let (had_failures, _) = self.note_outcome(&outcome);
@@ -171,13 +174,9 @@ impl Connector {
             Attempt::Failed(e) => {
                 let health = guard.get_or_insert_with(Box::default);
                 let delay = match e.retry_class() {
-                    RetryClass::Window => match e {
-                        Error::Throttled {
-                            retry_after: Some(after),
-                            ..
-                        } => *after,
-                        _ => options.mint_window,
-                    },
+                    RetryClass::Window | RetryClass::Permanent => {
+                        self.refusal_delay(e).unwrap_or(options.negative_ttl)
+                    }
                     RetryClass::Backoff => {
                         health.consecutive_failures = health.consecutive_failures.saturating_add(1);
                         let exp = health.consecutive_failures.saturating_sub(1).min(20);
@@ -189,7 +188,6 @@ impl Connector {
                         )
                     }
                     RetryClass::Immediate => Duration::ZERO,
-                    RetryClass::Permanent => options.negative_ttl,
                 };
                 tracing::debug!(connector = %self.inner.name, retry_in_ms = duration_millis(delay), "next refresh attempt scheduled");
                 health.last_error = Some((e.clone(), now));
@@ -200,6 +198,26 @@ impl Connector {
         };
         self.inner.next_attempt_at.store(next, Ordering::Release);
         (failures, next)
+    }
+}
+
+impl Connector {
+    /// How long every process should refrain from asking Zoho after `e`: Zoho's window for a
+    /// throttle, the negative-cache TTL for a rejected refresh token; `None` for failures each
+    /// process may retry on its own schedule.
+    pub(super) fn refusal_delay(&self, e: &Error) -> Option<Duration> {
+        let options = &self.inner.runtime.options;
+        match e.retry_class() {
+            RetryClass::Window => Some(match e {
+                Error::Throttled {
+                    retry_after: Some(after),
+                    ..
+                } => *after,
+                _ => options.mint_window,
+            }),
+            RetryClass::Permanent => Some(options.negative_ttl),
+            RetryClass::Backoff | RetryClass::Immediate => None,
+        }
     }
 }
 
