@@ -1,11 +1,16 @@
 //! Chaos soak (issue 16): several processes × several connectors on one SQLite store against the
 //! emulator with short-lived tokens, while faults are injected at random — SIGKILL of processes
-//! (mid-mint or not), token endpoint 500s, hangs, Access Denied, and a process started with another
-//! encryption key (it must fail with a key error, never mint or overwrite). At the end it checks, from the
-//! emulator's own counters and what every caller saw:
+//! (mid-mint or not), token endpoint 500s, hangs, connection resets, Access Denied, a process started
+//! with another encryption key (it must fail with a key error, never mint or overwrite), and once per
+//! phase a refresh token revoked at Zoho. At the end it checks, from the emulator's own counters and
+//! what every caller saw:
 //! - Zoho's limit was never hit by us (the emulator's real throttle never answered);
 //! - no token was served past its expiry, and none for other credentials;
-//! - no caller erred while its process held a valid token;
+//! - no caller erred while a valid token existed (one served to any process, still valid) and the
+//!   endpoint was up (no fault served within the backoff, hang or throttle window before), nor
+//!   while its own process held a valid token;
+//! - after the revocation, Zoho was asked with the revoked refresh token at most once per
+//!   negative-cache period (plus one), however many processes there were;
 //! - no call waited longer than the lease plus one (possibly hung) mint.
 //!
 //! Short mode (the test suite): `SOAK_SECONDS` (default 15). Long:
@@ -31,6 +36,8 @@ const LIFETIME: Duration = Duration::from_secs(12);
 const WINDOW: Duration = Duration::from_secs(60);
 const LEASE: Duration = Duration::from_secs(5);
 const HANG: Duration = Duration::from_secs(2);
+const BACKOFF_CAP: Duration = Duration::from_secs(4);
+const NEGATIVE_TTL: Duration = Duration::from_secs(10);
 
 fn now_ms() -> i64 {
     SystemTime::now()
@@ -43,6 +50,13 @@ fn now_ms() -> i64 {
 /// `OK <name> <token> <expires_at_ms> <elapsed_ms>` or `ERR <name> <code> <held_valid> <elapsed_ms>`.
 fn child() {
     let var = |k: &str| std::env::var(k).unwrap_or_default();
+    // SOAK_LOG=debug: each child logs to its stderr, kept in the soak's directory.
+    if let Ok(filter) = std::env::var("SOAK_LOG") {
+        tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_writer(std::io::stderr)
+            .init();
+    }
     let runtime = tokio::runtime::Runtime::new().unwrap();
     runtime.block_on(async {
         let config: serde_json::Value = serde_json::from_str(&var("SOAK_CONFIG")).unwrap();
@@ -63,6 +77,8 @@ fn child() {
             .lease_ttl(LEASE)
             .wait_deadline(LEASE)
             .mint_limit(10, WINDOW)
+            .backoff(Duration::from_millis(250), BACKOFF_CAP)
+            .negative_cache_ttl(NEGATIVE_TTL)
             .request_timeout(Duration::from_secs(5))
             .build()
             .unwrap();
@@ -119,10 +135,55 @@ fn child() {
 struct Seen {
     calls: u64,
     errors: BTreeMap<String, u64>,
+    /// Errors the faults call for: a key error in a process with another key, any error of the
+    /// revoked connector after its revocation.
+    expected_errors: u64,
+    /// Other errors: `(at, connector, code, elapsed)`, judged at the end.
+    other_errors: Vec<(i64, String, String, String)>,
     errors_while_holding: u64,
     expired: u64,
     foreign: u64,
     worst_wait_ms: u128,
+    /// Per connector, `(served at, expires at)` of every token served.
+    served: BTreeMap<String, Vec<(i64, i64)>>,
+    /// The connector whose refresh token was revoked, and when (epoch ms).
+    revoked: Option<(String, i64)>,
+}
+
+/// Records when (epoch ms) the token endpoint served a fault and until when it counts as down
+/// after it: the backoff (500, reset), the hang plus the backoff, or Zoho's window (Access
+/// Denied). Stops when `down` is its last owner.
+fn watch_endpoint(emulator: Arc<zoho_emulator::Emulator>, down: Arc<Mutex<Vec<(i64, i64)>>>) {
+    std::thread::spawn(move || {
+        let mut before = BTreeMap::new();
+        loop {
+            let stats = emulator.stats();
+            let by = stats
+                .by_grant
+                .get("refresh_token")
+                .cloned()
+                .unwrap_or_default();
+            for (kind, grace) in [
+                ("http_500", BACKOFF_CAP),
+                ("reset", BACKOFF_CAP),
+                ("hang", HANG + BACKOFF_CAP),
+                ("Access Denied", WINDOW),
+            ] {
+                let n = by.get(kind).copied().unwrap_or(0);
+                if n > before.get(kind).copied().unwrap_or(0) {
+                    // Seen up to a poll late: the fault may have been served 100 ms earlier.
+                    let at = now_ms();
+                    let until = at + (grace + Duration::from_secs(1)).as_millis() as i64;
+                    down.lock().unwrap().push((at - 100, until));
+                }
+                before.insert(kind, n);
+            }
+            if Arc::strong_count(&down) == 1 {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    });
 }
 
 fn main() {
@@ -263,6 +324,9 @@ fn phase(seconds: u64, mut redis: Option<Redis>) {
         EncryptionKey::generate().to_base64(),
         EncryptionKey::generate().to_base64(),
     ];
+    let down = Arc::new(Mutex::new(Vec::new()));
+    watch_endpoint(Arc::clone(&emulator), Arc::clone(&down));
+    let logs = std::sync::atomic::AtomicUsize::new(0);
     let spawn = |seen: Arc<Mutex<Seen>>, key: usize| -> Child {
         let mut command = Command::new(std::env::current_exe().unwrap());
         if let Some(url) = &redis_url {
@@ -274,7 +338,15 @@ fn phase(seconds: u64, mut redis: Option<Redis>) {
             .env("SOAK_DB", &db)
             .env("SOAK_CONFIG", &config)
             .stdout(Stdio::piped())
-            .stderr(Stdio::null())
+            .stderr(match std::env::var_os("SOAK_LOG") {
+                Some(_) => {
+                    let n = logs.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    Stdio::from(
+                        std::fs::File::create(dir.path().join(format!("child-{n}.log"))).unwrap(),
+                    )
+                }
+                None => Stdio::null(),
+            })
             .spawn()
             .unwrap();
         let stdout = child.stdout.take().unwrap();
@@ -298,12 +370,31 @@ fn phase(seconds: u64, mut redis: Option<Redis>) {
                         {
                             s.foreign += 1;
                         }
+                        s.served
+                            .entry((*name).to_owned())
+                            .or_default()
+                            .push((at, exp));
                         s.worst_wait_ms = s.worst_wait_ms.max(elapsed.parse().unwrap_or(0));
                     }
-                    ["ERR", _, code, held, elapsed, _] => {
+                    ["ERR", name, code, held, elapsed, at] => {
+                        let at: i64 = at.parse().unwrap_or(0);
                         *s.errors.entry((*code).to_owned()).or_default() += 1;
-                        if *held == "true" {
-                            s.errors_while_holding += 1;
+                        let revoked = s
+                            .revoked
+                            .as_ref()
+                            .is_some_and(|(n, since)| n == name && at >= *since);
+                        if *code == "encryption_key" || revoked {
+                            s.expected_errors += 1;
+                        } else {
+                            if *held == "true" {
+                                s.errors_while_holding += 1;
+                            }
+                            s.other_errors.push((
+                                at,
+                                (*name).to_owned(),
+                                (*code).to_owned(),
+                                (*elapsed).to_owned(),
+                            ));
                         }
                         s.worst_wait_ms = s.worst_wait_ms.max(elapsed.parse().unwrap_or(0));
                     }
@@ -315,20 +406,39 @@ fn phase(seconds: u64, mut redis: Option<Redis>) {
     };
     let mut children: Vec<Child> = (0..PROCESSES).map(|_| spawn(seen.clone(), 0)).collect();
     let mut faults: BTreeMap<&str, u64> = BTreeMap::new();
-    let end = Instant::now() + Duration::from_secs(seconds);
+    let started = Instant::now();
+    let end = started + Duration::from_secs(seconds);
     let mut rng = rand::rng();
     use rand::Rng as _;
+    // The last connector's refresh token is revoked once, between 40 % and 70 % of the phase.
+    let revoke_at = started + Duration::from_secs(seconds).mul_f64(rng.random_range(0.4..0.7));
+    let revoked_name = format!("c{}", CONNECTORS - 1);
+    let mut revoked = None;
+    let invalid_code = |e: &zoho_emulator::Emulator| {
+        e.stats()
+            .by_grant
+            .get("refresh_token")
+            .and_then(|b| b.get("invalid_code").copied())
+            .unwrap_or(0)
+    };
     while Instant::now() < end {
         std::thread::sleep(Duration::from_millis(rng.random_range(500..2000)));
-        match rng.random_range(0..10) {
-            0..=3 => {
+        if revoked.is_none() && Instant::now() >= revoke_at {
+            seen.lock().unwrap().revoked = Some((revoked_name.clone(), now_ms()));
+            emulator.revoke(&refresh_tokens[&revoked_name]);
+            revoked = Some((Instant::now(), invalid_code(&emulator)));
+            *faults.entry("refresh token revoked").or_default() += 1;
+            continue;
+        }
+        match rng.random_range(0..20) {
+            0..=7 => {
                 let i = rng.random_range(0..children.len());
                 let _ = children[i].kill();
                 let _ = children[i].wait();
                 children[i] = spawn(seen.clone(), 0);
                 *faults.entry("SIGKILL of a process").or_default() += 1;
             }
-            9 if redis.is_some() => {
+            15..=16 if redis.is_some() => {
                 let r = redis.as_mut().unwrap();
                 if rng.random_bool(0.5) {
                     r.restart();
@@ -340,7 +450,7 @@ fn phase(seconds: u64, mut redis: Option<Redis>) {
                     *faults.entry("Redis hung 2 s (SIGSTOP)").or_default() += 1;
                 }
             }
-            8 => {
+            14 => {
                 let i = rng.random_range(0..children.len());
                 let _ = children[i].kill();
                 let _ = children[i].wait();
@@ -349,11 +459,11 @@ fn phase(seconds: u64, mut redis: Option<Redis>) {
                     .entry("a process with another encryption key")
                     .or_default() += 1;
             }
-            4..=5 => {
+            8..=10 => {
                 emulator.inject_faults(Fault::Http500, rng.random_range(1..4));
                 *faults.entry("token endpoint 500s").or_default() += 1;
             }
-            6 => {
+            11 => {
                 emulator.inject_faults(
                     Fault::Hang {
                         millis: HANG.as_millis() as u64,
@@ -362,7 +472,11 @@ fn phase(seconds: u64, mut redis: Option<Redis>) {
                 );
                 *faults.entry("token endpoint hang").or_default() += 1;
             }
-            7 => {
+            12 => {
+                emulator.inject_faults(Fault::Reset, rng.random_range(1..3));
+                *faults.entry("connection reset").or_default() += 1;
+            }
+            13 => {
                 emulator.inject_faults(
                     Fault::ErrorWith200 {
                         error: "Access Denied".into(),
@@ -379,6 +493,10 @@ fn phase(seconds: u64, mut redis: Option<Redis>) {
         let _ = c.kill();
         let _ = c.wait();
     }
+    if std::env::var_os("SOAK_LOG").is_some() {
+        let kept = dir.keep();
+        println!("child logs in {}", kept.display());
+    }
     std::thread::sleep(Duration::from_millis(200));
     let stats = emulator.stats();
     let s = seen.lock().unwrap();
@@ -388,15 +506,31 @@ fn phase(seconds: u64, mut redis: Option<Redis>) {
     } else {
         "SQLite"
     };
+    // Requests with the revoked refresh token after the revocation, and the bound: one per
+    // negative-cache period, plus one.
+    let (errors_with_valid_token, examples) = judge(&s, &down.lock().unwrap());
+    let (revoked_requests, revoked_bound) = match revoked {
+        Some((at, before)) => (
+            invalid_code(&emulator) - before,
+            2 + at.elapsed().as_secs() / NEGATIVE_TTL.as_secs(),
+        ),
+        None => (0, 0),
+    };
     println!(
         "chaos soak on {on}: {seconds} s, {PROCESSES} processes x {CONNECTORS} connectors x 3 callers"
     );
     println!("  faults injected     {faults:?}");
     println!("  calls               {}", s.calls);
     println!("  errors              {:?}", s.errors);
+    println!(
+        "  of which expected   {} (key errors, the revoked connector)",
+        s.expected_errors
+    );
+    println!("  errors, valid token and endpoint up  {errors_with_valid_token} {examples:?}");
     println!("  errors with a token {}", s.errors_while_holding);
     println!("  mints               {mints} ({:?})", stats.mints_by_label);
     println!("  Zoho throttled us   {}", stats.throttled);
+    println!("  revoked token asked {revoked_requests} (bound {revoked_bound})");
     println!("  expired / foreign   {} / {}", s.expired, s.foreign);
     println!("  worst wait          {} ms", s.worst_wait_ms);
     assert!(s.calls > 0, "callers ran");
@@ -410,10 +544,54 @@ fn phase(seconds: u64, mut redis: Option<Redis>) {
         s.errors_while_holding, 0,
         "no caller erred while its process held a valid token"
     );
+    assert_eq!(
+        errors_with_valid_token, 0,
+        "no caller erred while a valid token existed and the endpoint was up: {examples:?}"
+    );
+    assert!(
+        revoked_requests <= revoked_bound,
+        "the revoked refresh token was sent {revoked_requests} times (bound {revoked_bound})"
+    );
     let bound = (LEASE + HANG + Duration::from_secs(5)).as_millis();
     assert!(
         s.worst_wait_ms <= bound,
         "worst wait {} ms > {bound} ms",
         s.worst_wait_ms
     );
+}
+
+/// The errors that came while a token served to some process before them was valid for at least
+/// another second and no fault the endpoint served excuses them; with up to five examples.
+fn judge(s: &Seen, down: &[(i64, i64)]) -> (u64, Vec<String>) {
+    // Per connector: served times in order, with the latest expiry served up to each.
+    let latest: BTreeMap<&str, Vec<(i64, i64)>> = s
+        .served
+        .iter()
+        .map(|(name, served)| {
+            let mut served = served.clone();
+            served.sort_unstable();
+            let mut max = i64::MIN;
+            for entry in &mut served {
+                max = max.max(entry.1);
+                entry.1 = max;
+            }
+            (name.as_str(), served)
+        })
+        .collect();
+    let mut count = 0;
+    let mut examples = Vec::new();
+    for (at, name, code, elapsed) in &s.other_errors {
+        let valid = latest.get(name.as_str()).is_some_and(|served| {
+            let i = served.partition_point(|(t, _)| t <= at);
+            i > 0 && served[i - 1].1 > at + 1000
+        });
+        let excused = down.iter().any(|(from, until)| from <= at && at <= until);
+        if valid && !excused {
+            count += 1;
+            if examples.len() < 5 {
+                examples.push(format!("{name} {code} after {elapsed} ms"));
+            }
+        }
+    }
+    (count, examples)
 }
