@@ -319,6 +319,67 @@ async fn two_encryption_keys_on_one_store_do_not_bypass_the_governor() {
     );
 }
 
+/// A process with another encryption key must not hide the shared health from the others: its
+/// key error is its own and is not recorded, and a refusal it recorded under its key is replaced
+/// by the next process that learns the same (the soak found every process asking Zoho with a
+/// revoked refresh token once such a record was there).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_process_with_another_key_does_not_hide_the_shared_health() {
+    let s = Setup::new().await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("t.db");
+    let keys = [EncryptionKey::generate(), EncryptionKey::generate()];
+    let connect = |key: &EncryptionKey| {
+        s.bare_builder()
+            .store(SqliteStore::open(&path).unwrap())
+            .json(s.config())
+            .encryption_key(key.clone())
+            .build()
+            .unwrap()
+            .connector("crm")
+            .unwrap()
+    };
+    // B asks Zoho first with a revoked refresh token and records the refusal under its key; the
+    // first A process replaces it, and the other A processes ask no more.
+    s.emulator.revoke(&s.refresh_token);
+    let err = connect(&keys[1]).access_token().await.unwrap_err();
+    assert!(err.needs_reauthorization(), "{err:?}");
+    for _ in 0..4 {
+        let err = connect(&keys[0]).access_token().await.unwrap_err();
+        assert!(err.needs_reauthorization(), "{err:?}");
+    }
+    assert_eq!(
+        s.token_requests(),
+        2,
+        "B's request and the first A process's; the other three were refused from the store"
+    );
+
+    // A key error is the process's own: nothing is recorded.
+    let s = Setup::new().await;
+    let path = dir.path().join("u.db");
+    let connect = |key: &EncryptionKey| {
+        s.bare_builder()
+            .store(SqliteStore::open(&path).unwrap())
+            .json(s.config())
+            .encryption_key(key.clone())
+            .build()
+            .unwrap()
+            .connector("crm")
+            .unwrap()
+    };
+    connect(&keys[0]).access_token().await.unwrap();
+    let err = connect(&keys[1]).access_token().await.unwrap_err();
+    assert!(matches!(err, Error::EncryptionKey { .. }), "{err:?}");
+    let health: i64 = raw(&path)
+        .query_row(
+            "SELECT count(*) FROM records WHERE key LIKE '%health:%' AND data != ''",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(health, 0, "no health record for a key error");
+}
+
 /// A token endpoint that answers every request with `body` (HTTP 200) and counts them.
 struct Hostile {
     url: String,

@@ -12,7 +12,7 @@ use crate::clock::{EpochMillis, millis_to_system_time};
 use crate::error::Error;
 use crate::key::KEY_PREFIX;
 use crate::record::lenient_i64;
-use crate::store::TokenWrite;
+use crate::store::{StoreErrorKind, TokenWrite};
 use serde_json::{Value, json};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -51,6 +51,20 @@ impl Connector {
         failures: u32,
         next_attempt_at: EpochMillis,
     ) {
+        // Only what the token endpoint said is the credentials' health; a key, store or config
+        // problem is this process's own (and would hide the others' record behind its key).
+        if !matches!(
+            e,
+            Error::ReauthorizationRequired { .. }
+                | Error::InvalidClient { .. }
+                | Error::Throttled { .. }
+                | Error::Transient { .. }
+                | Error::Tls { .. }
+                | Error::MalformedResponse { .. }
+                | Error::Rejected { .. }
+        ) {
+            return;
+        }
         let creds = self.inner.creds.load_full();
         let key = creds.health_key();
         let now = self.inner.runtime.clock.now_millis();
@@ -67,6 +81,11 @@ impl Connector {
         for tier in std::iter::once(Arc::clone(store)).chain(store.local_tier()) {
             let expected = match tier.get(&key).await {
                 Ok(v) => v.map(|v| v.generation),
+                // Written with another encryption key: it holds no secret, replace it.
+                Err(e) if e.kind == StoreErrorKind::Key => match tier.delete(&key, None).await {
+                    Ok(_) => None,
+                    Err(_) => continue,
+                },
                 Err(_) => continue,
             };
             let write = TokenWrite::new(&key, expected, &data, KEEP);
