@@ -536,6 +536,18 @@ async fn rediss_works_with_a_private_ca_and_refuses_an_untrusted_server() {
 }
 
 /// Issue 16: with Redis down, processes on one host share a local tier (here a temporary SQLite
+/// A builder for Redis at `url` with the host-local SQLite tier in `dir`: each `build()` is a new
+/// "process" (its own connection, its circuit breaker closed).
+fn tiered(s: &Setup, url: &str, dir: &Path) -> catalyst_connectors::ConnectionBuilder {
+    let local: StoreSpec = format!("sqlite:{}", dir.join("local.db").display())
+        .parse()
+        .unwrap();
+    common::hermetic_without_store()
+        .store_spec(url.parse().unwrap())
+        .local_store(Some(local))
+        .json(s.config())
+}
+
 /// file standing in for the default store): one mint for all, not one per process; with Redis
 /// hung (SIGSTOP), a caller pays the Redis timeout once, then the breaker sends it to the local
 /// tier without waiting.
@@ -548,16 +560,9 @@ async fn redis_down_or_hung_falls_back_to_the_host_local_tier() {
     let port = free_port();
     let mut server = Server::start(port, dir.path(), false);
     let s = Setup::new().await;
-    let local: catalyst_connectors::StoreSpec =
-        format!("sqlite:{}", dir.path().join("local.db").display())
-            .parse()
-            .unwrap();
     let url = server.url();
     let connect = || {
-        common::hermetic_without_store()
-            .store_spec(url.parse().unwrap())
-            .local_store(Some(local.clone()))
-            .json(s.config())
+        tiered(&s, &url, dir.path())
             .build()
             .unwrap()
             .connector("crm")
@@ -638,17 +643,10 @@ async fn the_mint_governor_counts_across_a_redis_outage() {
     let port = free_port();
     let mut server = Server::start(port, dir.path(), false);
     let s = Setup::new().await;
-    let local: StoreSpec = format!("sqlite:{}", dir.path().join("local.db").display())
-        .parse()
-        .unwrap();
     let url = server.url();
-    // Each call is a new "process": its own connection, its circuit breaker closed.
     let connect = || {
-        common::hermetic_without_store()
-            .store_spec(url.parse().unwrap())
-            .local_store(Some(local.clone()))
+        tiered(&s, &url, dir.path())
             .mint_limit(4, Duration::from_secs(3600))
-            .json(s.config())
             .build()
             .unwrap()
             .connector("crm")
@@ -695,15 +693,9 @@ async fn a_revoked_refresh_token_stays_known_through_a_redis_outage() {
     let port = free_port();
     let mut server = Server::start(port, dir.path(), false);
     let s = Setup::new().await;
-    let local: StoreSpec = format!("sqlite:{}", dir.path().join("local.db").display())
-        .parse()
-        .unwrap();
     let url = server.url();
     let connect = || {
-        common::hermetic_without_store()
-            .store_spec(url.parse().unwrap())
-            .local_store(Some(local.clone()))
-            .json(s.config())
+        tiered(&s, &url, dir.path())
             .build()
             .unwrap()
             .connector("crm")

@@ -4,53 +4,14 @@
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
-use zoho_emulator::Emulator;
 
-const CLIENT_ID: &str = "1000.AGENT";
-const CLIENT_SECRET: &str = "agent-secret";
+mod common;
 
-struct Env {
-    emulator: Emulator,
-    dir: tempfile::TempDir,
-    refresh_token: String,
-}
+use common::Env;
 
 impl Env {
-    async fn new() -> Self {
-        let emulator = zoho_emulator::start().await.unwrap();
-        emulator.add_client(CLIENT_ID, CLIENT_SECRET);
-        let refresh_token = emulator.add_refresh_token(CLIENT_ID, "ZohoCRM.users.READ");
-        let dir = tempfile::tempdir().unwrap();
-        let config = serde_json::json!({"crm": {
-            "client_id": CLIENT_ID, "client_secret": CLIENT_SECRET,
-            "auth_url": emulator.token_url(), "refresh_url": emulator.token_url(),
-            "refresh_token": refresh_token,
-        }});
-        std::fs::write(dir.path().join("connectors.json"), config.to_string()).unwrap();
-        Self {
-            emulator,
-            dir,
-            refresh_token,
-        }
-    }
-
     fn socket(&self) -> PathBuf {
         self.dir.path().join("run").join("agent.sock")
-    }
-
-    fn command(&self, args: &[&str]) -> Command {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_connector"));
-        cmd.current_dir(self.dir.path())
-            .env_remove("CONNECTOR_CONFIG")
-            .env_remove("CONNECTOR_AGENT")
-            .env_remove("CONNECTOR_ENCRYPTION_KEY")
-            .env("XDG_DATA_HOME", self.dir.path().join("data"))
-            .env(
-                "CONNECTOR_STORE",
-                format!("sqlite:{}", self.dir.path().join("tokens.db").display()),
-            )
-            .args(args);
-        cmd
     }
 
     /// Starts `connector serve --socket … extra…` and waits until the socket answers.
@@ -73,10 +34,6 @@ impl Env {
         let _ = child.kill();
         let _ = child.wait();
         panic!("the agent did not start");
-    }
-
-    fn requests(&self) -> u64 {
-        self.emulator.stats().token_requests
     }
 }
 

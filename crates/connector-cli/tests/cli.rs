@@ -1,66 +1,12 @@
 //! The `connector` binary against the emulator: output and exit codes.
 
 use assert_cmd::Command;
-use std::path::PathBuf;
-use zoho_emulator::{Emulator, Fault};
 
-const CLIENT_ID: &str = "1000.CLI";
-const CLIENT_SECRET: &str = "cli-secret";
+use zoho_emulator::Fault;
 
-struct Env {
-    emulator: Emulator,
-    dir: tempfile::TempDir,
-    refresh_token: String,
-}
+mod common;
 
-impl Env {
-    async fn new() -> Self {
-        let emulator = zoho_emulator::start().await.unwrap();
-        emulator.add_client(CLIENT_ID, CLIENT_SECRET);
-        let refresh_token = emulator.add_refresh_token(CLIENT_ID, "ZohoCRM.users.READ");
-        let dir = tempfile::tempdir().unwrap();
-        let config = serde_json::json!({"crm": {
-            "client_id": CLIENT_ID, "client_secret": CLIENT_SECRET,
-            "auth_url": emulator.token_url(), "refresh_url": emulator.token_url(),
-            "refresh_token": refresh_token,
-        }});
-        std::fs::write(dir.path().join("connectors.json"), config.to_string()).unwrap();
-        Self {
-            emulator,
-            dir,
-            refresh_token,
-        }
-    }
-
-    fn config_path(&self) -> PathBuf {
-        self.dir.path().join("connectors.json")
-    }
-
-    /// Runs `connector args…` in the temp dir, off the async runtime.
-    async fn run(&self, args: &[&str]) -> std::process::Output {
-        let mut cmd = Command::cargo_bin("connector").unwrap();
-        cmd.current_dir(self.dir.path())
-            .env_remove("CONNECTOR_CONFIG")
-            .env_remove("CONNECTOR_ENCRYPTION_KEY")
-            .env_remove("CONNECTOR_ENCRYPTION_KEY_FILE")
-            .env(
-                "CONNECTOR_STORE",
-                format!("sqlite:{}", self.dir.path().join("tokens.db").display()),
-            )
-            .env("XDG_DATA_HOME", self.dir.path().join("data"))
-            .args(args);
-        tokio::task::spawn_blocking(move || cmd.output().unwrap())
-            .await
-            .unwrap()
-    }
-}
-
-fn stdout(o: &std::process::Output) -> String {
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-fn stderr(o: &std::process::Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
+use common::{CLIENT_ID, CLIENT_SECRET, Env, stderr, stdout};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn token_prints_only_the_token() {

@@ -3,98 +3,14 @@
 //! broken neighbour, unknown settings, a stale token in a one-shot process, status as a health
 //! check, the last error seen from another process).
 
-use assert_cmd::Command;
-use std::path::PathBuf;
 use std::time::Duration;
-use zoho_emulator::Emulator;
 
-const CLIENT_ID: &str = "1000.DIAG";
-const CLIENT_SECRET: &str = "diag-secret";
+mod common;
+
+use common::{CLIENT_ID, Env, stderr, stdout};
+
 const KEY_A: &str = "0000000000000000000000000000000000000000000000000000000000000001";
 const KEY_B: &str = "0000000000000000000000000000000000000000000000000000000000000002";
-
-struct Env {
-    emulator: Emulator,
-    dir: tempfile::TempDir,
-    refresh_token: String,
-}
-
-impl Env {
-    async fn new() -> Self {
-        let emulator = zoho_emulator::start().await.unwrap();
-        emulator.add_client(CLIENT_ID, CLIENT_SECRET);
-        let refresh_token = emulator.add_refresh_token(CLIENT_ID, "ZohoCRM.users.READ");
-        let env = Self {
-            emulator,
-            dir: tempfile::tempdir().unwrap(),
-            refresh_token,
-        };
-        env.write_config(&[("crm", Some(&env.refresh_token.clone()))]);
-        env
-    }
-
-    fn connector_json(&self, refresh_token: Option<&str>) -> serde_json::Value {
-        let mut c = serde_json::json!({
-            "client_id": CLIENT_ID, "client_secret": CLIENT_SECRET,
-            "auth_url": self.emulator.token_url(), "refresh_url": self.emulator.token_url(),
-        });
-        if let Some(rt) = refresh_token {
-            c["refresh_token"] = rt.into();
-        }
-        c
-    }
-
-    fn write_config(&self, connectors: &[(&str, Option<&str>)]) {
-        let mut config = serde_json::Map::new();
-        for (name, rt) in connectors {
-            config.insert((*name).to_owned(), self.connector_json(*rt));
-        }
-        std::fs::write(
-            self.config_path(),
-            serde_json::Value::Object(config).to_string(),
-        )
-        .unwrap();
-    }
-
-    fn config_path(&self) -> PathBuf {
-        self.dir.path().join("connectors.json")
-    }
-
-    /// Runs `connector args…` with extra environment variables.
-    async fn run_with(&self, vars: &[(&str, &str)], args: &[&str]) -> std::process::Output {
-        let mut cmd = Command::cargo_bin("connector").unwrap();
-        cmd.current_dir(self.dir.path())
-            .env_remove("CONNECTOR_CONFIG")
-            .env_remove("CONNECTOR_ENCRYPTION_KEY")
-            .env_remove("CONNECTOR_ENCRYPTION_KEY_FILE")
-            .env_remove("CONNECTOR_LOG")
-            .env("XDG_DATA_HOME", self.dir.path().join("data"))
-            .env(
-                "CONNECTOR_STORE",
-                format!("sqlite:{}", self.dir.path().join("tokens.db").display()),
-            )
-            .envs(vars.iter().copied())
-            .args(args);
-        tokio::task::spawn_blocking(move || cmd.output().unwrap())
-            .await
-            .unwrap()
-    }
-
-    async fn run(&self, args: &[&str]) -> std::process::Output {
-        self.run_with(&[], args).await
-    }
-
-    fn requests(&self) -> u64 {
-        self.emulator.stats().token_requests
-    }
-}
-
-fn stdout(o: &std::process::Output) -> String {
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-fn stderr(o: &std::process::Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_different_or_missing_encryption_key_is_a_configuration_error() {
