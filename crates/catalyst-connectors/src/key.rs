@@ -47,6 +47,40 @@ pub fn fingerprint(client_id: &str, refresh_token: &str, refresh_url: &str) -> S
     to_hex(&hasher.finalize())
 }
 
+/// Where the mint governor counts mints for the refresh token with this credential fingerprint:
+/// `ZC_CONN_mints:<16 hex digits>`.
+pub(crate) fn mints_key(fingerprint: &str) -> String {
+    format!(
+        "{KEY_PREFIX}mints:{}",
+        &fingerprint[..fingerprint.len().min(16)]
+    )
+}
+
+/// Where the shared health of these credentials is kept: `ZC_CONN_health:<16 hex digits>`.
+pub(crate) fn health_key(fingerprint: &str) -> String {
+    format!(
+        "{KEY_PREFIX}health:{}",
+        &fingerprint[..fingerprint.len().min(16)]
+    )
+}
+
+/// Whether `key` is a record that holds no secret and must be readable by every process whatever
+/// its encryption key: a mint log or a shared health record ([`mints_key`], [`health_key`]).
+/// No connector's own key has this shape (those end in five hex digits or `rt:` and six), and
+/// connector names cannot contain `:`.
+pub(crate) fn is_public(key: &str) -> bool {
+    let Some(rest) = key.strip_prefix(KEY_PREFIX) else {
+        return false;
+    };
+    let Some(hex) = rest
+        .strip_prefix("mints:")
+        .or_else(|| rest.strip_prefix("health:"))
+    else {
+        return false;
+    };
+    hex.len() == 16 && hex.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
 /// The key under which a refresh token obtained at run time (code exchange, rotation) is kept:
 /// `ZC_CONN_<name>:rt:<6 hex digits of a hash of client id and refresh URL>` (short, to fit
 /// Catalyst Cache's 50-character keys; the record itself names the client and URL it is for).

@@ -58,7 +58,7 @@ pub(crate) struct Credentials {
 impl Credentials {
     /// Where the mint governor counts mints for this refresh token.
     pub(super) fn governor_key(&self) -> String {
-        format!("{}mints:{}", key::KEY_PREFIX, &self.fingerprint[..16])
+        key::mints_key(&self.fingerprint)
     }
 
     pub(crate) fn new(

@@ -10,7 +10,6 @@ use super::Connector;
 use super::credentials::Credentials;
 use crate::clock::{EpochMillis, millis_to_system_time};
 use crate::error::Error;
-use crate::key::KEY_PREFIX;
 use crate::record::lenient_i64;
 use crate::store::{StoreErrorKind, TokenWrite};
 use serde_json::{Value, json};
@@ -39,7 +38,7 @@ pub struct FailureRecord {
 impl Credentials {
     /// Where this refresh token's shared health is kept.
     pub(super) fn health_key(&self) -> String {
-        format!("{KEY_PREFIX}health:{}", &self.fingerprint[..16])
+        crate::key::health_key(&self.fingerprint)
     }
 }
 

@@ -135,7 +135,10 @@ pub(crate) fn looks_encrypted(data: &str) -> bool {
     data.starts_with(PREFIX) || data.starts_with(PREFIX_V1)
 }
 
-/// A store wrapper that encrypts every record it writes and decrypts every record it reads.
+/// A store wrapper that encrypts every record it writes and decrypts every record it reads —
+/// except the mint governor's log and the shared health (`ZC_CONN_mints:…`, `ZC_CONN_health:…`),
+/// which hold no secret (times, error codes and messages) and are kept in the clear so that
+/// processes with different keys still count mints together and honour each other's refusals.
 pub struct EncryptedStore {
     inner: Arc<dyn TokenStore>,
     cipher: XChaCha20Poly1305,
@@ -245,6 +248,12 @@ impl TokenStore for EncryptedStore {
         let Some(v) = self.inner.get(key).await? else {
             return Ok(None);
         };
+        // Mint logs and shared health hold no secret and are kept in the clear, so that every
+        // process reads them whatever its key (one written encrypted by an older version is
+        // still opened below).
+        if crate::key::is_public(key) && !looks_encrypted(&v.data) {
+            return Ok(Some(v));
+        }
         match self.open(key, &v.data) {
             Opened::Plain(data) => Ok(Some(StoredValue {
                 generation: v.generation,
@@ -273,6 +282,9 @@ impl TokenStore for EncryptedStore {
     }
 
     async fn compare_and_set(&self, write: TokenWrite<'_>) -> Result<CasOutcome, StoreError> {
+        if crate::key::is_public(write.key) && write.refresh.is_none() {
+            return self.inner.compare_and_set(write).await;
+        }
         let data = self.seal(write.key, write.data)?;
         let refresh = match write.refresh {
             Some((k, d)) => Some((k, self.seal(k, d)?)),
@@ -340,6 +352,31 @@ impl TokenStore for EncryptedStore {
 mod tests {
     use super::*;
     use crate::store::MemoryStore;
+
+    #[tokio::test]
+    async fn mint_logs_and_health_are_kept_in_the_clear_and_read_under_any_key() {
+        let memory: Arc<dyn TokenStore> = Arc::new(MemoryStore::new());
+        let a = EncryptedStore::new(Arc::clone(&memory), &EncryptionKey::generate());
+        let b = EncryptedStore::new(Arc::clone(&memory), &EncryptionKey::generate());
+        let log = crate::key::mints_key(&"ab".repeat(32));
+        let token = "ZC_CONN_mints:12345";
+        for key in [log.as_str(), token] {
+            a.compare_and_set(TokenWrite::new(key, None, "[1]", Duration::from_secs(60)))
+                .await
+                .unwrap();
+        }
+        assert_eq!(memory.get(&log).await.unwrap().unwrap().data, "[1]");
+        assert_eq!(b.get(&log).await.unwrap().unwrap().data, "[1]");
+        // A connector named `mints` keeps its token encrypted.
+        assert!(looks_encrypted(
+            &memory.get(token).await.unwrap().unwrap().data
+        ));
+        assert!(b.get(token).await.is_err());
+        assert!(crate::key::is_public(&crate::key::health_key(
+            &"0f".repeat(32)
+        )));
+        assert!(!crate::key::is_public("ZC_CONN_health:rt:abcdef"));
+    }
 
     #[test]
     fn keys_parse_from_base64_and_hex() {
