@@ -122,14 +122,27 @@ pub(crate) async fn record_mint(
         true
     })
     .await;
-    if let (Some(local), Some(written)) = (store.local_tier(), written) {
-        update(&*local, key, at, window, |times| {
-            let merged = union(times, &written);
-            let changed = merged.len() != times.len();
-            *times = merged;
-            changed
-        })
-        .await;
+    if let Some(local) = store.local_tier() {
+        match written {
+            Some(written) => {
+                update(&*local, key, at, window, |times| {
+                    let merged = union(times, &written);
+                    let changed = merged.len() != times.len();
+                    *times = merged;
+                    changed
+                })
+                .await
+            }
+            // The shared store failed (or its breaker is open and this host has no log yet): the
+            // mint must still count somewhere.
+            None => {
+                update(&*local, key, at, window, |times| {
+                    times.push(at);
+                    true
+                })
+                .await
+            }
+        };
     }
 }
 

@@ -712,3 +712,29 @@ async fn a_revoked_refresh_token_stays_known_through_a_redis_outage() {
     }
     assert_eq!(s.token_requests(), seen, "nobody asked Zoho again");
 }
+
+/// Issue 16: mints made while Redis is down count even when this host's tier had no mint log yet
+/// (the read of a missing log there reports Redis's failure; the mint used to go unrecorded).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mints_count_while_redis_is_down_from_the_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Setup::new().await;
+    let url = format!("redis://127.0.0.1:{}", free_port()); // nothing listens there
+    let connect = || {
+        tiered(&s, &url, dir.path())
+            .mint_limit(2, Duration::from_secs(3600))
+            .build()
+            .unwrap()
+            .connector("crm")
+            .unwrap()
+    };
+    for _ in 0..2 {
+        connect().force_refresh().await.unwrap();
+    }
+    let refused = connect().force_refresh().await;
+    assert!(
+        matches!(&refused, Err(catalyst_connectors::Error::Throttled { code, .. }) if code == "mint limit"),
+        "{refused:?}"
+    );
+    assert_eq!(s.token_requests(), 2);
+}
