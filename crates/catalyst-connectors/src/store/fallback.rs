@@ -1,8 +1,9 @@
 //! [`FallbackStore`]: a shared store (Redis) with a host-local tier (the default SQLite store)
 //! behind a circuit breaker. While the shared store is down or hung, processes on this host
 //! keep their single flight, mint governor, leases and tokens in the local tier — one mint per
-//! host instead of one per process — and go back to the shared store when it answers. A store
-//! that fails trips the breaker: for the next seconds (5 s, doubling to a minute while it keeps
+//! host instead of one per process — and go back to the shared store when it answers. The mint
+//! lease is taken in the local tier first and then in the shared one, so processes on this host
+//! exclude each other even while their breakers disagree. A store that fails trips the breaker: for the next seconds (5 s, doubling to a minute while it keeps
 //! failing) nothing waits for it, so a hung store costs a caller its timeout once, not per
 //! operation.
 
@@ -78,6 +79,34 @@ impl FallbackStore {
     }
 }
 
+impl FallbackStore {
+    /// With this host's lease held by `owner`: takes the shared lease too (from `dead_owner` if
+    /// it holds it), unless the shared store is down — then the local lease is enough. When
+    /// another host holds the shared lease, the local one is given back.
+    async fn shared_lease(
+        &self,
+        key: &str,
+        owner: &str,
+        ttl: Duration,
+        dead_owner: Option<&str>,
+    ) -> Result<bool, StoreError> {
+        if !self.shared_up() {
+            return Ok(true);
+        }
+        let mut result = self.shared.try_acquire_lease(key, owner, ttl).await;
+        if let (Ok(false), Some(dead)) = (&result, dead_owner) {
+            result = self.shared.take_over_lease(key, dead, owner, ttl).await;
+        }
+        if self.note(&result) {
+            return Ok(true); // the shared store just failed: this host's lease is enough
+        }
+        if !matches!(result, Ok(true)) {
+            let _ = self.local.release_lease(key, owner).await;
+        }
+        result
+    }
+}
+
 /// Runs `$op` on the shared store unless the breaker is open, and on the local store when the
 /// shared one is unavailable.
 macro_rules! tiered {
@@ -128,22 +157,32 @@ impl TokenStore for FallbackStore {
         tiered!(self, s => s.delete(key, expected).await)
     }
 
+    /// The host-local lease first, then the shared one: processes on this host exclude each other
+    /// whichever tier their breaker sends them to (one may still see Redis while another has
+    /// given up on it), and the shared lease excludes other hosts while Redis answers.
     async fn try_acquire_lease(
         &self,
         key: &str,
         owner: &str,
         ttl: Duration,
     ) -> Result<bool, StoreError> {
-        tiered!(self, s => s.try_acquire_lease(key, owner, ttl).await)
+        if !self.local.try_acquire_lease(key, owner, ttl).await? {
+            return Ok(false);
+        }
+        self.shared_lease(key, owner, ttl, None).await
     }
 
     async fn release_lease(&self, key: &str, owner: &str) -> Result<(), StoreError> {
-        // Released in both: the lease may have been taken in either tier.
+        // Released in both: the lease is taken in both while the shared store answers.
         let _ = self.local.release_lease(key, owner).await;
         tiered!(self, s => s.release_lease(key, owner).await)
     }
 
+    /// The holder of this host's lease, else of the shared one.
     async fn lease_holder(&self, key: &str) -> Result<Option<String>, StoreError> {
+        if let Some(holder) = self.local.lease_holder(key).await? {
+            return Ok(Some(holder));
+        }
         tiered!(self, s => s.lease_holder(key).await)
     }
 
@@ -154,7 +193,17 @@ impl TokenStore for FallbackStore {
         owner: &str,
         ttl: Duration,
     ) -> Result<bool, StoreError> {
-        tiered!(self, s => s.take_over_lease(key, dead_owner, owner, ttl).await)
+        let local = if self.local.lease_holder(key).await?.as_deref() == Some(dead_owner) {
+            self.local
+                .take_over_lease(key, dead_owner, owner, ttl)
+                .await?
+        } else {
+            self.local.try_acquire_lease(key, owner, ttl).await?
+        };
+        if !local {
+            return Ok(false);
+        }
+        self.shared_lease(key, owner, ttl, Some(dead_owner)).await
     }
 
     fn is_shared(&self) -> bool {
@@ -174,5 +223,95 @@ impl TokenStore for FallbackStore {
 
     fn local_tier(&self) -> Option<Arc<dyn TokenStore>> {
         Some(Arc::clone(&self.local))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::MemoryStore;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    /// A shared store that can be switched off (every operation then fails as unavailable).
+    #[derive(Debug, Default)]
+    struct Switch {
+        inner: MemoryStore,
+        down: AtomicBool,
+    }
+
+    impl Switch {
+        fn check(&self) -> Result<(), StoreError> {
+            if self.down.load(Ordering::SeqCst) {
+                return Err(StoreError::new(
+                    "switch",
+                    StoreErrorKind::Unavailable,
+                    "down",
+                ));
+            }
+            Ok(())
+        }
+    }
+
+    #[async_trait]
+    impl TokenStore for Switch {
+        async fn get(&self, key: &str) -> Result<Option<StoredValue>, StoreError> {
+            self.check()?;
+            self.inner.get(key).await
+        }
+        async fn compare_and_set(&self, write: TokenWrite<'_>) -> Result<CasOutcome, StoreError> {
+            self.check()?;
+            self.inner.compare_and_set(write).await
+        }
+        async fn delete(&self, key: &str, expected: Option<u64>) -> Result<bool, StoreError> {
+            self.check()?;
+            self.inner.delete(key, expected).await
+        }
+        async fn try_acquire_lease(
+            &self,
+            key: &str,
+            owner: &str,
+            ttl: Duration,
+        ) -> Result<bool, StoreError> {
+            self.check()?;
+            self.inner.try_acquire_lease(key, owner, ttl).await
+        }
+        async fn release_lease(&self, key: &str, owner: &str) -> Result<(), StoreError> {
+            self.check()?;
+            self.inner.release_lease(key, owner).await
+        }
+    }
+
+    /// Two processes on one host whose breakers disagree (one gave up on the shared store, the
+    /// other sees it again) still exclude each other; a lease held on another host is respected.
+    #[tokio::test]
+    async fn processes_whose_breakers_disagree_still_share_one_lease() {
+        let ttl = Duration::from_secs(30);
+        let shared = Arc::new(Switch::default());
+        let local: Arc<dyn TokenStore> = Arc::new(MemoryStore::new());
+        let p = FallbackStore::new(shared.clone(), Arc::clone(&local));
+        let q = FallbackStore::new(shared.clone(), Arc::clone(&local));
+
+        shared.down.store(true, Ordering::SeqCst);
+        assert!(
+            p.try_acquire_lease("k", "p", ttl).await.unwrap(),
+            "local only"
+        );
+        shared.down.store(false, Ordering::SeqCst);
+        assert!(
+            !q.try_acquire_lease("k", "q", ttl).await.unwrap(),
+            "q sees the shared store, p does not: q must still wait for p"
+        );
+        p.release_lease("k", "p").await.unwrap();
+        assert!(q.try_acquire_lease("k", "q", ttl).await.unwrap());
+        q.release_lease("k", "q").await.unwrap();
+
+        // Another host holds the shared lease: q gives back this host's lease.
+        let other_host = FallbackStore::new(shared.clone(), Arc::new(MemoryStore::new()));
+        assert!(other_host.try_acquire_lease("k", "r", ttl).await.unwrap());
+        assert!(!q.try_acquire_lease("k", "q", ttl).await.unwrap());
+        assert!(
+            local.try_acquire_lease("k", "s", ttl).await.unwrap(),
+            "this host's lease was given back"
+        );
     }
 }
