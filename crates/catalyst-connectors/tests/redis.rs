@@ -738,3 +738,29 @@ async fn mints_count_while_redis_is_down_from_the_start() {
     );
     assert_eq!(s.token_requests(), 2);
 }
+
+/// Issue 16: a token kept in Redis is also copied to this host's tier, so when Redis goes down
+/// the next process serves it instead of minting another.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_outage_starts_with_the_latest_token_on_this_host() {
+    if !redis_available() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let mut server = Server::start(port, dir.path(), false);
+    let s = Setup::new().await;
+    let url = server.url();
+    let connect = || {
+        tiered(&s, &url, dir.path())
+            .build()
+            .unwrap()
+            .connector("crm")
+            .unwrap()
+    };
+    let first = connect().access_token().await.unwrap();
+    server.stop();
+    let again = connect().access_token().await.unwrap();
+    assert_eq!(again.expose_secret(), first.expose_secret());
+    assert_eq!(s.token_requests(), 1, "no mint for the outage");
+}

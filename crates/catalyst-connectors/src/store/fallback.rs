@@ -1,7 +1,9 @@
 //! [`FallbackStore`]: a shared store (Redis) with a host-local tier (the default SQLite store)
 //! behind a circuit breaker. While the shared store is down or hung, processes on this host
 //! keep their single flight, mint governor, leases and tokens in the local tier — one mint per
-//! host instead of one per process — and go back to the shared store when it answers. The mint
+//! host instead of one per process — and go back to the shared store when it answers. Records the
+//! shared store takes are copied into the local tier, so an outage starts with the latest token
+//! there. The mint
 //! lease is taken in the local tier first and then in the shared one, so processes on this host
 //! exclude each other even while their breakers disagree. A store that fails trips the breaker: for the next seconds (5 s, doubling to a minute while it keeps
 //! failing) nothing waits for it, so a hung store costs a caller its timeout once, not per
@@ -80,6 +82,23 @@ impl FallbackStore {
 }
 
 impl FallbackStore {
+    /// Copies a write the shared store took into the local tier, whatever the local generation
+    /// (best effort). Mint logs and shared health are left alone: the governor and the health
+    /// keep their own copy in each tier, and a copy would drop what only this host recorded.
+    async fn mirror(&self, write: TokenWrite<'_>) {
+        if crate::key::is_public(write.key) {
+            return;
+        }
+        let expected = match self.local.get(write.key).await {
+            Ok(v) => v.map(|v| v.generation),
+            Err(_) => return,
+        };
+        let copy = TokenWrite { expected, ..write };
+        if let Err(e) = self.local.compare_and_set(copy).await {
+            tracing::debug!(error = %e, "could not copy a record into the local tier");
+        }
+    }
+
     /// With this host's lease held by `owner`: takes the shared lease too (from `dead_owner` if
     /// it holds it), unless the shared store is down — then the local lease is enough. When
     /// another host holds the shared lease, the local one is given back.
@@ -149,12 +168,31 @@ impl TokenStore for FallbackStore {
         }
     }
 
+    /// A write the shared store takes is copied into the local tier too, so that during an
+    /// outage this host still has the latest token instead of minting another.
     async fn compare_and_set(&self, write: TokenWrite<'_>) -> Result<CasOutcome, StoreError> {
-        tiered!(self, s => s.compare_and_set(write).await)
+        if self.shared_up() {
+            let result = self.shared.compare_and_set(write).await;
+            if !self.note(&result) {
+                if matches!(result, Ok(CasOutcome::Written { .. })) {
+                    self.mirror(write).await;
+                }
+                return result;
+            }
+        }
+        self.local.compare_and_set(write).await
     }
 
     async fn delete(&self, key: &str, expected: Option<u64>) -> Result<bool, StoreError> {
-        tiered!(self, s => s.delete(key, expected).await)
+        if self.shared_up() {
+            let result = self.shared.delete(key, expected).await;
+            if !self.note(&result) {
+                // The local copy goes too (it is a copy: whatever its generation).
+                let _ = self.local.delete(key, None).await;
+                return result;
+            }
+        }
+        self.local.delete(key, expected).await
     }
 
     /// The host-local lease first, then the shared one: processes on this host exclude each other
