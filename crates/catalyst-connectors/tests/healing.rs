@@ -381,6 +381,27 @@ async fn a_process_with_another_key_does_not_hide_the_shared_health() {
     assert_eq!(health, 0, "no health record for a key error");
 }
 
+/// A process backing off after a failure still serves a token another process stored meanwhile
+/// (the 10-minute Redis soak saw callers told "throttled" while a fresh token was in the store).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_process_backing_off_serves_a_token_another_process_stored() {
+    let s = Setup::new().await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("t.db");
+    s.emulator.inject_faults(Fault::Http500, 3);
+    let p = sqlite(&s, &path).connector("crm").unwrap();
+    let err = p.access_token().await.unwrap_err();
+    assert!(err.is_transient(), "{err:?}");
+    assert_eq!(s.token_requests(), 3);
+    let q = sqlite(&s, &path).connector("crm").unwrap();
+    let minted = q.access_token().await.unwrap();
+    assert_eq!(s.token_requests(), 4);
+    // P is still backing off (the clock has not moved): it finds Q's token in the store.
+    let served = p.access_token().await.unwrap();
+    assert_eq!(served.expose_secret(), minted.expose_secret());
+    assert_eq!(s.token_requests(), 4, "no request from P");
+}
+
 /// A token endpoint that answers every request with `body` (HTTP 200) and counts them.
 struct Hostile {
     url: String,

@@ -51,12 +51,15 @@ impl Connector {
             if let Some(token) = self.current_if(|t| now < t.0.expires_at) {
                 return Ok(token);
             }
-            if let Some(e) = self
+            let blocking = self
                 .health()
                 .as_ref()
-                .and_then(|h| h.blocking_error.clone())
-            {
-                return Err(e);
+                .and_then(|h| h.blocking_error.clone());
+            if let Some(e) = blocking {
+                return match self.stored_while_blocked(now).await {
+                    Some(token) => Ok(token),
+                    None => Err(e),
+                };
             }
         }
         let result = self

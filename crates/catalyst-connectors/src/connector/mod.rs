@@ -337,13 +337,17 @@ impl Connector {
     async fn wait_for_token(&self, now: EpochMillis) -> Result<AccessToken> {
         let next = self.inner.next_attempt_at.load(Ordering::Acquire);
         if next != IN_FLIGHT && now < next {
-            // A recent attempt failed: answer with its error now rather than hammer the endpoint.
-            if let Some(e) = self
+            // A recent attempt failed: answer with its error now rather than hammer the endpoint
+            // — unless another process has stored a token since.
+            let blocking = self
                 .health()
                 .as_ref()
-                .and_then(|h| h.blocking_error.clone())
-            {
-                return Err(e);
+                .and_then(|h| h.blocking_error.clone());
+            if let Some(e) = blocking {
+                return match self.stored_while_blocked(now).await {
+                    Some(token) => Ok(token),
+                    None => Err(e),
+                };
             }
         }
         self.inner.metrics.misses.increment(1);
@@ -358,6 +362,29 @@ impl Connector {
             }
         }
         result
+    }
+
+    /// While this connector backs off after a failure: a valid token another process has stored
+    /// since (installed in memory, so the callers after this one find it there). The store is
+    /// asked at most every 250 ms, so a blocked connector does not turn every call into a store
+    /// round trip.
+    async fn stored_while_blocked(&self, now: EpochMillis) -> Option<AccessToken> {
+        if !self.inner.runtime.store.is_shared() {
+            return None;
+        }
+        {
+            let mut guard = self.health();
+            let health = guard.as_mut()?;
+            if now.saturating_sub(health.store_checked_at) < 250 {
+                return None;
+            }
+            health.store_checked_at = now;
+        }
+        self.cached_token()
+            .await
+            .ok()
+            .flatten()
+            .filter(|t| now < t.0.expires_at)
     }
 
     /// Joins the flight in progress, or starts one of `mode` (see [`flight`]). A background

@@ -21,6 +21,8 @@ pub(super) struct Health {
     pub(super) last_error: Option<(Error, EpochMillis)>,
     /// The error a waiting caller gets while `next_attempt_at` is in the future.
     pub(super) blocking_error: Option<Error>,
+    /// When a blocked caller last looked in the store for a token another process wrote.
+    pub(super) store_checked_at: EpochMillis,
 }
 
 /// Why a flight runs.
