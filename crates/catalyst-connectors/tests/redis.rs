@@ -652,7 +652,8 @@ async fn the_mint_governor_counts_across_a_redis_outage() {
             .connector("crm")
             .unwrap()
     };
-    let is_governor = |r: &Result<_, catalyst_connectors::Error>| matches!(r, Err(catalyst_connectors::Error::Throttled { code, .. }) if code == "mint limit");
+    // The governor's refusal, or the same refusal recorded by an earlier process.
+    let is_governor = |r: &Result<_, catalyst_connectors::Error>| matches!(r, Err(catalyst_connectors::Error::Throttled { code, .. }) if code == "mint limit" || code == "recorded");
     for _ in 0..2 {
         connect().force_refresh().await.unwrap();
     }
@@ -763,4 +764,36 @@ async fn a_redis_outage_starts_with_the_latest_token_on_this_host() {
     let again = connect().access_token().await.unwrap();
     assert_eq!(again.expose_secret(), first.expose_secret());
     assert_eq!(s.token_requests(), 1, "no mint for the outage");
+}
+
+/// Issue 16: a refusal recorded on this host while Redis was down still holds when Redis is back
+/// (the newer of the two tiers' records is read).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refusal_recorded_during_an_outage_holds_when_redis_is_back() {
+    if !redis_available() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let mut server = Server::start(port, dir.path(), false);
+    let s = Setup::new().await;
+    let url = server.url();
+    let connect = || {
+        tiered(&s, &url, dir.path())
+            .build()
+            .unwrap()
+            .connector("crm")
+            .unwrap()
+    };
+    server.stop();
+    s.emulator.revoke(&s.refresh_token);
+    let err = connect().access_token().await.unwrap_err();
+    assert!(err.needs_reauthorization(), "{err:?}");
+    assert_eq!(s.token_requests(), 1);
+    let _server = Server::start(port, dir.path(), false);
+    for _ in 0..3 {
+        let err = connect().access_token().await.unwrap_err();
+        assert!(err.needs_reauthorization(), "{err:?}");
+    }
+    assert_eq!(s.token_requests(), 1, "refused from this host's record");
 }

@@ -104,27 +104,41 @@ impl Connector {
         let _ = store.delete(&key, None).await;
     }
 
-    /// The last failure recorded in the store by any process, if any.
+    /// The last failure recorded in the store by any process, if any (behind Redis, the newer of
+    /// its record and this host's: one written while Redis was down is only here).
     pub async fn recorded_failure(&self) -> Option<FailureRecord> {
         let key = self.inner.creds.load().health_key();
-        let stored = self.inner.runtime.store.get(&key).await.ok()??;
-        let v: Value = serde_json::from_str(&stored.data).ok()?;
-        let text = |k: &str| v.get(k).and_then(Value::as_str).map(str::to_owned);
-        let at = v.get("at").and_then(lenient_i64)?;
-        let next = v
-            .get("next_attempt_at")
-            .and_then(lenient_i64)
-            .filter(|n| *n > at);
-        Some(FailureRecord {
-            code: text("code")?,
-            message: text("message")?,
-            at: millis_to_system_time(at),
-            consecutive_failures: v
-                .get("failures")
-                .and_then(lenient_i64)
-                .and_then(|n| u32::try_from(n).ok())
-                .unwrap_or(1),
-            next_attempt_at: next.map(millis_to_system_time),
-        })
+        let store = &self.inner.runtime.store;
+        let shared = read_failure(&**store, &key).await;
+        let Some(local) = store.local_tier() else {
+            return shared;
+        };
+        match (shared, read_failure(&*local, &key).await) {
+            (Some(s), Some(l)) => Some(if l.at > s.at { l } else { s }),
+            (s, l) => s.or(l),
+        }
     }
+}
+
+/// The failure recorded at `key` in `store`, if any and readable.
+async fn read_failure(store: &dyn crate::store::TokenStore, key: &str) -> Option<FailureRecord> {
+    let stored = store.get(key).await.ok()??;
+    let v: Value = serde_json::from_str(&stored.data).ok()?;
+    let text = |k: &str| v.get(k).and_then(Value::as_str).map(str::to_owned);
+    let at = v.get("at").and_then(lenient_i64)?;
+    let next = v
+        .get("next_attempt_at")
+        .and_then(lenient_i64)
+        .filter(|n| *n > at);
+    Some(FailureRecord {
+        code: text("code")?,
+        message: text("message")?,
+        at: millis_to_system_time(at),
+        consecutive_failures: v
+            .get("failures")
+            .and_then(lenient_i64)
+            .and_then(|n| u32::try_from(n).ok())
+            .unwrap_or(1),
+        next_attempt_at: next.map(millis_to_system_time),
+    })
 }
