@@ -239,25 +239,11 @@ impl Connector {
         self.inner
             .minting
             .store(false, std::sync::atomic::Ordering::Release);
-        let response = match response {
-            Ok(r) => r,
-            Err(e @ Error::MalformedResponse { .. }) => {
-                // Zoho may well have minted (and counted) a token we cannot use: count it too.
-                if options.mint_limit > 0 {
-                    governor::record_mint(
-                        &*runtime.store,
-                        &creds.governor_key(),
-                        issued_at,
-                        options.mint_window,
-                    )
-                    .await;
-                }
-                return Err(e);
-            }
-            Err(e) => return Err(e),
-        };
-        tracing::info!(connector = %name, lifetime_secs = response.lifetime.as_secs(), "token minted");
-        if options.mint_limit > 0 {
+        // A malformed answer counts too: Zoho may well have minted (and counted) a token we
+        // cannot use.
+        if options.mint_limit > 0
+            && matches!(&response, Ok(_) | Err(Error::MalformedResponse { .. }))
+        {
             governor::record_mint(
                 &*runtime.store,
                 &creds.governor_key(),
@@ -266,6 +252,8 @@ impl Connector {
             )
             .await;
         }
+        let response = response?;
+        tracing::info!(connector = %name, lifetime_secs = response.lifetime.as_secs(), "token minted");
         Ok(self.save_minted(creds, response, issued_at, expected).await)
     }
 
@@ -382,68 +370,55 @@ impl Connector {
         let ttl = runtime.options.lease_ttl;
         let mut delay = Duration::from_millis(10);
         loop {
-            match runtime
+            let held = match runtime
                 .store
                 .try_acquire_lease(&creds.key, owner, ttl)
                 .await
             {
-                Ok(true) => {
-                    // Someone may have written between our read and the lease: read again.
-                    let read = self.read_store(creds).await;
-                    if let StoreRead::Unreadable(e) = read {
-                        let _ = runtime.store.release_lease(&creds.key, owner).await;
-                        return LeaseWait::Failed(e);
-                    }
-                    if let Some(token) =
-                        acceptable(&read, mode, floor, self.inner.runtime.clock.now_millis())
-                    {
-                        let _ = runtime.store.release_lease(&creds.key, owner).await;
-                        return LeaseWait::Token(token);
-                    }
-                    return LeaseWait::Leased(read.generation());
-                }
-                Ok(false) => {
-                    // A holder that died (on this host) is not waited for.
-                    if let Ok(Some(holder)) = runtime.store.lease_holder(&creds.key).await
-                        && crate::lease::is_dead(&holder)
-                        && runtime
-                            .store
-                            .take_over_lease(&creds.key, &holder, owner, ttl)
-                            .await
-                            .unwrap_or(false)
+                Ok(true) => true,
+                // A holder that died (on this host) is not waited for.
+                Ok(false) => match runtime.store.lease_holder(&creds.key).await {
+                    Ok(Some(holder))
+                        if crate::lease::is_dead(&holder)
+                            && runtime
+                                .store
+                                .take_over_lease(&creds.key, &holder, owner, ttl)
+                                .await
+                                .unwrap_or(false) =>
                     {
                         tracing::warn!(connector = %name, holder = %holder, "took over the mint lease of a process that is gone");
-                        let read = self.read_store(creds).await;
-                        if let StoreRead::Unreadable(e) = read {
-                            let _ = runtime.store.release_lease(&creds.key, owner).await;
-                            return LeaseWait::Failed(e);
-                        }
-                        if let Some(token) =
-                            acceptable(&read, mode, floor, runtime.clock.now_millis())
-                        {
-                            let _ = runtime.store.release_lease(&creds.key, owner).await;
-                            return LeaseWait::Token(token);
-                        }
-                        return LeaseWait::Leased(read.generation());
+                        true
                     }
-                    tracing::debug!(connector = %name, "another process holds the mint lease; waiting for its token");
-                    tokio::time::sleep(delay).await;
-                    delay = (delay * 2).min(Duration::from_millis(250));
-                    let read = self.read_store(creds).await;
-                    if let StoreRead::Unreadable(e) = read {
-                        return LeaseWait::Failed(e);
-                    }
-                    if let Some(token) =
-                        acceptable(&read, mode, floor, self.inner.runtime.clock.now_millis())
-                    {
-                        return LeaseWait::Token(token);
-                    }
-                }
+                    _ => false,
+                },
                 Err(e) => {
                     self.inner.metrics.store_errors.increment(1);
                     tracing::warn!(connector = %name, error = %e, "mint lease unavailable; minting without it");
                     return LeaseWait::StoreFailed;
                 }
+            };
+            if held {
+                // Someone may have written between our read and the lease: read again.
+                let read = self.read_store(creds).await;
+                if let StoreRead::Unreadable(e) = read {
+                    let _ = runtime.store.release_lease(&creds.key, owner).await;
+                    return LeaseWait::Failed(e);
+                }
+                if let Some(token) = acceptable(&read, mode, floor, runtime.clock.now_millis()) {
+                    let _ = runtime.store.release_lease(&creds.key, owner).await;
+                    return LeaseWait::Token(token);
+                }
+                return LeaseWait::Leased(read.generation());
+            }
+            tracing::debug!(connector = %name, "another process holds the mint lease; waiting for its token");
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(Duration::from_millis(250));
+            let read = self.read_store(creds).await;
+            if let StoreRead::Unreadable(e) = read {
+                return LeaseWait::Failed(e);
+            }
+            if let Some(token) = acceptable(&read, mode, floor, runtime.clock.now_millis()) {
+                return LeaseWait::Token(token);
             }
         }
     }

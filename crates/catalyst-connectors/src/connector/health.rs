@@ -1,5 +1,6 @@
 //! Shared health: the last refresh failure of a connector's credentials, kept in the store beside
-//! the token (encrypted like the rest), so every process — `connector status` in another shell, a
+//! the token (in the clear even under an encryption key: it holds no secret, and every process must
+//! read it whatever its key), so every process — `connector status` in another shell, a
 //! health check — sees what a worker saw. Behind Redis it is kept in the host-local tier too, so
 //! it still holds while Redis is down.
 //!

@@ -175,11 +175,9 @@ impl Connector {
             }
             Attempt::Failed(e) => {
                 let health = guard.get_or_insert_with(Box::default);
-                let delay = match e.retry_class() {
-                    RetryClass::Window | RetryClass::Permanent => {
-                        self.refusal_delay(e).unwrap_or(options.negative_ttl)
-                    }
-                    RetryClass::Backoff => {
+                let delay = match (self.refusal_delay(e), e.retry_class()) {
+                    (Some(refusal), _) => refusal,
+                    (None, RetryClass::Backoff) => {
                         health.consecutive_failures = health.consecutive_failures.saturating_add(1);
                         let exp = health.consecutive_failures.saturating_sub(1).min(20);
                         full_jitter(
@@ -189,7 +187,7 @@ impl Connector {
                                 .min(options.backoff_cap),
                         )
                     }
-                    RetryClass::Immediate => Duration::ZERO,
+                    (None, _) => Duration::ZERO,
                 };
                 tracing::debug!(connector = %self.inner.name, retry_in_ms = duration_millis(delay), "next refresh attempt scheduled");
                 health.last_error = Some((e.clone(), now));
