@@ -67,6 +67,9 @@ pub enum Error {
         code: String,
         /// Zoho's description, if any.
         description: Option<String>,
+        /// Read from the shared health: another process (or an earlier run) got this refusal,
+        /// and nobody asks Zoho again before it passes.
+        recorded: bool,
     },
 
     /// The client configuration is wrong (client id, secret, redirect URL or data centre).
@@ -98,6 +101,9 @@ pub enum Error {
         description: Option<String>,
         /// How long to wait, when known.
         retry_after: Option<Duration>,
+        /// Read from the shared health: another process (or an earlier run) was refused, and
+        /// nobody asks Zoho again before its window passes.
+        recorded: bool,
     },
 
     /// A failure that may pass: network error, timeout, server error.
@@ -225,8 +231,8 @@ pub enum Error {
     HttpClient(String),
 }
 
-/// When a failed refresh may be tried again: the one classification of errors that the
-/// connector's retries, backoff and negative cache all follow ([`Error::retry_class`]).
+/// When a failed refresh may be tried again: what the connector's retries, backoff and negative
+/// cache follow ([`Error::retry_class`], derived from [`ErrorKind`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum RetryClass {
@@ -244,18 +250,179 @@ pub enum RetryClass {
     Permanent,
 }
 
-impl Error {
-    /// When a refresh that failed with this error may be tried again.
-    pub fn retry_class(&self) -> RetryClass {
+/// What kind of failure an [`Error`] is: the one classification every consumer derives its own
+/// answer from, each by one table — the retry schedule ([`ErrorKind::retry_class`]), what the
+/// shared health records ([`ErrorKind::is_credentials_health`]), the CLI's exit code and the
+/// agent's HTTP status. [`ErrorKind::code`] is its stable name; [`ErrorKind::from_code`] reads one
+/// back (from the shared health or the agent's JSON).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum ErrorKind {
+    /// [`Error::Config`].
+    Config,
+    /// [`Error::UnknownConnector`].
+    UnknownConnector,
+    /// [`Error::MissingRefreshToken`].
+    MissingRefreshToken,
+    /// [`Error::ReauthorizationRequired`].
+    ReauthorizationRequired,
+    /// [`Error::InvalidClient`].
+    InvalidClient,
+    /// [`Error::Throttled`].
+    Throttled,
+    /// [`Error::Transient`].
+    Transient,
+    /// [`Error::Tls`].
+    Tls,
+    /// [`Error::MalformedResponse`].
+    MalformedResponse,
+    /// [`Error::Rejected`].
+    Rejected,
+    /// [`Error::Store`].
+    Store,
+    /// [`Error::EncryptionKey`].
+    EncryptionKey,
+    /// [`Error::LifetimeTooShort`].
+    LifetimeTooShort,
+    /// [`Error::DeadlineExceeded`].
+    DeadlineExceeded,
+    /// [`Error::InvalidUser`].
+    InvalidUser,
+    /// [`Error::InvalidState`].
+    InvalidState,
+    /// [`Error::StoreOpen`].
+    StoreOpen,
+    /// [`Error::HttpClient`].
+    HttpClient,
+}
+
+impl ErrorKind {
+    /// Every kind, in declaration order.
+    pub const ALL: [ErrorKind; 18] = [
+        Self::Config,
+        Self::UnknownConnector,
+        Self::MissingRefreshToken,
+        Self::ReauthorizationRequired,
+        Self::InvalidClient,
+        Self::Throttled,
+        Self::Transient,
+        Self::Tls,
+        Self::MalformedResponse,
+        Self::Rejected,
+        Self::Store,
+        Self::EncryptionKey,
+        Self::LifetimeTooShort,
+        Self::DeadlineExceeded,
+        Self::InvalidUser,
+        Self::InvalidState,
+        Self::StoreOpen,
+        Self::HttpClient,
+    ];
+
+    /// The stable, machine-readable name: `config`, `unknown_connector`,
+    /// `missing_refresh_token`, `reauthorization_required`, `invalid_client`, `throttled`,
+    /// `transient`, `tls`, `malformed_response`, `rejected`, `store`, `encryption_key`,
+    /// `lifetime_too_short`, `deadline_exceeded`, `invalid_user`, `invalid_state`, `store_open`,
+    /// `http_client`.
+    pub const fn code(self) -> &'static str {
         match self {
-            Self::MissingRefreshToken { .. } => RetryClass::Immediate,
-            Self::Transient { .. }
-            | Self::MalformedResponse { .. }
-            | Self::Store { .. }
-            | Self::DeadlineExceeded { .. } => RetryClass::Backoff,
-            Self::Throttled { .. } => RetryClass::Window,
+            Self::Config => "config",
+            Self::UnknownConnector => "unknown_connector",
+            Self::MissingRefreshToken => "missing_refresh_token",
+            Self::ReauthorizationRequired => "reauthorization_required",
+            Self::InvalidClient => "invalid_client",
+            Self::Throttled => "throttled",
+            Self::Transient => "transient",
+            Self::Tls => "tls",
+            Self::MalformedResponse => "malformed_response",
+            Self::Rejected => "rejected",
+            Self::Store => "store",
+            Self::EncryptionKey => "encryption_key",
+            Self::LifetimeTooShort => "lifetime_too_short",
+            Self::DeadlineExceeded => "deadline_exceeded",
+            Self::InvalidUser => "invalid_user",
+            Self::InvalidState => "invalid_state",
+            Self::StoreOpen => "store_open",
+            Self::HttpClient => "http_client",
+        }
+    }
+
+    /// The kind named `code` (see [`code`](Self::code)), if any.
+    pub fn from_code(code: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|k| k.code() == code)
+    }
+
+    /// When a refresh that failed with this kind may be tried again.
+    pub const fn retry_class(self) -> RetryClass {
+        match self {
+            Self::MissingRefreshToken => RetryClass::Immediate,
+            Self::Transient | Self::MalformedResponse | Self::Store | Self::DeadlineExceeded => {
+                RetryClass::Backoff
+            }
+            Self::Throttled => RetryClass::Window,
             _ => RetryClass::Permanent,
         }
+    }
+
+    /// Whether a failure of this kind is what the token endpoint said about the credentials, and
+    /// so belongs in their shared health for every process to see. A key, store or
+    /// configuration problem is the process's own (and would hide the others' record).
+    pub const fn is_credentials_health(self) -> bool {
+        matches!(
+            self,
+            Self::ReauthorizationRequired
+                | Self::InvalidClient
+                | Self::Throttled
+                | Self::Transient
+                | Self::Tls
+                | Self::MalformedResponse
+                | Self::Rejected
+        )
+    }
+
+    /// Whether a waiting caller retries this kind at once, a few times: it may pass on its own
+    /// and Zoho did not count it (an answer that is not a token response may have been minted
+    /// and counted: retrying would mint again).
+    pub const fn is_retried_at_once(self) -> bool {
+        matches!(self.retry_class(), RetryClass::Backoff)
+            && !matches!(self, Self::MalformedResponse)
+    }
+}
+
+impl std::fmt::Display for ErrorKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.code())
+    }
+}
+
+impl Error {
+    /// What kind of failure this is: the one classification (see [`ErrorKind`]).
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            Self::Config(_) => ErrorKind::Config,
+            Self::UnknownConnector { .. } => ErrorKind::UnknownConnector,
+            Self::MissingRefreshToken { .. } => ErrorKind::MissingRefreshToken,
+            Self::ReauthorizationRequired { .. } => ErrorKind::ReauthorizationRequired,
+            Self::InvalidClient { .. } => ErrorKind::InvalidClient,
+            Self::Throttled { .. } => ErrorKind::Throttled,
+            Self::Transient { .. } => ErrorKind::Transient,
+            Self::Tls { .. } => ErrorKind::Tls,
+            Self::MalformedResponse { .. } => ErrorKind::MalformedResponse,
+            Self::Rejected { .. } => ErrorKind::Rejected,
+            Self::Store { .. } => ErrorKind::Store,
+            Self::EncryptionKey { .. } => ErrorKind::EncryptionKey,
+            Self::LifetimeTooShort { .. } => ErrorKind::LifetimeTooShort,
+            Self::DeadlineExceeded { .. } => ErrorKind::DeadlineExceeded,
+            Self::InvalidUser { .. } => ErrorKind::InvalidUser,
+            Self::InvalidState { .. } => ErrorKind::InvalidState,
+            Self::StoreOpen(_) => ErrorKind::StoreOpen,
+            Self::HttpClient(_) => ErrorKind::HttpClient,
+        }
+    }
+
+    /// When a refresh that failed with this error may be tried again ([`ErrorKind::retry_class`]).
+    pub fn retry_class(&self) -> RetryClass {
+        self.kind().retry_class()
     }
 
     /// Whether retrying later may succeed without anyone changing anything: the
@@ -264,34 +431,40 @@ impl Error {
     /// usually means the token URL is wrong).
     pub fn is_transient(&self) -> bool {
         matches!(self.retry_class(), RetryClass::Backoff | RetryClass::Window)
-            && !matches!(self, Self::MalformedResponse { .. })
+            && self.kind() != ErrorKind::MalformedResponse
     }
 
-    /// A stable, machine-readable name for the error: `config`, `unknown_connector`,
-    /// `missing_refresh_token`, `reauthorization_required`, `invalid_client`, `throttled`,
-    /// `transient`, `tls`, `malformed_response`, `rejected`, `store`, `encryption_key`,
-    /// `lifetime_too_short`, `deadline_exceeded`, `invalid_user`, `invalid_state`, `store_open`,
-    /// `http_client`.
+    /// The stable, machine-readable name of the error's kind ([`ErrorKind::code`]).
     pub fn code(&self) -> &'static str {
+        self.kind().code()
+    }
+
+    /// Whether this refusal was read from the shared health (another process, or an earlier
+    /// run, was refused) rather than answered by Zoho to this process.
+    pub fn is_recorded(&self) -> bool {
+        matches!(
+            self,
+            Self::ReauthorizationRequired { recorded: true, .. }
+                | Self::Throttled { recorded: true, .. }
+        )
+    }
+
+    /// What Zoho said, when it said it: its error code and description.
+    pub(crate) fn zoho_details(&self) -> (Option<&str>, Option<&str>) {
         match self {
-            Self::Config(_) => "config",
-            Self::UnknownConnector { .. } => "unknown_connector",
-            Self::MissingRefreshToken { .. } => "missing_refresh_token",
-            Self::ReauthorizationRequired { .. } => "reauthorization_required",
-            Self::InvalidClient { .. } => "invalid_client",
-            Self::Throttled { .. } => "throttled",
-            Self::Transient { .. } => "transient",
-            Self::Tls { .. } => "tls",
-            Self::MalformedResponse { .. } => "malformed_response",
-            Self::Rejected { .. } => "rejected",
-            Self::Store { .. } => "store",
-            Self::EncryptionKey { .. } => "encryption_key",
-            Self::LifetimeTooShort { .. } => "lifetime_too_short",
-            Self::DeadlineExceeded { .. } => "deadline_exceeded",
-            Self::InvalidUser { .. } => "invalid_user",
-            Self::InvalidState { .. } => "invalid_state",
-            Self::StoreOpen(_) => "store_open",
-            Self::HttpClient(_) => "http_client",
+            Self::ReauthorizationRequired {
+                code, description, ..
+            }
+            | Self::InvalidClient {
+                code, description, ..
+            }
+            | Self::Throttled {
+                code, description, ..
+            }
+            | Self::Rejected {
+                code, description, ..
+            } => (Some(code), description.as_deref()),
+            _ => (None, None),
         }
     }
 
@@ -320,9 +493,22 @@ impl Error {
     /// Whether a person must authorize the connector again.
     pub fn needs_reauthorization(&self) -> bool {
         matches!(
-            self,
-            Self::ReauthorizationRequired { .. } | Self::MissingRefreshToken { .. }
+            self.kind(),
+            ErrorKind::ReauthorizationRequired | ErrorKind::MissingRefreshToken
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_kind_round_trips_through_its_code() {
+        for kind in ErrorKind::ALL {
+            assert_eq!(ErrorKind::from_code(kind.code()), Some(kind));
+        }
+        assert_eq!(ErrorKind::from_code("recorded"), None);
     }
 }
 

@@ -64,21 +64,32 @@ pub(crate) fn health_key(fingerprint: &str) -> String {
     )
 }
 
-/// Whether `key` is a record that holds no secret and must be readable by every process whatever
-/// its encryption key: a mint log or a shared health record ([`mints_key`], [`health_key`]).
-/// No connector's own key has this shape (those end in five hex digits or `rt:` and six), and
+/// A record that holds no secret and must be readable by every process whatever its encryption
+/// key ([`public_kind`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Public {
+    /// A mint governor's log ([`mints_key`]).
+    MintLog,
+    /// A shared health record ([`health_key`]).
+    Health,
+}
+
+/// Which public record `key` names, if any: a mint log or a shared health record. No
+/// connector's own key has this shape (those end in five hex digits or `rt:` and six), and
 /// connector names cannot contain `:`.
+pub(crate) fn public_kind(key: &str) -> Option<Public> {
+    let rest = key.strip_prefix(KEY_PREFIX)?;
+    let (kind, hex) = if let Some(hex) = rest.strip_prefix("mints:") {
+        (Public::MintLog, hex)
+    } else {
+        (Public::Health, rest.strip_prefix("health:")?)
+    };
+    (hex.len() == 16 && hex.bytes().all(|b| b.is_ascii_hexdigit())).then_some(kind)
+}
+
+/// Whether `key` is a public record ([`public_kind`]).
 pub(crate) fn is_public(key: &str) -> bool {
-    let Some(rest) = key.strip_prefix(KEY_PREFIX) else {
-        return false;
-    };
-    let Some(hex) = rest
-        .strip_prefix("mints:")
-        .or_else(|| rest.strip_prefix("health:"))
-    else {
-        return false;
-    };
-    hex.len() == 16 && hex.bytes().all(|b| b.is_ascii_hexdigit())
+    public_kind(key).is_some()
 }
 
 /// The key under which a refresh token obtained at run time (code exchange, rotation) is kept:

@@ -46,17 +46,14 @@ mod error;
 #[cfg(test)]
 mod fuzz;
 mod governor;
-mod keep_warm;
 #[cfg(feature = "testing")]
 pub mod key;
 #[cfg(not(feature = "testing"))]
 mod key;
-mod lease;
 #[cfg(feature = "middleware")]
 pub mod middleware;
 mod oauth;
 mod record;
-mod runtime;
 mod secret;
 pub mod store;
 pub mod urls;
@@ -72,7 +69,7 @@ pub use connector::{
     TokenSource, TokenState,
 };
 pub use dc::{DataCenter, UnknownDataCenter};
-pub use error::{Error, Result, RetryClass, TransientKind};
+pub use error::{Error, ErrorKind, Result, RetryClass, TransientKind};
 pub use record::{RecordError, TokenRecord};
 pub use secret::{AccessTokenSecret, ClientSecret, ExposeSecret, GrantCode, RefreshToken};
 #[cfg(feature = "sqlite")]

@@ -293,6 +293,7 @@ pub(crate) fn parse_token_response(
             code: "HTTP 429".into(),
             description: None,
             retry_after,
+            recorded: false,
         });
     }
     if status.is_server_error() {
@@ -401,6 +402,7 @@ fn classify_code(
                 grant: grant.label(),
                 code,
                 description,
+                recorded: false,
             }
         }
         "invalid_client"
@@ -417,6 +419,7 @@ fn classify_code(
             code,
             description,
             retry_after,
+            recorded: false,
         },
         _ if status.is_server_error() => Error::Transient {
             connector,

@@ -166,6 +166,109 @@ impl RefreshRecord {
     }
 }
 
+/// The mint governor's log: the epoch-ms times of a refresh token's recent mints, as a JSON
+/// array. Kept in the clear (it holds no secret).
+pub(crate) mod mint_log {
+    use crate::clock::EpochMillis;
+    use std::collections::BTreeMap;
+
+    /// The times in `data`; damage reads as no mints.
+    pub(crate) fn parse(data: &str) -> Vec<EpochMillis> {
+        serde_json::from_str::<Vec<EpochMillis>>(data).unwrap_or_default()
+    }
+
+    /// The stored form of `times`.
+    pub(crate) fn to_json(times: &[EpochMillis]) -> String {
+        serde_json::to_string(times).unwrap_or_else(|_| "[]".into())
+    }
+
+    /// Two copies of one log as one (two tiers of a store): a time in both counts as often as
+    /// the copy that has it most often (the same mints, recorded twice; several mints in one
+    /// millisecond stay several). Sorted, oldest first.
+    pub(crate) fn union(a: &[EpochMillis], b: &[EpochMillis]) -> Vec<EpochMillis> {
+        let count = |times: &[EpochMillis]| {
+            let mut n = BTreeMap::<EpochMillis, usize>::new();
+            for t in times {
+                *n.entry(*t).or_default() += 1;
+            }
+            n
+        };
+        let mut merged = count(a);
+        for (t, n) in count(b) {
+            let m = merged.entry(t).or_default();
+            *m = (*m).max(n);
+        }
+        merged
+            .into_iter()
+            .flat_map(|(t, n)| std::iter::repeat_n(t, n))
+            .collect()
+    }
+}
+
+/// The shared health of a refresh token: the last failure the token endpoint answered, as any
+/// process recorded it. Kept in the clear (no secret: error kinds, Zoho's codes, messages).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct HealthRecord {
+    /// What kind of failure.
+    pub kind: crate::error::ErrorKind,
+    /// Zoho's own error code, when it gave one (e.g. `invalid_code`, `Access Denied`).
+    pub zoho_code: Option<String>,
+    /// Zoho's description, when it gave one.
+    pub description: Option<String>,
+    /// The error's message, for people.
+    pub message: String,
+    /// When it happened.
+    pub at: EpochMillis,
+    /// Failed flights in a row.
+    pub failures: u32,
+    /// When the recording process tries again, if later than `at`.
+    pub next_attempt_at: Option<EpochMillis>,
+}
+
+impl HealthRecord {
+    pub(crate) fn to_json(&self) -> String {
+        json!({
+            "code": self.kind.code(),
+            "zoho_code": self.zoho_code,
+            "description": self.description,
+            "message": self.message,
+            "at": self.at,
+            "failures": self.failures,
+            "next_attempt_at": self.next_attempt_at,
+        })
+        .to_string()
+    }
+
+    /// The record, if intact and of a kind this version knows.
+    pub(crate) fn parse(data: &str) -> Option<Self> {
+        let v: Value = serde_json::from_str(data).ok()?;
+        let text = |k: &str| v.get(k).and_then(Value::as_str).map(str::to_owned);
+        let at = v.get("at").and_then(lenient_i64)?;
+        Some(Self {
+            kind: crate::error::ErrorKind::from_code(v.get("code")?.as_str()?)?,
+            zoho_code: text("zoho_code"),
+            description: text("description"),
+            message: text("message")?,
+            at,
+            failures: v
+                .get("failures")
+                .and_then(lenient_i64)
+                .and_then(|n| u32::try_from(n).ok())
+                .unwrap_or(1),
+            next_attempt_at: v
+                .get("next_attempt_at")
+                .and_then(lenient_i64)
+                .filter(|n| *n > at),
+        })
+    }
+
+    /// Of two copies of a health record (two tiers of a store), the one to believe: the newer.
+    pub(crate) fn newer<'a>(a: &'a str, b: &'a str) -> &'a str {
+        let at = |d: &str| Self::parse(d).map(|r| r.at);
+        if at(b) > at(a) { b } else { a }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -203,6 +306,35 @@ mod tests {
         let p = TokenRecord::from_json(r#"{"access_token":"t","expires_in":3600,"expires_at":7}"#)
             .unwrap();
         assert_eq!(p.lifetime_secs, 3600);
+    }
+
+    #[test]
+    fn the_mint_log_union_counts_a_mint_in_both_copies_once_and_same_millisecond_mints_apart() {
+        use super::mint_log::union;
+        assert_eq!(union(&[1, 2, 2], &[2, 3]), vec![1, 2, 2, 3]);
+        assert_eq!(union(&[5, 5, 5], &[5, 5, 5]), vec![5, 5, 5]);
+        assert_eq!(union(&[], &[7]), vec![7]);
+    }
+
+    #[test]
+    fn health_records_round_trip_and_the_newer_copy_wins() {
+        let r = HealthRecord {
+            kind: crate::error::ErrorKind::Throttled,
+            zoho_code: Some("Access Denied".into()),
+            description: None,
+            message: "m".into(),
+            at: 10,
+            failures: 2,
+            next_attempt_at: Some(20),
+        };
+        assert_eq!(HealthRecord::parse(&r.to_json()), Some(r.clone()));
+        let later = HealthRecord {
+            at: 11,
+            ..r.clone()
+        }
+        .to_json();
+        assert_eq!(HealthRecord::newer(&r.to_json(), &later), later);
+        assert_eq!(HealthRecord::newer(&later, "garbage"), later);
     }
 
     #[test]

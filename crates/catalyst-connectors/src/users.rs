@@ -27,9 +27,7 @@
 use crate::Connector;
 use crate::clock::{duration_millis, until};
 use crate::connector::CodeExchange;
-use crate::connector::credentials::Credentials;
 use crate::error::{Error, Result};
-use crate::key;
 use crate::secret::GrantCode;
 use crate::store::{CasOutcome, TokenWrite};
 use base64::Engine as _;
@@ -38,80 +36,7 @@ use hmac::{Hmac, Mac};
 use secrecy::{ExposeSecret as _, SecretBox};
 use sha2::Sha256;
 use std::fmt;
-use std::sync::Arc;
 use std::time::Duration;
-
-impl Connector {
-    /// The connector for `user_id` made from this one (the template): same client, URLs and
-    /// scopes; its own refresh token (from the store, where [`complete_consent`] put it), its own
-    /// token and its own keys in every store. Connectors for recently used users stay resident
-    /// (at most the connection's `user_capacity`); an evicted user's connector is rebuilt on next
-    /// use and reloads from the store. Lookup is O(1); each user has its own single flight.
-    ///
-    /// The store name is `<template>.<user>`, with user ids longer than 12 characters, or not
-    /// made of letters, digits, `_` and `-`, replaced by a hash (so keys fit Catalyst Cache's 50
-    /// characters). Refresh-token records carry a full hash of the user id, and token records a
-    /// fingerprint of the user's refresh token, so even colliding keys never serve one user's
-    /// token to another.
-    ///
-    /// [`complete_consent`]: crate::users::ConsentFlow::complete
-    pub fn for_user(&self, user_id: &str) -> Result<Connector> {
-        if self.inner.subject.is_some() {
-            return Err(Error::InvalidUser {
-                connector: self.inner.name.clone(),
-                reason: "this is already a per-user connector; call for_user on the template"
-                    .into(),
-            });
-        }
-        if user_id.is_empty() {
-            return Err(Error::InvalidUser {
-                connector: self.inner.name.clone(),
-                reason: "the user id is empty".into(),
-            });
-        }
-        let capacity = self.inner.runtime.options.user_capacity;
-        let users = self
-            .inner
-            .users
-            .get_or_init(|| quick_cache::sync::Cache::new(capacity));
-        users.get_or_insert_with(user_id, || Ok(self.make_user(user_id)))
-    }
-
-    fn make_user(&self, user_id: &str) -> Connector {
-        let plain = user_id.len() <= 12
-            && user_id
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
-        let digest = key::user_subject(user_id);
-        let part = if plain {
-            user_id.to_owned()
-        } else {
-            format!("h{}", &digest[..11])
-        };
-        let name = format!("{}.{part}", self.inner.name);
-        let creds = Credentials::new(&name, &self.inner.config, None);
-        Self::assemble(
-            Arc::clone(&self.inner.config),
-            name,
-            Some(digest.into_boxed_str()),
-            creds,
-            Arc::clone(&self.inner.runtime),
-            Arc::clone(&self.inner.metrics),
-        )
-    }
-
-    /// Forgets a user's resident connector (its records stay in the store).
-    pub(crate) fn evict_user(&self, user_id: &str) {
-        if let Some(users) = self.inner.users.get() {
-            users.remove(user_id);
-        }
-    }
-
-    /// How many per-user connectors are resident.
-    pub fn resident_users(&self) -> usize {
-        self.inner.users.get().map_or(0, |u| u.len())
-    }
-}
 
 /// The key that signs consent states. `Debug` never shows it.
 pub struct StateKey(SecretBox<[u8; 32]>);

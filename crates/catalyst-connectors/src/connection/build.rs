@@ -1,14 +1,14 @@
 //! [`ConnectionBuilder::build`] in five named steps.
 
+use super::keep_warm::{AbortOnDrop, keep_warm};
 use super::{Connection, ConnectionBuilder, Source};
 use crate::clock::Clock;
 use crate::config::{self, ConfigErrors, ConfigIssue, ConnectorConfig, Settings};
 use crate::connector::Connector;
+use crate::connector::runtime::{Options, Runtime};
 use crate::error::{Error, Result};
-use crate::keep_warm::{AbortOnDrop, keep_warm};
 use crate::oauth::{HttpTimeouts, TokenClient};
-use crate::runtime::{Options, Runtime};
-use crate::store::{EncryptedStore, EncryptionKey, KeyError, STORE_ENV, StoreSpec, TokenStore};
+use crate::store::{EncryptionKey, KeyError, STORE_ENV, StoreSpec, TokenStore};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
@@ -70,10 +70,7 @@ pub(super) fn build(b: ConnectionBuilder) -> Result<Connection> {
             (key.as_ref(), local.as_ref()),
         )?,
     };
-    let store: Arc<dyn TokenStore> = match &key {
-        Some(key) => Arc::new(EncryptedStore::new(store, key)),
-        None => store,
-    };
+    let store = crate::store::with_key(store, key.as_ref());
     let runtime = Arc::new(Runtime {
         store,
         clock: b.clock,

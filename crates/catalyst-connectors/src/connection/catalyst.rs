@@ -10,12 +10,10 @@
 use crate::clock::Clock;
 use crate::config::{ConfigErrors, ConfigIssue, Settings};
 use crate::connector::Connector;
+use crate::connector::runtime::{Options, Runtime};
 use crate::error::{Error, Result};
 use crate::oauth::TokenClient;
-use crate::runtime::{Options, Runtime};
-use crate::store::{
-    CatalystCacheStore, EncryptedStore, EncryptionKey, MemoryStore, StoreSpec, TokenStore,
-};
+use crate::store::{CatalystCacheStore, EncryptionKey, MemoryStore, StoreSpec, TokenStore};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
@@ -67,10 +65,7 @@ pub(super) fn open(
         }),
         None => memory(),
     };
-    let local: Arc<dyn TokenStore> = match encryption {
-        Some(k) => Arc::new(EncryptedStore::new(local, k)),
-        None => local,
-    };
+    let local = crate::store::with_key(local, encryption);
     let admin_runtime = Arc::new(Runtime {
         store: local,
         clock: Arc::clone(clock),

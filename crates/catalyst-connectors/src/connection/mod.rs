@@ -3,14 +3,15 @@
 mod build;
 #[cfg(feature = "catalyst")]
 mod catalyst;
+mod keep_warm;
 
 use crate::clock::{Clock, SystemClock};
 use crate::config::{ConfigErrors, ConfigIssue, ConnectorConfig};
 use crate::connector::Connector;
+use crate::connector::runtime::Options;
 use crate::error::{Error, Result};
-use crate::keep_warm::AbortOnDrop;
-use crate::runtime::Options;
 use crate::store::{EncryptionKey, StoreSpec, TokenStore};
+use keep_warm::AbortOnDrop;
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::fmt;

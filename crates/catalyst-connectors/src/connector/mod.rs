@@ -1,108 +1,59 @@
 //! The connector: one token per name, minted once per expiry and shared.
 //!
+//! [`Connector`] is a thin façade over three parts that own their state:
+//! - the **token cell** ([`cell`]): the token in memory, the refresh-point arithmetic and the
+//!   schedule (background refresh claims, backoff, negative cache), on the injectable clock;
+//! - the **acquisition** ([`acquire`]): store read → lease → governor → mint → compare-and-set →
+//!   shared health, with the credentials it mints with ([`grants`], [`health`]);
+//! - the **governor** ([`crate::governor`]): the mint log and the decision.
+//!
 //! The path of one [`Connector::access_token`] call:
-//! 1. **Memory** — a lock-free [`ArcSwapOption`] load; if the token is before its refresh point it is
-//!    returned with no I/O and no allocation beyond a reference count.
-//! 2. **Single flight** — otherwise the caller joins the connector's one in-flight acquisition (a
-//!    shared future kept in the connector until it completes, so a cancelled caller never cancels
-//!    it). All waiters get its result, success or error.
-//! 3. **Store** — the flight reads the store; a record for these credentials (fingerprint match)
-//!    that is still fresh is installed in memory.
-//! 4. **Lease** — with a shared store, the flight takes the store's mint lease; a process that does
-//!    not get it polls the store for the holder's token, never longer than the lease.
-//! 5. **Mint** — one POST to the token endpoint; the record is written with a compare-and-set on the
-//!    generation read in step 3, so a late writer never overwrites a newer token.
+//! 1. **Memory** — the cell's lock-free load; a token before its refresh point is returned with
+//!    no I/O and no allocation beyond a reference count. A stale one is returned too, and the
+//!    cell's claim starts one background refresh.
+//! 2. **Single flight** — otherwise the caller joins the connector's one in-flight acquisition
+//!    ([`flight`]: a shared future kept until it completes, so a cancelled caller never cancels
+//!    it), at most the wait deadline. All waiters get its result, success or error.
+//! 3. **Acquisition** — store, lease, governor, mint (see [`acquire`]); the façade installs the
+//!    token in the cell and tells the cell what happened, which sets the next attempt time.
 
 mod acquire;
-pub(crate) mod credentials;
+mod cell;
+mod credentials;
 pub(crate) mod flight;
-mod fresh;
+mod grants;
 mod health;
-mod schedule;
+pub(crate) mod lease;
+mod metrics;
+pub(crate) mod runtime;
 mod token;
+mod waiting;
 
 pub use credentials::{CodeExchange, GeneratedTokens};
 pub use health::FailureRecord;
-pub(crate) use token::TokenInner;
 pub use token::{AccessToken, TokenSource};
 
+use self::acquire::{Acquisition, Got, Want};
+use self::cell::{Lookup, TokenCell};
 use self::credentials::Credentials;
-use self::flight::{Drive, Flight, FlightOwner, SingleFlight, WaiterGuard};
-use self::schedule::{Health, IN_FLIGHT, Mode};
+use self::flight::{FlightOwner, SingleFlight};
+use self::metrics::Metrics;
+use self::runtime::Runtime;
 use crate::clock::{EpochMillis, millis_to_system_time};
 use crate::config::ConnectorConfig;
 use crate::error::{Error, Result};
-use crate::governor;
-use crate::runtime::Runtime;
-use crate::secret::ExposeSecret;
-use arc_swap::{ArcSwap, ArcSwapOption};
+use crate::key;
+use crate::secret::GrantCode;
 use std::fmt;
-use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::SystemTime;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
 
-pub(crate) struct ConnectorInner {
-    /// Shared by a template and its per-user connectors.
-    pub(crate) config: Arc<ConnectorConfig>,
-    /// The connector's name (`<template>.<user part>` for per-user connectors).
-    pub(crate) name: String,
-    /// For per-user connectors: a hash of the user id, kept in refresh-token records.
-    pub(crate) subject: Option<Box<str>>,
-    /// Per-user connectors made from this one, bounded (see [`Connector::for_user`]).
-    pub(crate) users: std::sync::OnceLock<quick_cache::sync::Cache<String, Connector>>,
-    pub(crate) runtime: Arc<Runtime>,
-    creds: ArcSwap<Credentials>,
-    current: ArcSwapOption<TokenInner>,
+struct ConnectorInner {
+    cell: TokenCell,
+    acq: Acquisition,
     flight: SingleFlight<Result<AccessToken>>,
-    /// Epoch ms before which no refresh is attempted; `IN_FLIGHT` while one runs in the background.
-    next_attempt_at: AtomicI64,
-    /// Allocated on the first failure only, so healthy connectors stay small.
-    health: Mutex<Option<Box<Health>>>,
-    waiters: AtomicUsize,
-    /// A token request is on the wire: a waiter past its deadline waits for its answer rather
-    /// than throw away a token Zoho minted (the request has its own timeout).
-    minting: std::sync::atomic::AtomicBool,
-    /// Epoch ms of the last `access_token` call, to the second (for keep-warm).
-    last_used: AtomicI64,
-    pub(crate) metrics: Arc<Metrics>,
-}
-
-/// Counters registered once per connector (install your `metrics` recorder before building the
-/// connection).
-pub(crate) struct Metrics {
-    memory_hits: metrics::Counter,
-    store_hits: metrics::Counter,
-    misses: metrics::Counter,
-    mints_ok: metrics::Counter,
-    mints_failed: metrics::Counter,
-    served_stale: metrics::Counter,
-    governor_refusals: metrics::Counter,
-    store_errors: metrics::Counter,
-}
-
-impl Metrics {
-    fn new(name: &str) -> Self {
-        let c = |metric: &'static str, extra: Option<(&'static str, &'static str)>| {
-            let connector = name.to_owned();
-            match extra {
-                Some((k, v)) => metrics::counter!(metric, "connector" => connector, k => v),
-                None => metrics::counter!(metric, "connector" => connector),
-            }
-        };
-        Self {
-            memory_hits: c("catalyst_connectors_hits_total", Some(("layer", "memory"))),
-            store_hits: c("catalyst_connectors_hits_total", Some(("layer", "store"))),
-            misses: c("catalyst_connectors_misses_total", None),
-            mints_ok: c("catalyst_connectors_mints_total", Some(("outcome", "ok"))),
-            mints_failed: c(
-                "catalyst_connectors_mints_total",
-                Some(("outcome", "error")),
-            ),
-            served_stale: c("catalyst_connectors_served_stale_total", None),
-            governor_refusals: c("catalyst_connectors_governor_refusals_total", None),
-            store_errors: c("catalyst_connectors_store_errors_total", None),
-        }
-    }
+    /// Per-user connectors made from this one, bounded (see [`Connector::for_user`]).
+    users: std::sync::OnceLock<quick_cache::sync::Cache<String, Connector>>,
 }
 
 /// The state of a connector's token, as seen by [`Connector::status`].
@@ -155,14 +106,14 @@ pub struct ConnectorStatus {
 /// one token.
 #[derive(Clone)]
 pub struct Connector {
-    pub(crate) inner: Arc<ConnectorInner>,
+    inner: Arc<ConnectorInner>,
 }
 
 impl fmt::Debug for Connector {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Connector")
-            .field("name", &self.inner.name)
-            .field("key", &self.inner.creds.load().key)
+            .field("name", &self.inner.acq.name)
+            .field("key", &self.inner.acq.creds().key)
             .finish_non_exhaustive()
     }
 }
@@ -175,7 +126,7 @@ impl Connector {
         Self::assemble(Arc::new(config), name, None, creds, runtime, metrics)
     }
 
-    pub(crate) fn assemble(
+    fn assemble(
         config: Arc<ConnectorConfig>,
         name: String,
         subject: Option<Box<str>>,
@@ -183,44 +134,36 @@ impl Connector {
         runtime: Arc<Runtime>,
         metrics: Arc<Metrics>,
     ) -> Self {
+        let cell = TokenCell::new(Arc::clone(&runtime.clock), runtime.options.policy());
+        let acq = Acquisition::new(config, name, subject, creds, runtime, metrics);
         Self {
             inner: Arc::new(ConnectorInner {
-                config,
-                name,
-                subject,
-                users: std::sync::OnceLock::new(),
-                runtime,
-                creds: ArcSwap::from_pointee(creds),
-                current: ArcSwapOption::empty(),
+                cell,
+                acq,
                 flight: SingleFlight::new(),
-                next_attempt_at: AtomicI64::new(0),
-                health: Mutex::new(None),
-                waiters: AtomicUsize::new(0),
-                minting: std::sync::atomic::AtomicBool::new(false),
-                last_used: AtomicI64::new(0),
-                metrics,
+                users: std::sync::OnceLock::new(),
             }),
         }
     }
 
     /// The connector's name (`<template>.<user part>` for per-user connectors).
     pub fn name(&self) -> &str {
-        &self.inner.name
+        &self.inner.acq.name
     }
 
     /// The runtime's clock and store (for the consent flow).
     pub(crate) fn runtime(&self) -> &Runtime {
-        &self.inner.runtime
+        &self.inner.acq.runtime
     }
 
     /// The connector's configuration.
     pub fn config(&self) -> &ConnectorConfig {
-        &self.inner.config
+        &self.inner.acq.config
     }
 
     /// The longest store key this connector uses (its refresh-token record's).
     pub(crate) fn longest_key_len(&self) -> usize {
-        let creds = self.inner.creds.load();
+        let creds = self.inner.acq.creds();
         creds
             .key
             .chars()
@@ -230,7 +173,7 @@ impl Connector {
 
     /// The store key of this connector's token: `ZC_CONN_<name>:<hash>`, as the official SDKs use.
     pub fn cache_key(&self) -> String {
-        self.inner.creds.load().key.clone()
+        self.inner.acq.creds().key.clone()
     }
 
     /// Returns a valid access token: from memory when fresh, else from the store, else by minting
@@ -241,79 +184,62 @@ impl Connector {
     /// valid. Callers wait only when no valid token exists, and at most the connection's wait
     /// deadline.
     pub async fn access_token(&self) -> Result<AccessToken> {
-        let now = self.inner.runtime.clock.now_millis();
-        self.touch(now);
-        {
-            let guard = self.inner.current.load();
-            if let Some(token) = guard.as_ref() {
-                if now < token.refresh_at {
-                    self.inner.metrics.memory_hits.increment(1);
-                    return Ok(AccessToken(Arc::clone(token)));
-                }
-                if now < token.expires_at {
-                    self.inner.metrics.served_stale.increment(1);
-                    let token = AccessToken(Arc::clone(token));
-                    drop(guard);
-                    self.refresh_in_background(now);
-                    return Ok(token);
-                }
+        let cell = &self.inner.cell;
+        let now = cell.now();
+        cell.touch(now);
+        match cell.lookup(now) {
+            Lookup::Fresh(token) => {
+                self.inner.acq.metrics.memory_hits.increment(1);
+                Ok(token)
             }
+            Lookup::Stale(token) => {
+                self.inner.acq.metrics.served_stale.increment(1);
+                self.refresh_in_background(now);
+                Ok(token)
+            }
+            // Boxed so the hot path's future stays small.
+            Lookup::Missing => Box::pin(self.wait_for_token(now)).await,
         }
-        // Boxed so the hot path's future stays small.
-        Box::pin(self.wait_for_token(now)).await
     }
 
     /// Mints a new token now, even if a fresh one is cached, and caches it. Joins an acquisition
     /// already in flight instead of starting a second one. Ignores the backoff after failures,
     /// but not the mint governor.
     pub async fn force_refresh(&self) -> Result<AccessToken> {
-        self.inner.current.store(None);
-        self.flight_or_start(Mode::Force).await
+        self.inner.cell.clear();
+        self.flight_or_start(Want::New).await
     }
 
     /// A snapshot of the connector's state: token, schedule, failures, governor, waiters.
     pub async fn status(&self) -> ConnectorStatus {
-        let now = self.inner.runtime.clock.now_millis();
-        let current = self.inner.current.load_full();
+        let (cell, acq) = (&self.inner.cell, &self.inner.acq);
+        let now = cell.now();
+        let current = cell.current();
         let state = match &current {
             None => TokenState::Empty,
-            Some(t) if now < t.refresh_at => TokenState::Fresh,
-            Some(t) if now < t.expires_at => TokenState::Stale,
+            Some(t) if now < t.0.refresh_at => TokenState::Fresh,
+            Some(t) if now < t.0.expires_at => TokenState::Stale,
             Some(_) => TokenState::Expired,
         };
-        let next = self.inner.next_attempt_at.load(Ordering::Acquire);
-        let last_error = self
-            .health()
-            .as_ref()
-            .and_then(|h| h.last_error.clone())
-            .map(|(e, at)| (e, millis_to_system_time(at)));
-        let creds = self.inner.creds.load_full();
-        let mints = governor::recent_mints(
-            &*self.inner.runtime.store,
-            &creds.governor_key(),
-            now,
-            self.inner.runtime.options.mint_window,
-        )
-        .await
-        .times
-        .len();
+        let governor = acq.governor();
+        let (mints, _) = governor
+            .mints(&*acq.runtime.store, &acq.creds().governor_key(), now)
+            .await;
         ConnectorStatus {
-            name: self.inner.name.clone(),
+            name: acq.name.clone(),
             state,
-            source: current.as_ref().map(|t| t.source),
-            expires_at: current
-                .as_ref()
-                .map(|t| millis_to_system_time(t.expires_at)),
-            refresh_at: current
-                .as_ref()
-                .map(|t| millis_to_system_time(t.refresh_at)),
-            last_error,
-            next_attempt_at: (next > now && next != IN_FLIGHT).then(|| millis_to_system_time(next)),
+            source: current.as_ref().map(|t| t.0.source),
+            expires_at: current.as_ref().map(AccessToken::expires_at),
+            refresh_at: current.as_ref().map(AccessToken::refresh_at),
+            last_error: cell
+                .last_error()
+                .map(|(e, at)| (e, millis_to_system_time(at))),
+            next_attempt_at: cell.next_attempt(now).map(millis_to_system_time),
             refreshing: self.inner.flight.is_running(),
-            mints_in_window: mints,
-            mint_limit: self.inner.runtime.options.mint_limit,
-            waiters: self.inner.waiters.load(Ordering::Relaxed),
-            recorded_failure: self.recorded_failure().await,
+            mints_in_window: mints.len(),
+            mint_limit: governor.limit(),
+            waiters: cell.waiters(),
+            recorded_failure: acq.recorded_failure().await,
         }
     }
 
@@ -322,82 +248,196 @@ impl Connector {
         self.inner.flight.is_running()
     }
 
-    fn touch(&self, now: EpochMillis) {
-        // Written at most once a second, so the hot path stays a read.
-        if now - self.inner.last_used.load(Ordering::Relaxed) >= 1000 {
-            self.inner.last_used.store(now, Ordering::Relaxed);
-        }
+    /// The last failure recorded in the store by any process, if any (behind Redis, the newer of
+    /// its record and this host's: one written while Redis was down is only here).
+    pub async fn recorded_failure(&self) -> Option<FailureRecord> {
+        self.inner.acq.recorded_failure().await
     }
 
-    fn health(&self) -> std::sync::MutexGuard<'_, Option<Box<Health>>> {
-        self.inner.health.lock().unwrap_or_else(|p| p.into_inner())
+    /// The token this process would serve without asking the token endpoint: from memory, else
+    /// from the store (installed in memory). `None` when neither holds a valid token.
+    pub async fn cached_token(&self) -> Result<Option<AccessToken>> {
+        if let Some(token) = self.inner.cell.valid(self.inner.cell.now()) {
+            return Ok(Some(token));
+        }
+        Ok(self.inner.acq.stored().await?.map(|got| self.install(got)))
     }
 
-    /// The path of a caller with no valid token.
-    async fn wait_for_token(&self, now: EpochMillis) -> Result<AccessToken> {
-        let next = self.inner.next_attempt_at.load(Ordering::Acquire);
-        if next != IN_FLIGHT && now < next {
-            // A recent attempt failed: answer with its error now rather than hammer the endpoint
-            // — unless another process has stored a token since.
-            let blocking = self
-                .health()
-                .as_ref()
-                .and_then(|h| h.blocking_error.clone());
-            if let Some(e) = blocking {
-                return match self.stored_while_blocked(now).await {
-                    Some(token) => Ok(token),
-                    None => Err(e),
-                };
-            }
+    /// Forgets `token` if it is still the current one (in memory, and in the store if the stored
+    /// record is the one it came from), e.g. after an API rejected it with 401. Returns whether it
+    /// was current. Many callers reporting the same bad token cause one refresh, not many: after
+    /// the first, the token is no longer current.
+    pub async fn invalidate_token(&self, token: &AccessToken) -> Result<bool> {
+        if !self.inner.cell.forget_if_current(token) {
+            return Ok(false);
         }
-        self.inner.metrics.misses.increment(1);
-        let waiting = WaiterGuard::new(&self.inner.waiters);
-        let result = self.bounded(self.flight_or_start(Mode::Wait)).await;
-        drop(waiting);
-        if let Ok(token) = &result {
-            let now = self.inner.runtime.clock.now_millis();
-            if now >= token.0.refresh_at {
-                // A stale token from the store: serve it, refresh behind it.
-                self.refresh_in_background(now);
-            }
+        if let Some(generation) = token.generation() {
+            self.inner.acq.delete_stored(Some(generation)).await?;
         }
-        result
+        tracing::info!(connector = %self.name(), "token rejected by the API; it will be replaced");
+        Ok(true)
     }
 
-    /// While this connector backs off after a failure: a valid token another process has stored
-    /// since (installed in memory, so the callers after this one find it there). The store is
-    /// asked at most every 250 ms, so a blocked connector does not turn every call into a store
-    /// round trip.
-    async fn stored_while_blocked(&self, now: EpochMillis) -> Option<AccessToken> {
-        if !self.inner.runtime.store.is_shared() {
-            return None;
-        }
-        {
-            let mut guard = self.health();
-            let health = guard.as_mut()?;
-            if now.saturating_sub(health.store_checked_at) < 250 {
-                return None;
-            }
-            health.store_checked_at = now;
-        }
-        self.cached_token()
-            .await
-            .ok()
-            .flatten()
-            .filter(|t| now < t.0.expires_at)
+    /// Drops this process's in-memory copy of the token only; the next call reads the store. Useful
+    /// when another process is known to have written a newer token, and in benchmarks.
+    pub fn evict_memory(&self) {
+        self.inner.cell.clear();
     }
 
-    /// Joins the flight in progress, or starts one of `mode` (see [`flight`]). A background
-    /// refresh never runs in the caller that triggered it.
-    fn flight_or_start(&self, mode: Mode) -> Flight<Result<AccessToken>> {
-        let drive = if mode == Mode::Background {
-            Drive::Background
-        } else {
-            Drive::Caller
-        };
-        SingleFlight::join_or_start(self, drive, move |this: Connector| async move {
-            this.run_flight(mode).await
+    /// Forgets the current token in memory and in the store (e.g. after an API answered 401), so the
+    /// next call mints a new one. A newer token written meanwhile by another process is kept.
+    pub async fn invalidate(&self) -> Result<()> {
+        let old = self.inner.cell.clear();
+        self.inner
+            .acq
+            .delete_stored(old.as_ref().and_then(AccessToken::generation))
+            .await?;
+        tracing::debug!(connector = %self.name(), "token invalidated");
+        Ok(())
+    }
+
+    /// Exchanges an authorization (grant) code for tokens at `auth_url` (the `authorization_code`
+    /// grant; `redirect_uri` is sent when the connector has a `redirect_url`, as server-based
+    /// clients need, and omitted for Self Client codes). The refresh token returned becomes this
+    /// connector's and is handed back to keep.
+    pub async fn generate_access_token(&self, code: &GrantCode) -> Result<GeneratedTokens> {
+        self.exchange_code(code, CodeExchange::default()).await
+    }
+
+    /// [`generate_access_token`](Self::generate_access_token) with overrides: the token endpoint
+    /// of the data centre named in the redirect (`accounts-server`), and the `redirect_uri` the
+    /// authorization request used.
+    pub async fn exchange_code(
+        &self,
+        code: &GrantCode,
+        with: CodeExchange,
+    ) -> Result<GeneratedTokens> {
+        let (got, refresh_token) = self.inner.acq.exchange_code(code, with).await?;
+        Ok(GeneratedTokens {
+            access_token: self.install(got),
+            refresh_token,
         })
+    }
+
+    /// Whether the token store holds a refresh token for this connector (obtained by a code
+    /// exchange, e.g. `connector authorize`), whatever the config says. A refresh token in the
+    /// config takes precedence over it.
+    pub async fn has_stored_refresh_token(&self) -> bool {
+        self.inner.acq.has_stored_refresh_token().await
+    }
+
+    /// Whether a refresh token is available: configured, obtained in this process, or kept in
+    /// the store.
+    pub async fn has_refresh_token(&self) -> bool {
+        self.inner
+            .acq
+            .resolve_credentials()
+            .await
+            .is_ok_and(|c| c.refresh_token.is_some())
+    }
+
+    /// Revokes the refresh token at Zoho (`{refresh_url}/revoke`; this also kills its access
+    /// tokens) and forgets it and the token locally: in memory and in the store. A refresh token
+    /// written in the connector's config cannot be removed from there: delete it yourself.
+    pub async fn revoke(&self) -> Result<()> {
+        self.inner.acq.revoke().await?;
+        self.inner.cell.clear();
+        Ok(())
+    }
+
+    /// The connector for `user_id` made from this one (the template): same client, URLs and
+    /// scopes; its own refresh token (from the store, where [`complete_consent`] put it), its own
+    /// token and its own keys in every store. Connectors for recently used users stay resident
+    /// (at most the connection's `user_capacity`); an evicted user's connector is rebuilt on next
+    /// use and reloads from the store. Lookup is O(1); each user has its own single flight.
+    ///
+    /// The store name is `<template>.<user>`, with user ids longer than 12 characters, or not
+    /// made of letters, digits, `_` and `-`, replaced by a hash (so keys fit Catalyst Cache's 50
+    /// characters). Refresh-token records carry a full hash of the user id, and token records a
+    /// fingerprint of the user's refresh token, so even colliding keys never serve one user's
+    /// token to another.
+    ///
+    /// [`complete_consent`]: crate::users::ConsentFlow::complete
+    pub fn for_user(&self, user_id: &str) -> Result<Connector> {
+        let acq = &self.inner.acq;
+        let invalid = |reason: &str| Error::InvalidUser {
+            connector: acq.name.clone(),
+            reason: reason.into(),
+        };
+        if acq.subject.is_some() {
+            return Err(invalid(
+                "this is already a per-user connector; call for_user on the template",
+            ));
+        }
+        if user_id.is_empty() {
+            return Err(invalid("the user id is empty"));
+        }
+        let capacity = acq.runtime.options.user_capacity;
+        let users = self
+            .inner
+            .users
+            .get_or_init(|| quick_cache::sync::Cache::new(capacity));
+        users.get_or_insert_with(user_id, || Ok(self.make_user(user_id)))
+    }
+
+    fn make_user(&self, user_id: &str) -> Connector {
+        let acq = &self.inner.acq;
+        let plain = user_id.len() <= 12
+            && user_id
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+        let digest = key::user_subject(user_id);
+        let part = if plain {
+            user_id.to_owned()
+        } else {
+            format!("h{}", &digest[..11])
+        };
+        let name = format!("{}.{part}", acq.name);
+        let creds = Credentials::new(&name, &acq.config, None);
+        Self::assemble(
+            Arc::clone(&acq.config),
+            name,
+            Some(digest.into_boxed_str()),
+            creds,
+            Arc::clone(&acq.runtime),
+            Arc::clone(&acq.metrics),
+        )
+    }
+
+    /// Forgets a user's resident connector (its records stay in the store).
+    pub(crate) fn evict_user(&self, user_id: &str) {
+        if let Some(users) = self.inner.users.get() {
+            users.remove(user_id);
+        }
+    }
+
+    /// How many per-user connectors are resident.
+    pub fn resident_users(&self) -> usize {
+        self.inner.users.get().map_or(0, |u| u.len())
+    }
+
+    /// Starts a background refresh if the token is within `lead` of its refresh point (or past
+    /// it) and no refresh is running or backing off. Used by keep-warm.
+    pub(crate) fn refresh_if_due(&self, now: EpochMillis, lead: Duration) -> bool {
+        self.inner.cell.due(now, lead) && self.refresh_in_background(now)
+    }
+
+    /// Epoch ms of the last `access_token` call (to the second), 0 if never.
+    pub(crate) fn last_used(&self) -> EpochMillis {
+        self.inner.cell.last_used()
+    }
+
+    /// The token in memory's `(refresh_at, expires_at)`, if any.
+    pub(crate) fn schedule(&self) -> Option<(EpochMillis, EpochMillis)> {
+        self.inner.cell.schedule()
+    }
+
+    /// Makes an obtained token the one in memory, unless the credentials changed meanwhile.
+    fn install(&self, got: Got) -> AccessToken {
+        if self.inner.acq.is_current(&got.creds) {
+            self.inner.cell.install(&got.token);
+        }
+        got.token
     }
 }
 
@@ -414,50 +454,5 @@ impl FlightOwner for Connector {
 
     fn single_flight(&self) -> &SingleFlight<Result<AccessToken>> {
         &self.inner.flight
-    }
-}
-
-impl Connector {
-    /// Forgets `token` if it is still the current one (in memory, and in the store if the stored
-    /// record is the one it came from), e.g. after an API rejected it with 401. Returns whether it
-    /// was current. Many callers reporting the same bad token cause one refresh, not many: after
-    /// the first, the token is no longer current.
-    pub async fn invalidate_token(&self, token: &AccessToken) -> Result<bool> {
-        let current = self.inner.current.load_full();
-        let is_current = current
-            .as_ref()
-            .is_some_and(|c| c.secret.expose_secret() == token.expose_secret());
-        if !is_current {
-            return Ok(false);
-        }
-        let previous = self.inner.current.compare_and_swap(&current, None);
-        let swapped = match (&*previous, &current) {
-            (Some(p), Some(c)) => Arc::ptr_eq(p, c),
-            _ => false,
-        };
-        if !swapped {
-            return Ok(false);
-        }
-        if let Some(generation) = token.generation() {
-            self.delete_stored(Some(generation)).await?;
-        }
-        tracing::info!(connector = %self.inner.name, "token rejected by the API; it will be replaced");
-        Ok(true)
-    }
-
-    /// Drops this process's in-memory copy of the token only; the next call reads the store. Useful
-    /// when another process is known to have written a newer token, and in benchmarks.
-    pub fn evict_memory(&self) {
-        self.inner.current.store(None);
-    }
-
-    /// Forgets the current token in memory and in the store (e.g. after an API answered 401), so the
-    /// next call mints a new one. A newer token written meanwhile by another process is kept.
-    pub async fn invalidate(&self) -> Result<()> {
-        let old = self.inner.current.swap(None);
-        self.delete_stored(old.as_ref().and_then(|t| t.generation))
-            .await?;
-        tracing::debug!(connector = %self.inner.name, "token invalidated");
-        Ok(())
     }
 }

@@ -1,10 +1,10 @@
-//! The token in memory ([`AccessToken`]) and the refresh-point arithmetic.
+//! The token handed to callers ([`AccessToken`]).
 
-use crate::clock::{EpochMillis, duration_millis, millis_to_system_time};
+use crate::clock::{EpochMillis, millis_to_system_time};
 use crate::secret::{AccessTokenSecret, ExposeSecret};
 use std::fmt;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 /// Where a token came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -92,43 +92,5 @@ impl fmt::Debug for AccessToken {
             .field("api_domain", &self.0.api_domain)
             .field("source", &self.0.source)
             .finish()
-    }
-}
-
-/// `(refresh_at, expires_at)` for a token requested at `issued_at` that lives `lifetime`.
-///
-/// The refresh point leaves a margin of `min(15 min, lifetime / 4)`: the official SDKs' 15 minutes
-/// for hour-long tokens, while short-lived tokens are still used for most of their life.
-/// `refresh_in` moves the refresh point, never beyond the expiry.
-pub(crate) fn refresh_schedule(
-    issued_at: EpochMillis,
-    lifetime: Duration,
-    refresh_in: Option<Duration>,
-) -> (EpochMillis, EpochMillis) {
-    let expires_at = issued_at.saturating_add(duration_millis(lifetime));
-    let refresh_after = match refresh_in {
-        Some(r) => r.min(lifetime),
-        None => lifetime - (lifetime / 4).min(Duration::from_secs(15 * 60)),
-    };
-    (
-        issued_at.saturating_add(duration_millis(refresh_after)),
-        expires_at,
-    )
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn schedule_margins() {
-        let s = |l, r: Option<u64>| {
-            refresh_schedule(0, Duration::from_secs(l), r.map(Duration::from_secs))
-        };
-        assert_eq!(s(3600, None), (2_700_000, 3_600_000));
-        assert_eq!(s(600, None), (450_000, 600_000));
-        assert_eq!(s(60, None), (45_000, 60_000));
-        assert_eq!(s(3600, Some(600)), (600_000, 3_600_000));
-        assert_eq!(s(3600, Some(7200)), (3_600_000, 3_600_000));
     }
 }

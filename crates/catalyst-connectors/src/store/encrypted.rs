@@ -5,8 +5,10 @@
 //! the key, which reveals nothing usable about it) tells "written with another key" apart from
 //! "damaged". A value written with another key is a [`StoreErrorKind::Key`] error: the connector
 //! reports a configuration problem naming `CONNECTOR_ENCRYPTION_KEY` and never overwrites it. A
-//! value that is damaged or was written unencrypted reads as a damaged record: the connector logs
-//! a warning, treats it as a miss and overwrites it. Garbage is never served.
+//! value that is damaged or was written unencrypted is a [`StoreErrorKind::Damaged`] error carrying
+//! its generation: the connector logs a warning, treats it as a miss and overwrites it. Garbage is
+//! never served. Without a key, [`Unkeyed`] reports an encrypted record as
+//! [`StoreErrorKind::NoKey`].
 
 use super::{CasOutcome, StoreError, StoreErrorKind, StoredValue, TokenStore, TokenWrite};
 use base64::Engine as _;
@@ -131,9 +133,113 @@ impl EncryptionKey {
 
 /// Whether a stored value was written by an [`EncryptedStore`] (so a store without the key can
 /// say "encrypted, and no key is set" instead of "damaged").
-pub(crate) fn looks_encrypted(data: &str) -> bool {
+fn looks_encrypted(data: &str) -> bool {
     data.starts_with(PREFIX) || data.starts_with(PREFIX_V1)
 }
+
+/// `impl TokenStore` for a wrapping store: the items given, plus the operations it passes to
+/// `self.inner` unchanged (the lease, and what the backend can do).
+macro_rules! wrapping_store {
+    ($ty:ty { $($items:tt)* }) => {
+        #[async_trait::async_trait]
+        impl TokenStore for $ty {
+        $($items)*
+
+        async fn try_acquire_lease(
+            &self,
+            key: &str,
+            owner: &str,
+            ttl: Duration,
+        ) -> Result<bool, StoreError> {
+            self.inner.try_acquire_lease(key, owner, ttl).await
+        }
+
+        async fn release_lease(&self, key: &str, owner: &str) -> Result<(), StoreError> {
+            self.inner.release_lease(key, owner).await
+        }
+
+        async fn lease_holder(&self, key: &str) -> Result<Option<String>, StoreError> {
+            self.inner.lease_holder(key).await
+        }
+
+        async fn take_over_lease(
+            &self,
+            key: &str,
+            dead_owner: &str,
+            owner: &str,
+            ttl: Duration,
+        ) -> Result<bool, StoreError> {
+            self.inner
+                .take_over_lease(key, dead_owner, owner, ttl)
+                .await
+        }
+
+        fn is_shared(&self) -> bool {
+            self.inner.is_shared()
+        }
+
+        fn max_key_len(&self) -> Option<usize> {
+            self.inner.max_key_len()
+        }
+        }
+    };
+}
+
+/// `store` under the connection's encryption key: encrypted with it, or, without one, still
+/// telling an encrypted record ([`StoreErrorKind::NoKey`]) from a damaged one.
+pub(crate) fn with_key(
+    store: Arc<dyn TokenStore>,
+    key: Option<&EncryptionKey>,
+) -> Arc<dyn TokenStore> {
+    match key {
+        Some(key) => Arc::new(EncryptedStore::new(store, key)),
+        None => Arc::new(Unkeyed::new(store)),
+    }
+}
+
+/// The store of a connection without an encryption key: passes everything through, and reports
+/// an encrypted record as [`StoreErrorKind::NoKey`] — a configuration problem, typed by the
+/// store, so no connector has to guess from a record's shape.
+pub(crate) struct Unkeyed {
+    inner: Arc<dyn TokenStore>,
+}
+
+impl Unkeyed {
+    pub(crate) fn new(inner: Arc<dyn TokenStore>) -> Self {
+        Self { inner }
+    }
+}
+
+impl fmt::Debug for Unkeyed {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.inner.fmt(f)
+    }
+}
+
+wrapping_store!(Unkeyed {
+    async fn get(&self, key: &str) -> Result<Option<StoredValue>, StoreError> {
+        match self.inner.get(key).await? {
+            Some(v) if looks_encrypted(&v.data) => Err(StoreError::new(
+                "encrypted",
+                StoreErrorKind::NoKey,
+                "the token store holds encrypted records and no encryption key is set",
+            )),
+            other => Ok(other),
+        }
+    }
+
+    async fn compare_and_set(&self, write: TokenWrite<'_>) -> Result<CasOutcome, StoreError> {
+        self.inner.compare_and_set(write).await
+    }
+
+    async fn delete(&self, key: &str, expected: Option<u64>) -> Result<bool, StoreError> {
+        self.inner.delete(key, expected).await
+    }
+
+    fn accepts_unfingerprinted(&self) -> bool {
+        self.inner.accepts_unfingerprinted()
+    }
+});
 
 /// A store wrapper that encrypts every record it writes and decrypts every record it reads —
 /// except the mint governor's log and the shared health (`ZC_CONN_mints:…`, `ZC_CONN_health:…`),
@@ -242,8 +348,7 @@ impl EncryptedStore {
     }
 }
 
-#[async_trait::async_trait]
-impl TokenStore for EncryptedStore {
+wrapping_store!(EncryptedStore {
     async fn get(&self, key: &str) -> Result<Option<StoredValue>, StoreError> {
         let Some(v) = self.inner.get(key).await? else {
             return Ok(None);
@@ -267,17 +372,13 @@ impl TokenStore for EncryptedStore {
                     self.key_id
                 ),
             )),
-            Opened::Unreadable => {
-                tracing::warn!(
-                    key,
-                    "stored record does not decrypt with the configured key (damaged, tampered, or written unencrypted); treating it as missing"
-                );
-                // Keep the generation so the next write replaces it; empty data reads as damaged.
-                Ok(Some(StoredValue {
+            Opened::Unreadable => Err(StoreError::new(
+                "encrypted",
+                StoreErrorKind::Damaged {
                     generation: v.generation,
-                    data: String::new(),
-                }))
-            }
+                },
+                "a stored record does not decrypt with the configured key (damaged, tampered, or written unencrypted); it is treated as missing and replaced",
+            )),
         }
     }
 
@@ -300,53 +401,7 @@ impl TokenStore for EncryptedStore {
     async fn delete(&self, key: &str, expected: Option<u64>) -> Result<bool, StoreError> {
         self.inner.delete(key, expected).await
     }
-
-    async fn try_acquire_lease(
-        &self,
-        key: &str,
-        owner: &str,
-        ttl: Duration,
-    ) -> Result<bool, StoreError> {
-        self.inner.try_acquire_lease(key, owner, ttl).await
-    }
-
-    async fn release_lease(&self, key: &str, owner: &str) -> Result<(), StoreError> {
-        self.inner.release_lease(key, owner).await
-    }
-
-    async fn lease_holder(&self, key: &str) -> Result<Option<String>, StoreError> {
-        self.inner.lease_holder(key).await
-    }
-
-    async fn take_over_lease(
-        &self,
-        key: &str,
-        dead_owner: &str,
-        owner: &str,
-        ttl: Duration,
-    ) -> Result<bool, StoreError> {
-        self.inner
-            .take_over_lease(key, dead_owner, owner, ttl)
-            .await
-    }
-
-    fn is_shared(&self) -> bool {
-        self.inner.is_shared()
-    }
-
-    fn max_key_len(&self) -> Option<usize> {
-        self.inner.max_key_len()
-    }
-
-    fn local_tier(&self) -> Option<Arc<dyn TokenStore>> {
-        let inner = self.inner.local_tier()?;
-        Some(Arc::new(Self {
-            inner,
-            cipher: self.cipher.clone(),
-            key_id: self.key_id.clone(),
-        }))
-    }
-}
+});
 
 #[cfg(test)]
 mod tests {
@@ -425,7 +480,18 @@ mod tests {
         ))
         .await
         .unwrap();
-        assert_eq!(store.get("b").await.unwrap().unwrap().data, "");
+        let damaged = store.get("b").await.unwrap_err();
+        assert_eq!(
+            damaged.kind,
+            StoreErrorKind::Damaged { generation: 1 },
+            "{damaged}"
+        );
+        // Without a key, an encrypted record is a typed "no key" error, not data.
+        let keyless = Unkeyed::new(mem.clone());
+        assert_eq!(
+            keyless.get("a").await.unwrap_err().kind,
+            StoreErrorKind::NoKey
+        );
         // Another key's value is told apart from a damaged one.
         let other = EncryptedStore::new(mem.clone(), &EncryptionKey::generate());
         let err = other.get("a").await.unwrap_err();

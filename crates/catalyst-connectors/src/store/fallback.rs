@@ -1,15 +1,26 @@
 //! [`FallbackStore`]: a shared store (Redis) with a host-local tier (the default SQLite store)
 //! behind a circuit breaker. While the shared store is down or hung, processes on this host
 //! keep their single flight, mint governor, leases and tokens in the local tier — one mint per
-//! host instead of one per process — and go back to the shared store when it answers. Records the
-//! shared store takes are copied into the local tier, so an outage starts with the latest token
-//! there. The mint
-//! lease is taken in the local tier first and then in the shared one, so processes on this host
-//! exclude each other even while their breakers disagree. A store that fails trips the breaker: for the next seconds (5 s, doubling to a minute while it keeps
-//! failing) nothing waits for it, so a hung store costs a caller its timeout once, not per
+//! host instead of one per process — and go back to the shared store when it answers.
+//!
+//! Callers see one store; the tiers are this module's business:
+//! - records the shared store takes are copied into the local tier, so an outage starts with the
+//!   latest token there;
+//! - a mint log is kept in both tiers and read as their union (mints made here while Redis was
+//!   down still count when it answers, and the other way round); a shared health record is kept
+//!   in both and the newer copy is read;
+//! - the mint lease is taken in the local tier first and then in the shared one, so processes on
+//!   this host exclude each other even while their breakers disagree.
+//!
+//! A store that fails trips the breaker: for the next seconds (5 s, doubling to a minute while it
+//! keeps failing) nothing waits for it, so a hung store costs a caller its timeout once, not per
 //! operation.
 
-use super::{CasOutcome, StoreError, StoreErrorKind, StoredValue, TokenStore, TokenWrite};
+use super::{
+    CasOutcome, StoreError, StoreErrorKind, StoredValue, TokenStore, TokenWrite, generation_of,
+};
+use crate::key::{Public, public_kind};
+use crate::record::{HealthRecord, mint_log};
 use async_trait::async_trait;
 use std::sync::Arc;
 use std::sync::Mutex;
@@ -83,19 +94,67 @@ impl FallbackStore {
 
 impl FallbackStore {
     /// Copies a write the shared store took into the local tier, whatever the local generation
-    /// (best effort). Mint logs and shared health are left alone: the governor and the health
-    /// keep their own copy in each tier, and a copy would drop what only this host recorded.
+    /// (best effort).
     async fn mirror(&self, write: TokenWrite<'_>) {
-        if crate::key::is_public(write.key) {
-            return;
-        }
-        let expected = match self.local.get(write.key).await {
-            Ok(v) => v.map(|v| v.generation),
-            Err(_) => return,
+        let copied = async {
+            let expected = generation_of(self.local.get(write.key).await)?;
+            self.local
+                .compare_and_set(TokenWrite { expected, ..write })
+                .await
         };
-        let copy = TokenWrite { expected, ..write };
-        if let Err(e) = self.local.compare_and_set(copy).await {
+        if let Err(e) = copied.await {
             tracing::debug!(error = %e, "could not copy a record into the local tier");
+        }
+    }
+
+    /// A public record (mint log, shared health) read as one: the union of both tiers' mint
+    /// logs, or the newer of their health records. A tier that does not answer is left out.
+    async fn get_public(&self, key: &str, kind: Public) -> Result<Option<StoredValue>, StoreError> {
+        let shared = if self.shared_up() {
+            let result = self.shared.get(key).await;
+            self.note(&result);
+            result.ok().flatten()
+        } else {
+            None
+        };
+        let local = self.local.get(key).await.ok().flatten();
+        let (a, b) = match (shared, local) {
+            (Some(a), Some(b)) => (a, b),
+            (one, other) => return Ok(one.or(other)),
+        };
+        let data = match kind {
+            Public::MintLog => mint_log::to_json(&mint_log::union(
+                &mint_log::parse(&a.data),
+                &mint_log::parse(&b.data),
+            )),
+            Public::Health => HealthRecord::newer(&a.data, &b.data).to_owned(),
+        };
+        Ok(Some(StoredValue {
+            generation: a.generation,
+            data,
+        }))
+    }
+
+    /// Writes a public record into both tiers (the shared one while it answers), each at its own
+    /// generation: a mint log merged with the tier's copy (entries older than the record's TTL
+    /// before its newest are dropped), a health record replacing it. Never a conflict: a mint log
+    /// only grows, and the newer health record wins when read.
+    async fn put_public(
+        &self,
+        write: TokenWrite<'_>,
+        kind: Public,
+    ) -> Result<CasOutcome, StoreError> {
+        let mut outcome = None;
+        if self.shared_up() {
+            let result = merge_into(&*self.shared, write, kind).await;
+            if !self.note(&result) {
+                outcome = Some(result?);
+            }
+        }
+        let local = merge_into(&*self.local, write, kind).await;
+        match outcome {
+            Some(written) => Ok(written),
+            None => local,
         }
     }
 
@@ -126,6 +185,49 @@ impl FallbackStore {
     }
 }
 
+/// Writes a public record into one tier, at that tier's generation (see
+/// [`FallbackStore::put_public`]).
+async fn merge_into(
+    tier: &dyn TokenStore,
+    write: TokenWrite<'_>,
+    kind: Public,
+) -> Result<CasOutcome, StoreError> {
+    let written = mint_log::parse(write.data);
+    let since = written.iter().max().map_or(i64::MIN, |newest| {
+        newest.saturating_sub(crate::clock::duration_millis(write.ttl))
+    });
+    for _ in 0..8 {
+        let read = tier.get(write.key).await;
+        let data = match (&read, kind) {
+            (Ok(Some(v)), Public::MintLog) => {
+                let kept: Vec<_> = mint_log::parse(&v.data)
+                    .into_iter()
+                    .filter(|t| *t >= since)
+                    .collect();
+                mint_log::to_json(&mint_log::union(&kept, &written))
+            }
+            _ => write.data.to_owned(),
+        };
+        let expected = generation_of(read)?;
+        match tier
+            .compare_and_set(TokenWrite {
+                expected,
+                data: &data,
+                ..write
+            })
+            .await?
+        {
+            CasOutcome::Conflict { .. } => continue,
+            written => return Ok(written),
+        }
+    }
+    Err(StoreError::new(
+        "fallback",
+        StoreErrorKind::Rejected,
+        "a public record kept changing while it was merged; try again",
+    ))
+}
+
 /// Runs `$op` on the shared store unless the breaker is open, and on the local store when the
 /// shared one is unavailable.
 macro_rules! tiered {
@@ -148,6 +250,9 @@ impl TokenStore for FallbackStore {
     /// store's failure: the record may well be there (a refresh token kept in Redis), and
     /// "absent" would send people to re-authorize for nothing.
     async fn get(&self, key: &str) -> Result<Option<StoredValue>, StoreError> {
+        if let Some(kind) = public_kind(key) {
+            return self.get_public(key, kind).await;
+        }
         let mut down = None;
         if self.shared_up() {
             let result = self.shared.get(key).await;
@@ -171,6 +276,9 @@ impl TokenStore for FallbackStore {
     /// A write the shared store takes is copied into the local tier too, so that during an
     /// outage this host still has the latest token instead of minting another.
     async fn compare_and_set(&self, write: TokenWrite<'_>) -> Result<CasOutcome, StoreError> {
+        if let Some(kind) = public_kind(write.key) {
+            return self.put_public(write, kind).await;
+        }
         if self.shared_up() {
             let result = self.shared.compare_and_set(write).await;
             if !self.note(&result) {
@@ -257,10 +365,6 @@ impl TokenStore for FallbackStore {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         }
-    }
-
-    fn local_tier(&self) -> Option<Arc<dyn TokenStore>> {
-        Some(Arc::clone(&self.local))
     }
 }
 

@@ -25,7 +25,7 @@ pub use self::redis::{DEFAULT_PREFIX as REDIS_DEFAULT_PREFIX, RedisStore, RedisS
 pub use catalyst::{
     CatalystAuth, CatalystCacheStore, CatalystCacheStoreBuilder, CatalystTokenProvider,
 };
-pub(crate) use encrypted::looks_encrypted;
+pub(crate) use encrypted::with_key;
 pub use encrypted::{EncryptedStore, EncryptionKey, KEY_ENV, KEY_FILE_ENV, KeyError};
 pub use fallback::FallbackStore;
 pub use memory::MemoryStore;
@@ -37,7 +37,6 @@ pub use sqlite::SqliteStore;
 
 use async_trait::async_trait;
 use std::fmt;
-use std::sync::Arc;
 use std::time::Duration;
 
 /// A record as held by a store: opaque data plus its generation (≥ 1 once written).
@@ -131,9 +130,19 @@ pub enum StoreErrorKind {
     Rejected,
     /// The backend's data is damaged.
     Corrupt,
-    /// A record is encrypted with a key other than the configured one, or encrypted while no key
-    /// is configured: a configuration problem, not damage (the record is never overwritten).
+    /// A record is encrypted with a key other than the configured one: a configuration problem,
+    /// not damage (the record is never overwritten).
     Key,
+    /// A record is encrypted and no encryption key is configured: a configuration problem, not
+    /// damage (the record is never overwritten).
+    NoKey,
+    /// A record is there but cannot be read (damaged, tampered, moved to another key, or written
+    /// unencrypted under an encrypted store). Nothing is served from it; a writer replaces it at
+    /// this generation.
+    Damaged {
+        /// The damaged record's generation, to compare-and-set against.
+        generation: u64,
+    },
     /// The store's own credentials failed (e.g. no token for Catalyst's API): the connector
     /// fails instead of minting around a store it cannot reach.
     Auth,
@@ -159,6 +168,26 @@ impl StoreError {
             kind,
             detail: detail.into(),
         }
+    }
+
+    /// Whether the error is about the encryption key (another one, or none), never damage.
+    pub fn is_key_problem(&self) -> bool {
+        matches!(self.kind, StoreErrorKind::Key | StoreErrorKind::NoKey)
+    }
+}
+
+/// The generation a writer of `key` compares against, from a read of it: a damaged record's
+/// generation (so the write replaces it) counts as a generation.
+pub(crate) fn generation_of(
+    read: Result<Option<StoredValue>, StoreError>,
+) -> Result<Option<u64>, StoreError> {
+    match read {
+        Ok(v) => Ok(v.map(|v| v.generation)),
+        Err(StoreError {
+            kind: StoreErrorKind::Damaged { generation },
+            ..
+        }) => Ok(Some(generation)),
+        Err(e) => Err(e),
     }
 }
 
@@ -230,14 +259,6 @@ pub trait TokenStore: Send + Sync + fmt::Debug + 'static {
     /// The longest key the backend accepts, if it has a limit; connectors whose keys would not
     /// fit are refused when the connection is built.
     fn max_key_len(&self) -> Option<usize> {
-        None
-    }
-
-    /// The host-local tier behind a shared store ([`FallbackStore`]), if any. The mint governor
-    /// keeps its log in both tiers and counts them together, so mints made on this host while the
-    /// shared store was down still count when it answers again (and the other way round).
-    /// Wrappers return the tier wrapped as they wrap the store. Default: none.
-    fn local_tier(&self) -> Option<Arc<dyn TokenStore>> {
         None
     }
 }

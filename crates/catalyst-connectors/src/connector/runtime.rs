@@ -43,6 +43,18 @@ impl Default for Options {
     }
 }
 
+impl Options {
+    /// The token cell's waits after failures.
+    pub(crate) fn policy(&self) -> crate::connector::cell::Policy {
+        crate::connector::cell::Policy {
+            backoff_base: self.backoff_base,
+            backoff_cap: self.backoff_cap,
+            negative_ttl: self.negative_ttl,
+            throttle_window: self.mint_window,
+        }
+    }
+}
+
 /// What every connector of one connection shares.
 #[derive(Debug)]
 pub(crate) struct Runtime {

@@ -1,0 +1,133 @@
+//! How an acquisition's credentials change: a code exchange, a refresh token kept in the store
+//! (obtained earlier, possibly by another process), a revocation.
+
+use super::acquire::{Acquisition, Got};
+use super::credentials::{CodeExchange, Credentials};
+use crate::error::{Error, Result};
+use crate::oauth::Grant;
+use crate::record::RefreshRecord;
+use crate::secret::{GrantCode, RefreshToken};
+use crate::store::StoreErrorKind;
+use std::sync::Arc;
+
+impl Acquisition {
+    /// Exchanges a grant code for tokens; the refresh token returned becomes the acquisition's.
+    /// Returns the access token minted and the refresh token, if Zoho issued one.
+    pub(crate) async fn exchange_code(
+        &self,
+        code: &GrantCode,
+        with: CodeExchange,
+    ) -> Result<(Got, Option<RefreshToken>)> {
+        let config = &self.config;
+        let issued_at = self.runtime.clock.now_millis();
+        let token_url = with.token_url.as_deref().unwrap_or(&config.auth_url);
+        let redirect_uri = with
+            .redirect_uri
+            .as_deref()
+            .or(config.redirect_url.as_deref());
+        let response = self
+            .runtime
+            .client
+            .request(
+                &self.name,
+                token_url,
+                &config.client_id,
+                &config.client_secret,
+                Grant::Code { code, redirect_uri },
+            )
+            .await
+            .inspect_err(
+                |e| tracing::debug!(connector = %self.name, error = %e, "code exchange failed"),
+            )?;
+        let refresh_token = response.refresh_token.clone();
+        let creds = self.creds();
+        let expected = self.stored_generation(&creds).await;
+        let got = self
+            .save_minted(&creds, response, issued_at, expected)
+            .await;
+        // Zoho counts the access token of a code exchange like a refresh: so does the governor.
+        self.governor()
+            .record(
+                &*self.runtime.store,
+                &self.creds().governor_key(),
+                issued_at,
+            )
+            .await;
+        tracing::info!(connector = %self.name, got_refresh_token = refresh_token.is_some(), "grant code exchanged");
+        Ok((got, refresh_token))
+    }
+
+    /// Whether the token store holds a refresh token for this connector.
+    pub(crate) async fn has_stored_refresh_token(&self) -> bool {
+        let key = self.creds().refresh_key.clone();
+        match self.runtime.store.get(&key).await {
+            Ok(Some(v)) => {
+                RefreshRecord::parse(&v.data, &self.config, self.subject.as_deref()).is_some()
+            }
+            _ => false,
+        }
+    }
+
+    /// Revokes the refresh token at Zoho and deletes its records from the store; the
+    /// acquisition forgets it.
+    pub(crate) async fn revoke(&self) -> Result<()> {
+        let creds = self.resolve_credentials().await?;
+        let Some(rt) = creds.refresh_token.clone() else {
+            return Err(Error::MissingRefreshToken {
+                connector: self.name.clone(),
+            });
+        };
+        let url = format!("{}/revoke", self.config.refresh_url.trim_end_matches('/'));
+        self.runtime.client.revoke(&self.name, &url, &rt).await?;
+        for key in [&creds.key, &creds.refresh_key] {
+            if let Err(e) = self.runtime.store.delete(key, None).await {
+                self.metrics.store_errors.increment(1);
+                tracing::warn!(connector = %self.name, error = %e, "revoked at Zoho, but could not delete the local record");
+            }
+        }
+        self.set_creds(Arc::new(Credentials::new(&self.name, &self.config, None)));
+        tracing::info!(connector = %self.name, "refresh token revoked");
+        Ok(())
+    }
+
+    /// The credentials to mint with: the configured refresh token, else one kept in the store
+    /// (obtained earlier by a code exchange, possibly by another process).
+    pub(crate) async fn resolve_credentials(&self) -> Result<Arc<Credentials>> {
+        let creds = self.creds();
+        if creds.refresh_token.is_some() {
+            return Ok(creds);
+        }
+        let missing = || Error::MissingRefreshToken {
+            connector: self.name.clone(),
+        };
+        let stored = match self.runtime.store.get(&creds.refresh_key).await {
+            Ok(Some(v)) => v,
+            Ok(None) => return Err(missing()),
+            Err(e) => {
+                if let Some(problem) = self.store_problem(&e) {
+                    return Err(problem);
+                }
+                if let StoreErrorKind::Damaged { .. } = e.kind {
+                    tracing::warn!(connector = %self.name, error = %e, "ignoring a damaged stored refresh token");
+                    return Err(missing());
+                }
+                self.metrics.store_errors.increment(1);
+                tracing::debug!(connector = %self.name, error = %e, "cannot read the stored refresh token");
+                // The store is down, not empty: a transient failure naming the store.
+                return Err(Error::Store {
+                    connector: self.name.clone(),
+                    source: e,
+                });
+            }
+        };
+        let Some(rt) = RefreshRecord::parse(&stored.data, &self.config, self.subject.as_deref())
+        else {
+            tracing::warn!(connector = %self.name, "ignoring a stored refresh token that is damaged or belongs to other credentials");
+            return Err(missing());
+        };
+        tracing::debug!(connector = %self.name, "using the refresh token kept in the store");
+        let fresh = Arc::new(Credentials::new(&self.name, &self.config, Some(rt)));
+        // Only replace credentials nobody changed meanwhile.
+        Ok(self.swap_creds(&creds, fresh))
+    }
+}
