@@ -1,6 +1,6 @@
 //! Exit codes and failures: what the process tells its caller.
 
-use catalyst_connectors::{Error, RetryClass};
+use catalyst_connectors::{Error, ErrorKind, RetryClass};
 
 /// The documented exit codes. The discriminant is the code; the README's table and every
 /// `--help` footer are checked against [`Exit::ALL`] by tests.
@@ -33,16 +33,26 @@ impl Exit {
         self as u8
     }
 
-    /// The exit code for an error code of the library ([`Error::code`]), e.g. as recorded in
-    /// the store by another process.
-    pub fn for_code(code: &str) -> Exit {
-        match code {
-            "reauthorization_required" | "missing_refresh_token" => Exit::Reauthorize,
-            "throttled" => Exit::Throttled,
-            "transient" | "store" | "deadline_exceeded" => Exit::Transient,
-            "lifetime_too_short" => Exit::Usage,
-            "config" | "unknown_connector" | "invalid_client" | "tls" | "rejected"
-            | "malformed_response" | "encryption_key" | "store_open" => Exit::Config,
+    /// The exit code for a kind of failure ([`Error::kind`]), e.g. as recorded in the store by
+    /// another process: the CLI's one table over the library's one classification.
+    pub fn for_kind(kind: ErrorKind) -> Exit {
+        match kind {
+            ErrorKind::ReauthorizationRequired | ErrorKind::MissingRefreshToken => {
+                Exit::Reauthorize
+            }
+            ErrorKind::Throttled => Exit::Throttled,
+            ErrorKind::Transient | ErrorKind::Store | ErrorKind::DeadlineExceeded => {
+                Exit::Transient
+            }
+            ErrorKind::LifetimeTooShort => Exit::Usage,
+            ErrorKind::Config
+            | ErrorKind::UnknownConnector
+            | ErrorKind::InvalidClient
+            | ErrorKind::Tls
+            | ErrorKind::Rejected
+            | ErrorKind::MalformedResponse
+            | ErrorKind::EncryptionKey
+            | ErrorKind::StoreOpen => Exit::Config,
             _ => Exit::Unexpected,
         }
     }
@@ -96,7 +106,7 @@ impl Failure {
 
 impl From<Error> for Failure {
     fn from(e: Error) -> Self {
-        let exit = Exit::for_code(e.code());
+        let exit = Exit::for_kind(e.kind());
         let hint = match &e {
             Error::Config(_) => Some("run `connector config check` to see every problem".to_owned()),
             Error::UnknownConnector { .. } => {

@@ -123,12 +123,44 @@ async fn curl_python_and_node_get_the_same_token_with_one_mint() {
     assert_eq!(code, Some(0), "{err}");
     assert_eq!(out.trim(), token);
 
-    // The CLI asks the agent when CONNECTOR_AGENT is set.
-    let mut cli = env.command(&["token", "crm"]);
-    cli.env("CONNECTOR_AGENT", &socket);
-    let (code, out, err) = output(cli).await;
+    // The CLI asks the agent when CONNECTOR_AGENT is set: in a directory without a config, with
+    // a store that cannot open, every command that reads tokens still answers (it never opens
+    // the config or a store).
+    let elsewhere = tempfile::tempdir().unwrap();
+    let agent_cli = |args: &[&str]| {
+        let mut cli = env.command(args);
+        cli.current_dir(elsewhere.path())
+            .env("HOME", elsewhere.path())
+            .env("XDG_CONFIG_HOME", elsewhere.path())
+            .env("CONNECTOR_STORE", "sqlite:/dev/null/cannot-open.db")
+            .env("CONNECTOR_AGENT", &socket);
+        cli
+    };
+    let (code, out, err) = output(agent_cli(&["token", "crm"])).await;
     assert_eq!(code, Some(0), "{err}");
     assert_eq!(out.trim(), token);
+    let (code, out, err) = output(agent_cli(&["token", "crm", "--json"])).await;
+    assert_eq!(code, Some(0), "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["access_token"], token.as_str());
+    let (code, out, err) = output(agent_cli(&["token", "crm", "--header"])).await;
+    assert_eq!(code, Some(0), "{err}");
+    assert_eq!(
+        out.trim(),
+        format!("Authorization: Zoho-oauthtoken {token}")
+    );
+    for args in [
+        &["status", "crm"][..],
+        &["list"],
+        &["exec", "-c", "crm", "--", "true"],
+    ] {
+        let (code, out, err) = output(agent_cli(args)).await;
+        assert_eq!(code, Some(0), "{args:?}: {out}{err}");
+        assert!(out.contains("crm") || args[0] == "exec", "{args:?}: {out}");
+    }
+    // --no-agent opens the config and the store (and fails here: there is none).
+    let (code, _, err) = output(agent_cli(&["--no-agent", "token", "crm"])).await;
+    assert_eq!(code, Some(3), "{err}");
     assert_eq!(env.requests(), 1, "one mint for every client");
 
     let status = stop(agent);

@@ -6,6 +6,14 @@ use crate::exit::{Exit, Failure};
 use serde_json::Value;
 use std::time::Duration;
 
+/// The agent named by `CONNECTOR_AGENT`, if the variable is set and not blank.
+pub fn agent_from_env() -> Option<String> {
+    std::env::var(AGENT_ENV)
+        .ok()
+        .map(|v| v.trim().to_owned())
+        .filter(|v| !v.is_empty())
+}
+
 /// A client for the agent named by `CONNECTOR_AGENT`.
 pub struct AgentClient {
     http: reqwest::Client,
@@ -15,15 +23,9 @@ pub struct AgentClient {
 }
 
 impl AgentClient {
-    /// The agent named by `CONNECTOR_AGENT`, if the variable is set.
-    pub fn from_env() -> Option<Result<Self, Failure>> {
-        let target = std::env::var(AGENT_ENV)
-            .ok()
-            .filter(|v| !v.trim().is_empty())?;
-        Some(Self::new(target.trim()))
-    }
-
-    fn new(target: &str) -> Result<Self, Failure> {
+    /// A client for the agent at `target`: a socket path, or `http://127.0.0.1:PORT` (with
+    /// `CONNECTOR_AGENT_TOKEN_FILE`).
+    pub fn new(target: &str) -> Result<Self, Failure> {
         let build = |b: reqwest::ClientBuilder| {
             b.timeout(Duration::from_secs(60))
                 .no_proxy()
@@ -124,6 +126,14 @@ impl AgentClient {
         );
         match self.get(&path).await? {
             (200, body) => Ok(body),
+            (status, body) => Err(Self::failure(status, &body)),
+        }
+    }
+
+    /// `GET /v1/connectors`: the connectors the agent serves, with their state.
+    pub async fn connectors(&self) -> Result<Vec<Value>, Failure> {
+        match self.get("/v1/connectors").await? {
+            (200, Value::Array(items)) => Ok(items),
             (status, body) => Err(Self::failure(status, &body)),
         }
     }

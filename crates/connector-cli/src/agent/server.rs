@@ -10,7 +10,7 @@ use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use catalyst_connectors::{AccessToken, Connection, Error, ExposeSecret};
+use catalyst_connectors::{AccessToken, Connection, Error, ErrorKind, ExposeSecret};
 use metrics_exporter_prometheus::PrometheusHandle;
 use serde_json::json;
 use std::collections::HashMap;
@@ -79,16 +79,24 @@ fn refusal(status: StatusCode, reason: &str) -> Response {
         .into_response()
 }
 
+/// The agent's HTTP status for a kind of failure: its one table over the library's one
+/// classification.
+fn http_status(kind: ErrorKind) -> StatusCode {
+    match kind {
+        ErrorKind::UnknownConnector => StatusCode::NOT_FOUND,
+        ErrorKind::ReauthorizationRequired | ErrorKind::MissingRefreshToken => StatusCode::CONFLICT,
+        ErrorKind::Throttled => StatusCode::TOO_MANY_REQUESTS,
+        ErrorKind::Transient | ErrorKind::Store | ErrorKind::DeadlineExceeded => {
+            StatusCode::SERVICE_UNAVAILABLE
+        }
+        ErrorKind::LifetimeTooShort | ErrorKind::InvalidUser => StatusCode::BAD_REQUEST,
+        _ => StatusCode::INTERNAL_SERVER_ERROR,
+    }
+}
+
 /// The body and status for a library error.
 fn error_response(e: Error) -> Response {
-    let status = match e.code() {
-        "unknown_connector" => StatusCode::NOT_FOUND,
-        "reauthorization_required" | "missing_refresh_token" => StatusCode::CONFLICT,
-        "throttled" => StatusCode::TOO_MANY_REQUESTS,
-        "transient" | "store" | "deadline_exceeded" => StatusCode::SERVICE_UNAVAILABLE,
-        "lifetime_too_short" | "invalid_user" => StatusCode::BAD_REQUEST,
-        _ => StatusCode::INTERNAL_SERVER_ERROR,
-    };
+    let status = http_status(e.kind());
     let retry_after = match &e {
         Error::Throttled {
             retry_after: Some(d),

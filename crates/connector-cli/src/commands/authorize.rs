@@ -21,6 +21,33 @@ struct Redirect {
     accounts_server: Option<String>,
 }
 
+/// Authorize connector NAME in a browser (server-based client) and store its refresh token.
+#[derive(clap::Args, Debug)]
+#[command(after_help = super::with_examples(&[
+    "connector authorize crm --scope ZohoCRM.modules.ALL,ZohoCRM.users.READ",
+    "connector authorize crm --scope ZohoCRM.users.READ --no-browser --port 0",
+]))]
+pub struct Args {
+    #[arg(help = super::NAME_HELP, add = super::name_candidates())]
+    name: String,
+    /// Comma-separated scopes, e.g. ZohoCRM.modules.ALL,ZohoCRM.users.READ.
+    #[arg(long)]
+    scope: String,
+    /// Loopback port for the redirect (http://127.0.0.1:PORT/callback); 0 picks a free one.
+    /// Not allowed when the connector's redirect_url is a loopback URL: that URL's port is
+    /// used.
+    #[arg(long)]
+    port: Option<u16>,
+    /// Print the consent URL only; do not open a browser.
+    #[arg(long)]
+    no_browser: bool,
+    /// Give up after this many seconds.
+    #[arg(long, default_value_t = 300, value_name = "SECONDS")]
+    timeout: u64,
+    #[command(flatten)]
+    pub(super) place: super::Place,
+}
+
 pub struct Options {
     pub scope: String,
     /// `None`: the default port (or redirect_url's).
@@ -102,9 +129,15 @@ fn redirect_target(
 }
 
 /// `connector authorize NAME`: runs the flow, then reports where the refresh token went.
-pub async fn command(ctx: &Context, name: &str, options: Options) -> Result<(), Failure> {
+pub async fn command(ctx: &Context, args: Args) -> Result<(), Failure> {
+    let options = Options {
+        scope: args.scope,
+        port: args.port,
+        open_browser: !args.no_browser,
+        timeout: Duration::from_secs(args.timeout),
+    };
     let connection = ctx.connection()?;
-    let connector = connection.connector(name)?;
+    let connector = connection.connector(&args.name)?;
     let generated = run(connector.clone(), options).await?;
     super::exchange::report_stored(ctx, &connector, &generated, connection.store_is_shared())
 }

@@ -5,6 +5,17 @@
 use crate::exit::{Exit, Failure};
 use clap_complete::env::Shells;
 
+/// Print the shell code that completes subcommands, options and connector names.
+#[derive(clap::Args, Debug)]
+#[command(after_help = super::with_examples(&[
+    "source <(connector completions bash)      # in ~/.bashrc",
+    "connector completions fish > ~/.config/fish/completions/connector.fish",
+]))]
+pub struct Args {
+    /// bash, zsh, fish, elvish or powershell.
+    pub(super) shell: String,
+}
+
 pub fn run(shell: &str) -> Result<(), Failure> {
     let shells = Shells::builtins();
     let Some(completer) = shells.completer(shell) else {

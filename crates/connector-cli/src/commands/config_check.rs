@@ -4,6 +4,14 @@ use super::Context;
 use crate::exit::{Exit, Failure};
 use catalyst_connectors::{ConfigIssue, Connection, Error, MemoryStore};
 
+/// Report every problem in the config at once (unknown keys too); exit 3 if there is any.
+#[derive(clap::Args, Debug)]
+#[command(after_help = super::with_examples(&["connector config check", "connector config check --config ./connectors.toml"]))]
+pub struct Args {
+    #[command(flatten)]
+    pub(super) place: super::Place,
+}
+
 pub fn run(ctx: &Context) -> Result<(), Failure> {
     let path = ctx.config_path()?;
     let built = Connection::builder()

@@ -5,7 +5,20 @@ use catalyst_connectors::{Connection, ConnectorConfig, Error, ExposeSecret, Memo
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
-pub async fn run(callers: usize, latency_ms: u64) -> Result<(), Failure> {
+/// Start an emulated Zoho in-process and show 1,000 concurrent callers sharing one token.
+#[derive(clap::Args, Debug)]
+#[command(after_help = super::with_examples(&["connector demo", "connector demo --callers 10000 --latency-ms 50"]))]
+pub struct Args {
+    /// Concurrent callers.
+    #[arg(long, default_value_t = 1000)]
+    callers: usize,
+    /// Emulated latency of each token request, in milliseconds.
+    #[arg(long, default_value_t = 200)]
+    latency_ms: u64,
+}
+
+pub async fn run(args: Args) -> Result<(), Failure> {
+    let (callers, latency_ms) = (args.callers, args.latency_ms);
     let io = |e: std::io::Error| {
         Failure::new(Exit::Unexpected, format!("cannot start the emulator: {e}"))
     };

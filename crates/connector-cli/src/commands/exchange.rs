@@ -4,12 +4,24 @@ use super::Context;
 use crate::exit::{Exit, Failure};
 use catalyst_connectors::{Connector, ExposeSecret, GeneratedTokens, GrantCode};
 
-pub async fn run(ctx: &Context, name: &str, code: String) -> Result<(), Failure> {
+/// Exchange a Self Client grant code (pasted from Zoho's API console) and store the refresh
+/// token.
+#[derive(clap::Args, Debug)]
+#[command(after_help = super::with_examples(&["connector exchange books --code 1000.4a5b…"]))]
+pub struct Args {
+    #[arg(help = super::NAME_HELP, add = super::name_candidates())]
+    name: String,
+    /// The grant code from Zoho's API console (Self Client → Generate Code; valid minutes).
+    #[arg(long, value_parser = |s: &str| Ok::<_, std::convert::Infallible>(GrantCode::new(s)))]
+    code: GrantCode,
+    #[command(flatten)]
+    pub(super) place: super::Place,
+}
+
+pub async fn run(ctx: &Context, args: Args) -> Result<(), Failure> {
     let connection = ctx.connection()?;
-    let connector = connection.connector(name)?;
-    let generated = connector
-        .generate_access_token(&GrantCode::new(code))
-        .await?;
+    let connector = connection.connector(&args.name)?;
+    let generated = connector.generate_access_token(&args.code).await?;
     report_stored(ctx, &connector, &generated, connection.store_is_shared())
 }
 

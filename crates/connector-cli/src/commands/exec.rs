@@ -1,20 +1,38 @@
 //! `connector exec [-c NAME]… -- COMMAND ARGS…`: run a command with tokens in its environment.
 
-use super::Context;
-use crate::agent::client::AgentClient;
+use super::{Context, Tokens};
 use crate::exit::{Exit, Failure};
 use catalyst_connectors::ExposeSecret;
 use std::collections::BTreeMap;
 use std::process::ExitCode;
 use std::time::Duration;
 
-/// What `connector exec` was asked for.
-pub struct Options {
-    pub connectors: Vec<String>,
-    pub min_ttl: Duration,
-    /// `VAR=NAME`: put NAME's access token in VAR too.
-    pub env: Vec<String>,
-    pub command: Vec<String>,
+/// Run a command with access tokens in its environment.
+///
+/// For each connector NAME: ZOHO_<NAME>_ACCESS_TOKEN and ZOHO_<NAME>_API_DOMAIN (NAME in
+/// upper case, other characters as `_`). Signals are passed on to the command, and its exit
+/// code is returned. When a token cannot be had the command is not run, and the exit code
+/// says why (3–6). Uses the agent when CONNECTOR_AGENT is set.
+#[derive(clap::Args, Debug)]
+#[command(after_help = super::with_examples(&[
+    "connector exec -c crm -- python3 sync.py",
+    "connector exec -c crm --env CRM_TOKEN=crm --min-ttl 30m -- ./export.sh",
+]))]
+pub struct Args {
+    /// A connector whose token to pass (repeat; default: every configured connector).
+    #[arg(short = 'c', long = "connector", value_name = "NAME", add = super::name_candidates())]
+    connectors: Vec<String>,
+    /// The tokens must stay valid at least this long (e.g. 10m).
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration, default_value = "0s")]
+    min_ttl: Duration,
+    /// Also set VAR to NAME's access token (repeat).
+    #[arg(long, value_name = "VAR=NAME")]
+    env: Vec<String>,
+    /// The command and its arguments, after `--`.
+    #[arg(last = true, required = true, value_name = "COMMAND")]
+    command: Vec<String>,
+    #[command(flatten)]
+    pub(super) place: super::Place,
 }
 
 /// `ZOHO_<NAME>_ACCESS_TOKEN`'s `<NAME>`: upper case, anything but letters and digits as `_`.
@@ -38,22 +56,23 @@ async fn tokens(
     min_ttl: Duration,
 ) -> Result<BTreeMap<String, (String, Option<String>)>, Failure> {
     let mut out = BTreeMap::new();
-    if let Some(agent) = AgentClient::from_env() {
-        let agent = agent?;
-        let names = if names.is_empty() {
-            agent.names().await?
-        } else {
-            names.to_vec()
-        };
-        for name in names {
-            let body = agent.token(&name, min_ttl).await?;
-            let token = body["access_token"].as_str().unwrap_or_default().to_owned();
-            let domain = body["api_domain"].as_str().map(str::to_owned);
-            out.insert(name, (token, domain));
+    let connection = match ctx.tokens()? {
+        Tokens::Stores(connection) => connection,
+        Tokens::Agent(agent) => {
+            let names = if names.is_empty() {
+                agent.names().await?
+            } else {
+                names.to_vec()
+            };
+            for name in names {
+                let body = agent.token(&name, min_ttl).await?;
+                let token = body["access_token"].as_str().unwrap_or_default().to_owned();
+                let domain = body["api_domain"].as_str().map(str::to_owned);
+                out.insert(name, (token, domain));
+            }
+            return Ok(out);
         }
-        return Ok(out);
-    }
-    let connection = ctx.connection()?;
+    };
     let names: Vec<String> = if names.is_empty() {
         connection.connector_names().map(str::to_owned).collect()
     } else {
@@ -78,7 +97,7 @@ async fn tokens(
 }
 
 /// Runs the command; its exit code becomes ours (128 + the signal if a signal ended it).
-pub async fn run(ctx: &Context, options: Options) -> Result<ExitCode, Failure> {
+pub async fn run(ctx: &Context, options: Args) -> Result<ExitCode, Failure> {
     let Some((program, args)) = options.command.split_first() else {
         return Err(Failure::new(Exit::Usage, "no command to run after `--`"));
     };

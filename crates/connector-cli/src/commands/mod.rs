@@ -1,4 +1,6 @@
-//! One module per subcommand, and the one place that builds the connection.
+//! One module per subcommand — each defines its arguments and a `run` — and the one place that
+//! decides where tokens come from: the running agent (`CONNECTOR_AGENT`) or the config and the
+//! stores ([`Context::tokens`]).
 
 pub mod authorize;
 pub mod completions;
@@ -13,17 +15,153 @@ pub mod serve;
 pub mod status;
 pub mod token;
 
-use crate::exit::{Exit, Failure};
+use crate::agent::client::AgentClient;
+use crate::exit::{Exit, Failure, footer};
 use catalyst_connectors::{
     AccessToken, Connection, ConnectionBuilder, Connector, Error, ExposeSecret, StoreSpec,
 };
+use clap::{Args, Subcommand};
+use clap_complete::engine::{ArgValueCandidates, CompletionCandidate};
 use serde_json::json;
 use std::path::PathBuf;
+use std::process::ExitCode;
 
-/// What every subcommand may need: where the config and the store are, and whether to be quiet.
+/// Where the config and the tokens are: shared by the subcommands that use connectors.
+#[derive(Args, Debug, Clone, Default)]
+pub struct Place {
+    /// Connector config (.json or .toml, the Catalyst SDKs' shape). Default: $CONNECTOR_CONFIG,
+    /// then ./connectors.json, ./connectors.toml, then the same names in the user config
+    /// directory (e.g. ~/.config/catalyst-connectors/).
+    #[arg(long, env = "CONNECTOR_CONFIG", value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Where tokens are kept and shared: `sqlite:PATH`, `memory:` (this process only),
+    /// `redis://…`, `rediss://…`, `redis+cluster://h1:p1,h2:p2` (with this host's SQLite store as
+    /// the fallback while Redis is down) or
+    /// `catalyst://PROJECT_ID[/SEGMENT][?environment=Production&key=PROJECT_KEY]` (with
+    /// `$connector.catalyst_auth` in the config). Default: the config's `$connector.store`, else
+    /// SQLite in the user data directory.
+    #[arg(long, env = "CONNECTOR_STORE", value_parser = parse_store, value_name = "STORE")]
+    store: Option<StoreSpec>,
+}
+
+fn parse_store(s: &str) -> Result<StoreSpec, catalyst_connectors::SpecError> {
+    s.parse()
+}
+
+/// The subcommands.
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    Token(token::Args),
+    Authorize(authorize::Args),
+    Exchange(exchange::Args),
+    Status(status::Args),
+    Refresh(refresh::Args),
+    Revoke(revoke::Args),
+    List(list::Args),
+    /// Check the configuration.
+    Config {
+        #[command(subcommand)]
+        action: ConfigAction,
+    },
+    Completions(completions::Args),
+    Serve(serve::Args),
+    Exec(exec::Args),
+    Demo(demo::Args),
+}
+
+/// What `connector config` does.
+#[derive(Subcommand, Debug)]
+pub enum ConfigAction {
+    Check(config_check::Args),
+}
+
+impl Command {
+    /// Where this subcommand's config and store are, if it uses any.
+    pub fn place(&self) -> Option<&Place> {
+        Some(match self {
+            Command::Token(a) => &a.place,
+            Command::Authorize(a) => &a.place,
+            Command::Exchange(a) => &a.place,
+            Command::Status(a) => &a.place,
+            Command::Refresh(a) => &a.place,
+            Command::Revoke(a) => &a.place,
+            Command::List(a) => &a.place,
+            Command::Config {
+                action: ConfigAction::Check(a),
+            } => &a.place,
+            Command::Serve(a) => &a.place,
+            Command::Exec(a) => &a.place,
+            Command::Completions(_) | Command::Demo(_) => return None,
+        })
+    }
+
+    /// Whether this subcommand serves many clients at once (and wants worker threads).
+    pub fn serves(&self) -> bool {
+        matches!(self, Command::Serve(_))
+    }
+
+    /// Runs the subcommand; `exec` returns its command's exit code.
+    pub async fn run(self, ctx: &Context) -> Result<ExitCode, Failure> {
+        let done = |r: Result<(), Failure>| r.map(|()| ExitCode::from(Exit::Success.code()));
+        match self {
+            Command::Token(a) => done(token::run(ctx, a).await),
+            Command::Authorize(a) => done(authorize::command(ctx, a).await),
+            Command::Exchange(a) => done(exchange::run(ctx, a).await),
+            Command::Status(a) => done(status::run(ctx, a).await),
+            Command::Refresh(a) => done(refresh::run(ctx, a).await),
+            Command::Revoke(a) => done(revoke::run(ctx, a).await),
+            Command::List(a) => done(list::run(ctx, a).await),
+            Command::Config {
+                action: ConfigAction::Check(_),
+            } => done(config_check::run(ctx)),
+            Command::Completions(a) => done(completions::run(&a.shell)),
+            Command::Serve(a) => done(serve::run(ctx, a).await),
+            Command::Exec(a) => exec::run(ctx, a).await,
+            Command::Demo(a) => done(demo::run(a).await),
+        }
+    }
+}
+
+/// The connector's name in the config.
+pub const NAME_HELP: &str = "The connector's name in the config (see `connector list`)";
+
+/// A subcommand's help footer: its examples, then the exit codes.
+pub fn with_examples(examples: &[&str]) -> String {
+    let mut out = String::from("Examples:");
+    for e in examples {
+        out.push_str("\n  ");
+        out.push_str(e);
+    }
+    out.push_str("\n\n");
+    out.push_str(&footer());
+    out
+}
+
+/// Completes connector names from the config (dynamic completion).
+pub fn name_candidates() -> ArgValueCandidates {
+    ArgValueCandidates::new(|| {
+        names_for_completion()
+            .into_iter()
+            .map(CompletionCandidate::new)
+            .collect::<Vec<_>>()
+    })
+}
+
+/// Where the tokens of a command that reads them come from.
+pub enum Tokens {
+    /// The running agent named by `CONNECTOR_AGENT`: no config and no secret needed here.
+    Agent(AgentClient),
+    /// The config and the stores, opened by this process.
+    Stores(Connection),
+}
+
+/// What every subcommand may need: where the config and the store are, whether to ask a running
+/// agent, and whether to be quiet. Resolved once, before the subcommand runs.
 pub struct Context {
-    pub config: Option<PathBuf>,
-    pub store: Option<StoreSpec>,
+    config: Option<PathBuf>,
+    store: Option<StoreSpec>,
+    /// The agent to ask (`CONNECTOR_AGENT`), unless `--no-agent`.
+    agent: Option<String>,
     pub quiet: bool,
 }
 
@@ -68,6 +206,32 @@ pub fn names_for_completion() -> Vec<String> {
 }
 
 impl Context {
+    /// The context of a run: options after the subcommand (`inner`) win over the same options
+    /// before it (`outer`).
+    pub fn new(quiet: bool, no_agent: bool, outer: Place, inner: Option<&Place>) -> Self {
+        let inner = inner.cloned().unwrap_or_default();
+        Self {
+            config: inner.config.or(outer.config),
+            store: inner.store.or(outer.store),
+            agent: if no_agent {
+                None
+            } else {
+                crate::agent::client::agent_from_env()
+            },
+            quiet,
+        }
+    }
+
+    /// Where tokens come from: the running agent when `CONNECTOR_AGENT` names one (and
+    /// `--no-agent` was not given), else the config and the stores. The one place this is
+    /// decided, for every command that reads tokens (`token`, `status`, `exec`, `list`).
+    pub fn tokens(&self) -> Result<Tokens, Failure> {
+        match &self.agent {
+            Some(target) => Ok(Tokens::Agent(AgentClient::new(target)?)),
+            None => Ok(Tokens::Stores(self.connection()?)),
+        }
+    }
+
     /// A warning on stderr, one line, unless -q.
     pub fn warn(&self, message: impl std::fmt::Display) {
         if !self.quiet {

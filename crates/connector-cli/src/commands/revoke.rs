@@ -3,7 +3,18 @@
 use super::Context;
 use crate::exit::Failure;
 
-pub async fn run(ctx: &Context, name: &str) -> Result<(), Failure> {
+/// Revoke NAME's refresh token at Zoho and forget it and its token locally.
+#[derive(clap::Args, Debug)]
+#[command(after_help = super::with_examples(&["connector revoke crm"]))]
+pub struct Args {
+    #[arg(help = super::NAME_HELP, add = super::name_candidates())]
+    name: String,
+    #[command(flatten)]
+    pub(super) place: super::Place,
+}
+
+pub async fn run(ctx: &Context, args: Args) -> Result<(), Failure> {
+    let name = args.name.as_str();
     let connector = ctx.connection()?.connector(name)?;
     match connector.revoke().await {
         Ok(()) => {}

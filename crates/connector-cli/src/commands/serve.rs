@@ -9,12 +9,38 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-/// What `connector serve` was asked for.
-pub struct Options {
-    pub socket: Option<PathBuf>,
-    pub tcp: Option<SocketAddr>,
-    pub token_file: Option<PathBuf>,
-    pub allow: Vec<String>,
+/// Run the token agent: every program on this host asks it for tokens over a Unix socket.
+///
+/// One process holds every connector's token and refreshes it before it is needed; any
+/// language asks with one HTTP request: `GET /v1/connectors/NAME/token` with the header
+/// `X-Connector-Agent: 1` (others: /v1/connectors, /v1/status, /healthz, /metrics). Requests
+/// with `Origin` or proxy headers are refused; TCP needs a bearer token. SIGTERM or Ctrl-C
+/// lets requests in flight finish and removes the socket.
+#[derive(clap::Args, Debug)]
+#[command(after_help = super::with_examples(&[
+    "connector serve",
+    "curl -s --unix-socket $XDG_RUNTIME_DIR/catalyst-connectors/agent.sock -H 'X-Connector-Agent: 1' http://agent/v1/connectors/crm/token",
+    "connector serve --tcp 127.0.0.1:8799 --allow crm=uid:1000",
+]))]
+pub struct Args {
+    /// The Unix socket (default: $XDG_RUNTIME_DIR/catalyst-connectors/agent.sock; the
+    /// directory is made 0700, the socket 0600).
+    #[arg(long, value_name = "PATH")]
+    socket: Option<PathBuf>,
+    /// Also listen on this loopback address (e.g. 127.0.0.1:8799); clients must send the
+    /// bearer token from --token-file.
+    #[arg(long, value_name = "ADDR")]
+    tcp: Option<SocketAddr>,
+    /// The bearer token for TCP clients (created, 0600, when missing; default: agent.token
+    /// beside the socket).
+    #[arg(long, value_name = "FILE")]
+    token_file: Option<PathBuf>,
+    /// Only these clients get NAME's tokens: `NAME=uid:UID` (Unix socket peers) or
+    /// `NAME=bearer:FILE` (a token in a 0600 file). Repeat for more.
+    #[arg(long, value_name = "NAME=RULE")]
+    allow: Vec<String>,
+    #[command(flatten)]
+    pub(super) place: super::Place,
 }
 
 fn io(what: String) -> impl FnOnce(std::io::Error) -> Failure {
@@ -182,7 +208,7 @@ async fn shutdown_signal() {
     }
 }
 
-pub async fn run(ctx: &Context, options: Options) -> Result<(), Failure> {
+pub async fn run(ctx: &Context, options: Args) -> Result<(), Failure> {
     // The recorder must be in place before the connectors register their counters.
     let metrics = metrics_exporter_prometheus::PrometheusBuilder::new()
         .install_recorder()

@@ -8,17 +8,42 @@ use catalyst_connectors::{Connector, ConnectorStatus, TokenSource, TokenState};
 use serde_json::json;
 use std::time::SystemTime;
 
-pub async fn run(ctx: &Context, names: &[String], json: bool) -> Result<(), Failure> {
-    if let Some(agent) = crate::agent::client::AgentClient::from_env() {
-        let mut report = agent?.status().await?;
-        if let Some(items) = report.as_array_mut()
-            && !names.is_empty()
-        {
-            items.retain(|i| names.iter().any(|n| i["name"] == n.as_str()));
+/// Show connectors: token state and source, expiry, next refresh, mints, last error.
+///
+/// Exits 0 only when every connector shown can give a token now; otherwise with the code
+/// of the worst problem, so it works as a health check. With CONNECTOR_AGENT set, shows
+/// what the running agent sees.
+#[derive(clap::Args, Debug)]
+#[command(after_help = super::with_examples(&[
+    "connector status",
+    "connector status crm --json",
+    "connector status crm -q || alert 'crm needs attention'",
+]))]
+pub struct Args {
+    /// Connectors to show (default: all).
+    #[arg(value_name = "NAME", add = super::name_candidates())]
+    names: Vec<String>,
+    /// Print JSON, one object per connector.
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    pub(super) place: super::Place,
+}
+
+pub async fn run(ctx: &Context, args: Args) -> Result<(), Failure> {
+    let (names, json) = (&args.names, args.json);
+    let connection = match ctx.tokens()? {
+        super::Tokens::Agent(agent) => {
+            let mut report = agent.status().await?;
+            if let Some(items) = report.as_array_mut()
+                && !names.is_empty()
+            {
+                items.retain(|i| names.iter().any(|n| i["name"] == n.as_str()));
+            }
+            return print_report(&report, json);
         }
-        return print_report(&report, json);
-    }
-    let connection = ctx.connection()?;
+        super::Tokens::Stores(connection) => connection,
+    };
     let selected: Vec<String> = if names.is_empty() {
         connection.connector_names().map(str::to_owned).collect()
     } else {
@@ -156,7 +181,7 @@ async fn inspect(connector: &Connector) -> Row {
     let (verdict, problem) = match (&cached, &recorded) {
         (Err(e), _) => (Failure::from(e.clone()).exit, Some(e.to_string())),
         (Ok(Some(_)), f) => (Exit::Success, f.as_ref().map(|f| f.message.clone())),
-        (Ok(None), Some(f)) if blocks(f) => (Exit::for_code(&f.code), Some(f.message.clone())),
+        (Ok(None), Some(f)) if blocks(f) => (Exit::for_kind(f.kind), Some(f.message.clone())),
         (Ok(None), f) if !connector.has_refresh_token().await => (
             Exit::Reauthorize,
             Some(f.as_ref().map(|f| f.message.clone()).unwrap_or_else(|| {
@@ -177,7 +202,7 @@ async fn inspect(connector: &Connector) -> Row {
 /// Whether a recorded failure stops a connector without a token from getting one now: one that
 /// needs a person, or a wait that has not passed.
 fn blocks(f: &catalyst_connectors::FailureRecord) -> bool {
-    matches!(Exit::for_code(&f.code), Exit::Config | Exit::Reauthorize)
+    matches!(Exit::for_kind(f.kind), Exit::Config | Exit::Reauthorize)
         || f.next_attempt_at.is_some_and(|t| t > SystemTime::now())
 }
 

@@ -1,37 +1,90 @@
 //! `connector token NAME`: print a valid access token.
 
-use super::{Context, print_json, token_json};
+use super::{
+    Context, NAME_HELP, Place, Tokens, name_candidates, print_json, token_json, with_examples,
+};
 use crate::exit::Failure;
-use catalyst_connectors::ExposeSecret;
+use catalyst_connectors::{AccessTokenSecret, Connection, ExposeSecret};
 use std::time::{Duration, SystemTime};
+
+/// Print a valid access token for connector NAME.
+///
+/// The token printed is before its refresh point (never one about to expire): if the cached
+/// one is not, this waits for a refresh. If Zoho cannot be reached, a token that is still
+/// valid is printed with a warning. With CONNECTOR_AGENT set (a socket path, or
+/// http://127.0.0.1:PORT with CONNECTOR_AGENT_TOKEN_FILE), the running agent is asked
+/// instead of the stores (no config needed; --no-agent opens the stores anyway).
+#[derive(clap::Args, Debug)]
+#[command(after_help = with_examples(&[
+    "connector token crm",
+    "curl -H \"$(connector token crm --header)\" https://www.zohoapis.com/crm/v8/users",
+    "connector token crm --min-ttl 30m --json",
+]))]
+pub struct Args {
+    #[arg(help = NAME_HELP, add = name_candidates())]
+    name: String,
+    /// Print JSON: access_token, expires_at and refresh_at (Unix seconds), api_domain.
+    #[arg(long, conflicts_with = "header")]
+    json: bool,
+    /// Print the HTTP header: `Authorization: Zoho-oauthtoken …`.
+    #[arg(long)]
+    header: bool,
+    /// The token must stay valid at least this long (e.g. 90s, 10m, 1h); refreshes first if
+    /// it would not.
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration, default_value = "0s")]
+    min_ttl: Duration,
+    #[command(flatten)]
+    pub(super) place: Place,
+}
 
 /// How much time a refresh still running when the command is done may take to finish.
 const SETTLE: Duration = Duration::from_secs(5);
 
-/// What to print.
-pub enum Format {
-    Raw,
-    Json,
-    Header,
+/// What to print: the token, its JSON or its header.
+struct Printed {
+    access_token: AccessTokenSecret,
+    json: serde_json::Value,
 }
 
-impl Format {
-    pub fn from_flags(json: bool, header: bool) -> Self {
-        match (json, header) {
-            (true, _) => Format::Json,
-            (_, true) => Format::Header,
-            _ => Format::Raw,
+pub async fn run(ctx: &Context, args: Args) -> Result<(), Failure> {
+    let printed = match ctx.tokens()? {
+        Tokens::Agent(agent) => {
+            let body = agent.token(&args.name, args.min_ttl).await?;
+            let json = serde_json::json!({
+                "access_token": body["access_token"],
+                "expires_at": body["expires_at"],
+                "refresh_at": body["refresh_at"],
+                "api_domain": body["api_domain"],
+            });
+            Printed {
+                access_token: AccessTokenSecret::new(
+                    body["access_token"].as_str().unwrap_or_default().to_owned(),
+                ),
+                json,
+            }
         }
+        Tokens::Stores(connection) => {
+            from_stores(ctx, &connection, &args.name, args.min_ttl).await?
+        }
+    };
+    if args.json {
+        print_json(&printed.json);
+    } else if args.header {
+        let token = printed.access_token.expose_secret();
+        println!("Authorization: Zoho-oauthtoken {token}");
+    } else {
+        println!("{}", printed.access_token.expose_secret());
     }
+    Ok(())
 }
 
-pub async fn run(
+/// The token from this process's own connection.
+async fn from_stores(
     ctx: &Context,
+    connection: &Connection,
     name: &str,
-    format: Format,
     min_ttl: Duration,
-) -> Result<(), Failure> {
-    let connection = ctx.connection()?;
+) -> Result<Printed, Failure> {
     let connector = connection.connector(name)?;
     let token = connector.access_token_valid_for(min_ttl).await;
     // A refresh this process started must not die with it.
@@ -52,10 +105,8 @@ pub async fn run(
             crate::output::relative(Some(token.expires_at()))
         ));
     }
-    match format {
-        Format::Json => print_json(&token_json(&token)),
-        Format::Header => println!("Authorization: {}", token.authorization_header()),
-        Format::Raw => println!("{}", token.expose_secret()),
-    }
-    Ok(())
+    Ok(Printed {
+        access_token: token.secret().clone(),
+        json: token_json(&token),
+    })
 }
