@@ -91,6 +91,21 @@ impl DataCenter {
         }
     }
 
+    /// The origin of this data centre's Catalyst API (e.g. `https://api.catalyst.zoho.eu`), if
+    /// Catalyst runs there.
+    pub fn catalyst_origin(self) -> Option<&'static str> {
+        Some(match self {
+            Self::Us => "https://api.catalyst.zoho.com",
+            Self::Eu => "https://api.catalyst.zoho.eu",
+            Self::In => "https://api.catalyst.zoho.in",
+            Self::Au => "https://api.catalyst.zoho.com.au",
+            Self::Jp => "https://api.catalyst.zoho.jp",
+            Self::Ca => "https://api.catalyst.zohocloud.ca",
+            Self::Sa => "https://api.catalyst.zoho.sa",
+            Self::Cn | Self::Uk => return None,
+        })
+    }
+
     /// The data centre whose accounts server has this host, if any.
     pub fn from_accounts_host(host: &str) -> Option<Self> {
         Self::ALL

@@ -15,6 +15,12 @@ pub fn is_loopback(url: &Url) -> bool {
     }
 }
 
+/// Whether a secret may be sent to `url`: https, or plain http to a loopback host (tests,
+/// emulators). The one rule for token endpoints, API domains and Catalyst origins.
+pub fn may_carry_secrets(url: &Url) -> bool {
+    url.scheme() == "https" || (url.scheme() == "http" && is_loopback(url))
+}
+
 /// The consent page for a server-based client: `{accounts}/oauth/v2/auth` on the origin of the
 /// connector's `auth_url` (its token endpoint), for `client_id`, asking for `scope` (comma-separated) with `access_type=offline` and
 /// `prompt=consent` (so Zoho issues a refresh token), the `redirect_uri` and the `state`.

@@ -40,9 +40,10 @@ pub(crate) fn check_name(name: &str) -> Result<(), String> {
 /// Parses a URL and requires https (http only for loopback hosts).
 pub(crate) fn check_url(raw: &str) -> Result<Url, String> {
     let url = Url::parse(raw.trim()).map_err(|e| format!("not a valid URL ({e})"))?;
+    if crate::urls::may_carry_secrets(&url) {
+        return Ok(url);
+    }
     match url.scheme() {
-        "https" => Ok(url),
-        "http" if crate::urls::is_loopback(&url) => Ok(url),
         "http" => Err(
             "plain http is allowed only for loopback hosts (localhost, 127.0.0.1, ::1); use https"
                 .into(),

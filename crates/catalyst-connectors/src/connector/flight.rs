@@ -119,13 +119,17 @@ mod tests {
     use super::*;
     use std::sync::Arc;
     use std::time::Duration;
-    use tokio::sync::Semaphore;
+    use tokio::sync::{Notify, Semaphore};
 
-    /// A fetcher that counts its runs and finishes only when the test opens its gate.
+    /// A fetcher that counts its runs, finishes only when the test opens its gate, and says
+    /// when a run has finished. No test orders itself with sleeps: `join_or_start` is
+    /// synchronous (a flight exists as soon as it returns), and the current-thread runtime
+    /// runs a driver task's poll to its end before the test task resumes.
     struct Counting {
         flight: SingleFlight<Result<u32, String>>,
         runs: AtomicUsize,
         gate: Semaphore,
+        finished: Notify,
         fail: bool,
     }
 
@@ -145,6 +149,7 @@ mod tests {
                 flight: SingleFlight::new(),
                 runs: AtomicUsize::new(0),
                 gate: Semaphore::new(0),
+                finished: Notify::new(),
                 fail,
             }))
         }
@@ -152,7 +157,9 @@ mod tests {
         fn fetch(&self, drive: Drive) -> Flight<Result<u32, String>> {
             SingleFlight::join_or_start(self, drive, |o: Owner| async move {
                 let n = o.0.runs.fetch_add(1, Ordering::SeqCst) as u32 + 1;
-                let _permit = o.0.gate.acquire().await.map_err(|e| e.to_string())?;
+                let permit = o.0.gate.acquire().await.map_err(|e| e.to_string());
+                o.0.finished.notify_one();
+                permit?;
                 if o.0.fail {
                     Err(format!("run {n} failed"))
                 } else {
@@ -164,17 +171,22 @@ mod tests {
         fn runs(&self) -> usize {
             self.0.runs.load(Ordering::SeqCst)
         }
+
+        /// Waits until a run has finished and its driver has cleared the slot.
+        async fn finished(&self) {
+            self.0.finished.notified().await;
+            tokio::task::yield_now().await;
+        }
     }
 
     #[tokio::test]
     async fn concurrent_callers_share_one_run() {
         let owner = Owner::new(false);
-        let waiters: Vec<_> = (0..50)
-            .map(|_| tokio::spawn(owner.fetch(Drive::Caller)))
-            .collect();
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        let flights: Vec<_> = (0..50).map(|_| owner.fetch(Drive::Caller)).collect();
         assert!(owner.0.flight.is_running());
+        assert_eq!(owner.runs(), 1, "started once, joined 49 times");
         owner.0.gate.add_permits(1);
+        let waiters: Vec<_> = flights.into_iter().map(tokio::spawn).collect();
         for w in waiters {
             assert_eq!(w.await.unwrap(), Ok(1));
         }
@@ -186,10 +198,11 @@ mod tests {
         assert_eq!(owner.runs(), 2);
     }
 
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
     async fn a_cancelled_waiter_does_not_cancel_the_flight() {
         let owner = Owner::new(false);
-        // The starter gives up before the flight can finish.
+        // The starter gives up before the flight can finish (the paused clock runs to the
+        // deadline as soon as everything waits).
         let gave_up =
             tokio::time::timeout(Duration::from_millis(10), owner.fetch(Drive::Caller)).await;
         assert!(gave_up.is_err());
@@ -199,12 +212,7 @@ mod tests {
         );
         // Nobody waits now; the driver task finishes it.
         owner.0.gate.add_permits(1);
-        for _ in 0..100 {
-            if !owner.0.flight.is_running() {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
+        owner.finished().await;
         assert!(
             !owner.0.flight.is_running(),
             "the driver task completed the flight"
@@ -216,7 +224,6 @@ mod tests {
     async fn a_joiner_gets_the_result_of_a_flight_its_starter_abandoned() {
         let owner = Owner::new(false);
         let starter = tokio::spawn(owner.fetch(Drive::Caller));
-        tokio::time::sleep(Duration::from_millis(10)).await;
         starter.abort();
         let joiner = tokio::spawn(owner.fetch(Drive::Caller));
         owner.0.gate.add_permits(1);
@@ -227,11 +234,9 @@ mod tests {
     #[tokio::test]
     async fn an_error_reaches_every_waiter() {
         let owner = Owner::new(true);
-        let waiters: Vec<_> = (0..10)
-            .map(|_| tokio::spawn(owner.fetch(Drive::Caller)))
-            .collect();
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        let flights: Vec<_> = (0..10).map(|_| owner.fetch(Drive::Caller)).collect();
         owner.0.gate.add_permits(1);
+        let waiters: Vec<_> = flights.into_iter().map(tokio::spawn).collect();
         for w in waiters {
             assert_eq!(w.await.unwrap(), Err("run 1 failed".to_owned()));
         }
@@ -245,12 +250,7 @@ mod tests {
         // Dropped at once: a caller-driven flight that could finish would have run here.
         drop(owner.fetch(Drive::Background));
         assert_eq!(owner.runs(), 0, "not polled by the starter");
-        for _ in 0..100 {
-            if owner.runs() == 1 && !owner.0.flight.is_running() {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
+        owner.finished().await;
         assert_eq!(owner.runs(), 1);
         assert!(!owner.0.flight.is_running());
     }

@@ -93,22 +93,13 @@ impl CatalystCacheStoreBuilder {
 
     /// The origin of a data centre's Catalyst API.
     pub fn data_center(mut self, dc: DataCenter) -> Result<Self, StoreError> {
-        let origin = match dc {
-            DataCenter::Us => "https://api.catalyst.zoho.com",
-            DataCenter::Eu => "https://api.catalyst.zoho.eu",
-            DataCenter::In => "https://api.catalyst.zoho.in",
-            DataCenter::Au => "https://api.catalyst.zoho.com.au",
-            DataCenter::Jp => "https://api.catalyst.zoho.jp",
-            DataCenter::Ca => "https://api.catalyst.zohocloud.ca",
-            DataCenter::Sa => "https://api.catalyst.zoho.sa",
-            other => {
-                return Err(StoreError::new(
-                    "catalyst cache",
-                    StoreErrorKind::Rejected,
-                    format!("Catalyst has no API in the `{other}` data centre"),
-                ));
-            }
-        };
+        let origin = dc.catalyst_origin().ok_or_else(|| {
+            StoreError::new(
+                "catalyst cache",
+                StoreErrorKind::Rejected,
+                format!("Catalyst has no API in the `{dc}` data centre"),
+            )
+        })?;
         self.origin = Some(origin.into());
         Ok(self)
     }
@@ -414,14 +405,13 @@ impl CatalystCacheStore {
 pub(crate) fn check_origin(origin: &str) -> Result<(), String> {
     let url = url::Url::parse(origin)
         .map_err(|e| format!("the Catalyst origin {origin:?} is not a URL ({e})"))?;
-    match url.scheme() {
-        "https" => Ok(()),
-        "http" if crate::urls::is_loopback(&url) => Ok(()),
-        _ => Err(format!(
-            "the Catalyst origin {} must use https (plain http only for loopback hosts): it carries the Catalyst token and the shared tokens",
-            url.origin().ascii_serialization()
-        )),
+    if crate::urls::may_carry_secrets(&url) {
+        return Ok(());
     }
+    Err(format!(
+        "the Catalyst origin {} must use https (plain http only for loopback hosts): it carries the Catalyst token and the shared tokens",
+        url.origin().ascii_serialization()
+    ))
 }
 
 fn check_key(store: &CatalystCacheStore, key: &str) -> Result<(), StoreError> {

@@ -119,7 +119,6 @@ fn io_error(label: &str, what: String, e: std::io::Error) -> StoreError {
     StoreError::new(label, StoreErrorKind::Unavailable, format!("{what}: {e}"))
 }
 
-/// Creates the directory (0700) and the file (0600) if they do not exist.
 /// Warns about a store file or directory other users can read, and restricts it to `mode` when it
 /// is ours.
 #[cfg(unix)]
