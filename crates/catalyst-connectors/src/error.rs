@@ -499,6 +499,9 @@ impl Error {
     }
 }
 
+/// Shorthand for results of this crate.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -511,6 +514,3 @@ mod tests {
         assert_eq!(ErrorKind::from_code("recorded"), None);
     }
 }
-
-/// Shorthand for results of this crate.
-pub type Result<T, E = Error> = std::result::Result<T, E>;

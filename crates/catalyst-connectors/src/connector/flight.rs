@@ -159,7 +159,7 @@ mod tests {
                 let n = o.0.runs.fetch_add(1, Ordering::SeqCst) as u32 + 1;
                 let permit = o.0.gate.acquire().await.map_err(|e| e.to_string());
                 o.0.finished.notify_one();
-                permit?;
+                let _permit = permit?;
                 if o.0.fail {
                     Err(format!("run {n} failed"))
                 } else {
