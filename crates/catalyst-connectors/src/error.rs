@@ -175,6 +175,18 @@ pub enum Error {
         detail: String,
     },
 
+    /// A token in Catalyst Cache is encrypted by the modular JS SDK and this connector has no
+    /// `secret_key` to open it (`catalyst_sdk = "js"`). It is never overwritten.
+    #[error(
+        "connector `{connector}`: {detail}; set `secret_key` in its config to the one the Catalyst JS SDK functions sharing this cache use"
+    )]
+    SdkSecretKey {
+        /// The connector.
+        connector: String,
+        /// What is wrong, never a key.
+        detail: String,
+    },
+
     /// The token endpoint issues tokens that cannot live as long as the caller asked.
     #[error(
         "connector `{connector}`: a token valid for {}s was asked for, but this endpoint's tokens live about {}s; ask for less",
@@ -282,6 +294,8 @@ pub enum ErrorKind {
     Store,
     /// [`Error::EncryptionKey`].
     EncryptionKey,
+    /// [`Error::SdkSecretKey`].
+    SdkSecretKey,
     /// [`Error::LifetimeTooShort`].
     LifetimeTooShort,
     /// [`Error::DeadlineExceeded`].
@@ -298,7 +312,7 @@ pub enum ErrorKind {
 
 impl ErrorKind {
     /// Every kind, in declaration order.
-    pub const ALL: [ErrorKind; 18] = [
+    pub const ALL: [ErrorKind; 19] = [
         Self::Config,
         Self::UnknownConnector,
         Self::MissingRefreshToken,
@@ -311,6 +325,7 @@ impl ErrorKind {
         Self::Rejected,
         Self::Store,
         Self::EncryptionKey,
+        Self::SdkSecretKey,
         Self::LifetimeTooShort,
         Self::DeadlineExceeded,
         Self::InvalidUser,
@@ -322,8 +337,8 @@ impl ErrorKind {
     /// The stable, machine-readable name: `config`, `unknown_connector`,
     /// `missing_refresh_token`, `reauthorization_required`, `invalid_client`, `throttled`,
     /// `transient`, `tls`, `malformed_response`, `rejected`, `store`, `encryption_key`,
-    /// `lifetime_too_short`, `deadline_exceeded`, `invalid_user`, `invalid_state`, `store_open`,
-    /// `http_client`.
+    /// `sdk_secret_key`, `lifetime_too_short`, `deadline_exceeded`, `invalid_user`,
+    /// `invalid_state`, `store_open`, `http_client`.
     pub const fn code(self) -> &'static str {
         match self {
             Self::Config => "config",
@@ -338,6 +353,7 @@ impl ErrorKind {
             Self::Rejected => "rejected",
             Self::Store => "store",
             Self::EncryptionKey => "encryption_key",
+            Self::SdkSecretKey => "sdk_secret_key",
             Self::LifetimeTooShort => "lifetime_too_short",
             Self::DeadlineExceeded => "deadline_exceeded",
             Self::InvalidUser => "invalid_user",
@@ -411,6 +427,7 @@ impl Error {
             Self::Rejected { .. } => ErrorKind::Rejected,
             Self::Store { .. } => ErrorKind::Store,
             Self::EncryptionKey { .. } => ErrorKind::EncryptionKey,
+            Self::SdkSecretKey { .. } => ErrorKind::SdkSecretKey,
             Self::LifetimeTooShort { .. } => ErrorKind::LifetimeTooShort,
             Self::DeadlineExceeded { .. } => ErrorKind::DeadlineExceeded,
             Self::InvalidUser { .. } => ErrorKind::InvalidUser,
@@ -482,6 +499,7 @@ impl Error {
             | Self::Rejected { connector, .. }
             | Self::Store { connector, .. }
             | Self::EncryptionKey { connector, .. }
+            | Self::SdkSecretKey { connector, .. }
             | Self::LifetimeTooShort { connector, .. }
             | Self::DeadlineExceeded { connector, .. }
             | Self::InvalidUser { connector, .. }

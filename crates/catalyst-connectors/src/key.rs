@@ -32,6 +32,13 @@ pub fn sdk_key(name: &str, fields: &[&str]) -> String {
     format!("{KEY_PREFIX}{name}:{}", sdk_hash(fields))
 }
 
+/// The modular JS SDK's (`@zcatalyst/connector` 0.0.3) cache key `ZC_CONN_<name>`: no credential
+/// hash, so every connector of that name shares it — the record's fingerprint is what keeps us
+/// from serving a token minted for other credentials.
+pub fn js_sdk_key(name: &str) -> String {
+    format!("{KEY_PREFIX}{name}")
+}
+
 /// A strong fingerprint of the credentials a token was minted with: SHA-256 over the client id, the
 /// refresh token and the refresh URL, each length-prefixed, as lowercase hex.
 ///

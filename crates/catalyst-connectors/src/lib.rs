@@ -35,6 +35,7 @@
 // docs.rs builds with `--cfg docsrs` on nightly: items behind a feature get a badge naming it.
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+mod catalyst_js;
 #[cfg(feature = "catalyst")]
 pub mod catalyst_request;
 mod clock;
@@ -62,7 +63,7 @@ pub mod users;
 pub use clock::{
     Clock, EpochMillis, ManualClock, SystemClock, millis_to_system_time, system_time_to_millis,
 };
-pub use config::{ConfigErrors, ConfigIssue, ConnectorConfig, ConnectorConfigBuilder};
+pub use config::{CatalystSdk, ConfigErrors, ConfigIssue, ConnectorConfig, ConnectorConfigBuilder};
 pub use connection::{Connection, ConnectionBuilder};
 pub use connector::{
     AccessToken, CodeExchange, Connector, ConnectorStatus, FailureRecord, GeneratedTokens,
@@ -71,7 +72,9 @@ pub use connector::{
 pub use dc::{DataCenter, UnknownDataCenter};
 pub use error::{Error, ErrorKind, Result, RetryClass, TransientKind};
 pub use record::{RecordError, TokenRecord};
-pub use secret::{AccessTokenSecret, ClientSecret, ExposeSecret, GrantCode, RefreshToken};
+pub use secret::{
+    AccessTokenSecret, ClientSecret, ExposeSecret, GrantCode, RefreshToken, SdkSecretKey,
+};
 #[cfg(feature = "sqlite")]
 pub use store::SqliteStore;
 pub use store::{

@@ -53,8 +53,13 @@ pub struct RecordError(String);
 impl TokenRecord {
     /// Serializes the record to its JSON form.
     pub fn to_json(&self) -> String {
+        self.to_json_with_token(self.access_token.expose_secret())
+    }
+
+    /// The JSON form with `access_token` written as `token` (e.g. sealed for an SDK).
+    pub(crate) fn to_json_with_token(&self, token: &str) -> String {
         json!({
-            "access_token": self.access_token.expose_secret(),
+            "access_token": token,
             "expires_at": self.refresh_at,
             "expiry_in_seconds": self.lifetime_secs,
             "expires_in": self.lifetime_secs,

@@ -78,6 +78,11 @@ secret_type!(
     /// A one-time authorization (grant) code.
     GrantCode
 );
+secret_type!(
+    /// The modular Catalyst JS SDK's `secret_key`: the passphrase that encrypts access tokens in
+    /// Catalyst Cache (see [`CatalystSdk::Js`](crate::CatalystSdk::Js)).
+    SdkSecretKey
+);
 
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     if a.len() != b.len() {

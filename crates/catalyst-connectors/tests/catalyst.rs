@@ -696,3 +696,238 @@ async fn the_tower_layer_drives_the_store_from_the_requests_headers() {
     assert!(text.contains("x-zc-admin-cred-token"), "{text}");
     assert!(!text.contains(admin_token.expose_secret()));
 }
+
+// The modular JS SDK (`@zcatalyst/connector`): its key, its record, its encrypted token. The
+// vectors come from Node's own `crypto` (scrypt, AES-256-GCM), driven by a script written to the
+// published format.
+
+/// Seals (`seal4`, `seal3`: the current and the older form) or opens (`open`) a token with
+/// Node's crypto, as the JS SDK's format defines it; prints the result.
+const NODE_SEALER: &str = r#"
+const crypto = require("crypto");
+const [mode, key, value] = process.argv.slice(-3);
+if (mode === "open") {
+  const parts = Buffer.from(value, "base64").toString("utf8").split(":");
+  const k = parts.length === 4
+    ? crypto.scryptSync(key, Buffer.from(parts[3], "hex"), 32)
+    : crypto.createHash("sha256").update(key).digest();
+  const d = crypto.createDecipheriv("aes-256-gcm", k, Buffer.from(parts[1], "hex"));
+  d.setAuthTag(Buffer.from(parts[2], "hex"));
+  process.stdout.write(d.update(parts[0], "hex", "utf8") + d.final("utf8"));
+} else {
+  const iv = crypto.randomBytes(16);
+  const salt = crypto.randomBytes(16);
+  const k = mode === "seal4" ? crypto.scryptSync(key, salt, 32)
+                             : crypto.createHash("sha256").update(key).digest();
+  const c = crypto.createCipheriv("aes-256-gcm", k, iv);
+  const body = c.update(value, "utf8", "hex") + c.final("hex");
+  const parts = [body, iv.toString("hex"), c.getAuthTag().toString("hex")];
+  if (mode === "seal4") parts.push(salt.toString("hex"));
+  process.stdout.write(Buffer.from(parts.join(":")).toString("base64"));
+}
+"#;
+
+/// Runs [`NODE_SEALER`]; `None` (or a failure under CI) when Node is not installed.
+async fn node_sealer(mode: &str, key: &str, value: &str) -> Option<String> {
+    let mut cmd = std::process::Command::new("node");
+    cmd.args(["-e", NODE_SEALER, "--", mode, key, value]);
+    let out = match tokio::task::spawn_blocking(move || cmd.output())
+        .await
+        .unwrap()
+    {
+        Ok(out) => out,
+        Err(e) => {
+            assert!(std::env::var_os("CI").is_none(), "node: {e} (CI is set)");
+            eprintln!("SKIPPED: node is not installed ({e})");
+            return None;
+        }
+    };
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Some(String::from_utf8(out.stdout).unwrap())
+}
+
+/// Connector `crm` sharing the JS SDK's key and record, with `secret_key` when given.
+fn js_crm_on(s: &Setup, store: CatalystCacheStore, secret_key: Option<&str>) -> Connector {
+    let mut config = s.config();
+    config["crm"]["catalyst_sdk"] = json!("js");
+    if let Some(k) = secret_key {
+        config["crm"]["secret_key"] = json!(k);
+    }
+    s.bare_builder()
+        .store(store)
+        .json(config)
+        .build()
+        .unwrap()
+        .connector("crm")
+        .unwrap()
+}
+
+/// A record as the JS SDK writes it: a JSON string, `expires_at` the refresh point.
+fn js_record(access_token: &str, minutes_ahead: i64) -> Value {
+    let expires_at = system_time_to_millis(SystemTime::now()) + minutes_ahead * 60 * 1000;
+    Value::String(
+        json!({"access_token": access_token, "expiry_in_seconds": 3600, "expires_at": expires_at})
+            .to_string(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn js_sdk_records_sealed_by_node_are_served_without_minting() {
+    for form in ["seal4", "seal3"] {
+        let Some(sealed) = node_sealer(form, "shared-passphrase", "1000.js-token").await else {
+            return;
+        };
+        let s = Setup::new().await;
+        let admin = admin(&s);
+        let crm = js_crm_on(&s, store_with(&s, admin.clone()), Some("shared-passphrase"));
+        assert_eq!(crm.cache_key(), "ZC_CONN_crm", "the JS SDK's key: no hash");
+        sdk_write(&s, &admin, "ZC_CONN_crm", js_record(&sealed, 45)).await;
+        let before = refresh_grants(&s);
+        let token = crm.access_token_valid_for(Duration::ZERO).await.unwrap();
+        assert_eq!(token.expose_secret(), "1000.js-token", "{form}");
+        assert_eq!(
+            refresh_grants(&s),
+            before,
+            "{form}: served without a token request"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn our_sealed_records_open_with_nodes_crypto_and_expire_at_the_refresh_point() {
+    let s = Setup::new().await;
+    let admin = admin(&s);
+    let crm = js_crm_on(&s, store_with(&s, admin.clone()), Some("shared-passphrase"));
+    let ours = crm.access_token().await.unwrap();
+    let stored = store_with(&s, admin)
+        .get("ZC_CONN_crm")
+        .await
+        .unwrap()
+        .unwrap();
+    let record: Value = serde_json::from_str(&stored.data).unwrap();
+    let sealed = record["access_token"].as_str().unwrap();
+    assert_ne!(
+        sealed,
+        ours.expose_secret(),
+        "the token is not stored in the clear"
+    );
+    let Some(opened) = node_sealer("open", "shared-passphrase", sealed).await else {
+        return;
+    };
+    assert_eq!(opened, ours.expose_secret());
+    let ahead_min = (record["expires_at"].as_i64().unwrap()
+        - system_time_to_millis(SystemTime::now()))
+        / 60_000;
+    assert!(
+        (30..=60).contains(&ahead_min),
+        "expires_at is {ahead_min} min ahead"
+    );
+    assert_eq!(record["expiry_in_seconds"], 3600);
+    assert!(
+        record["fingerprint"].is_string(),
+        "our credentials binding, beside theirs"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wrong_secret_key_never_serves_a_token_and_mints_once() {
+    let Some(sealed) = node_sealer("seal4", "their-passphrase", "1000.theirs").await else {
+        return;
+    };
+    let s = Setup::new().await;
+    let admin = admin(&s);
+    sdk_write(&s, &admin, "ZC_CONN_crm", js_record(&sealed, 45)).await;
+    let before = refresh_grants(&s);
+    let crm = js_crm_on(&s, store_with(&s, admin.clone()), Some("our-passphrase"));
+    let token = crm.access_token().await.unwrap();
+    assert_ne!(token.expose_secret(), "1000.theirs");
+    assert_eq!(
+        refresh_grants(&s),
+        before + 1,
+        "one mint replaces the record"
+    );
+    // Another process with our key reads the replacement: no second mint.
+    let again = js_crm_on(&s, store_with(&s, admin), Some("our-passphrase"));
+    assert_eq!(
+        again.access_token().await.unwrap().expose_secret(),
+        token.expose_secret()
+    );
+    assert_eq!(refresh_grants(&s), before + 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sealed_record_without_a_secret_key_is_a_typed_error_and_left_alone() {
+    let Some(sealed) = node_sealer("seal4", "their-passphrase", "1000.theirs").await else {
+        return;
+    };
+    let s = Setup::new().await;
+    let admin = admin(&s);
+    sdk_write(&s, &admin, "ZC_CONN_crm", js_record(&sealed, 45)).await;
+    let before = refresh_grants(&s);
+    let crm = js_crm_on(&s, store_with(&s, admin.clone()), None);
+    let err = crm.access_token().await.unwrap_err();
+    assert!(matches!(err, Error::SdkSecretKey { .. }), "{err:?}");
+    assert!(err.to_string().contains("secret_key"), "{err}");
+    assert_eq!(refresh_grants(&s), before, "nothing minted");
+    let kept = store_with(&s, admin)
+        .get("ZC_CONN_crm")
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(kept.data.contains(&sealed), "the SDK's record is untouched");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plaintext_js_records_are_shared_both_ways() {
+    let s = Setup::new().await;
+    let admin = admin(&s);
+    sdk_write(&s, &admin, "ZC_CONN_crm", js_record("1000.plain", 45)).await;
+    let crm = js_crm_on(&s, store_with(&s, admin.clone()), None);
+    let before = refresh_grants(&s);
+    assert_eq!(
+        crm.access_token().await.unwrap().expose_secret(),
+        "1000.plain"
+    );
+    assert_eq!(refresh_grants(&s), before);
+    // What we mint without a secret_key is in the clear, where the SDK reads it.
+    let minted = crm.force_refresh().await.unwrap();
+    let stored = store_with(&s, admin)
+        .get("ZC_CONN_crm")
+        .await
+        .unwrap()
+        .unwrap();
+    let record: Value = serde_json::from_str(&stored.data).unwrap();
+    assert_eq!(record["access_token"], minted.expose_secret());
+}
+
+#[test]
+fn secret_key_needs_the_js_sdk_and_catalyst_sdk_is_checked() {
+    let config = |extra: Value| {
+        let mut c = json!({"crm": {"client_id": "1000.A", "client_secret": "s",
+            "refresh_url": "https://accounts.zoho.com/oauth/v2/token",
+            "auth_url": "https://accounts.zoho.com/oauth/v2/token", "refresh_token": "1000.r"}});
+        for (k, v) in extra.as_object().unwrap() {
+            c["crm"][k] = v.clone();
+        }
+        Connection::builder()
+            .ignore_env()
+            .store(MemoryStore::new())
+            .json(c)
+            .build()
+    };
+    let err = config(json!({"secret_key": "k"})).unwrap_err().to_string();
+    assert!(err.contains("catalyst_sdk"), "{err}");
+    assert!(!err.contains("\"k\""), "{err}");
+    let err = config(json!({"catalyst_sdk": "js2"}))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("node-v3"), "{err}");
+    let ok = config(json!({"catalyst_sdk": "js", "secret_key": "k"})).unwrap();
+    let crm = ok.connector("crm").unwrap();
+    assert_eq!(crm.cache_key(), "ZC_CONN_crm");
+    assert!(!format!("{crm:?} {:?}", crm.config()).contains("\"k\""));
+}

@@ -10,7 +10,7 @@ pub(crate) use parse::{Settings, parse_settings, parse_toml_text, parse_value, r
 pub(crate) use validate::check_url;
 
 use crate::dc::DataCenter;
-use crate::secret::{ClientSecret, RefreshToken};
+use crate::secret::{ClientSecret, RefreshToken, SdkSecretKey};
 use std::fmt;
 use std::time::Duration;
 
@@ -29,6 +29,47 @@ pub struct ConnectorConfig {
     pub(crate) expires_in: Option<Duration>,
     pub(crate) refresh_in: Option<Duration>,
     pub(crate) api_domain: Option<String>,
+    pub(crate) catalyst_sdk: CatalystSdk,
+    pub(crate) secret_key: Option<SdkSecretKey>,
+}
+
+/// Which official SDK's key and record a connector shares in Catalyst Cache (the setting
+/// `catalyst_sdk`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum CatalystSdk {
+    /// `"node-v3"`: zcatalyst-sdk-node 3.x and the Python SDK 1.x — key `ZC_CONN_<name>:<hash>`,
+    /// the access token in the clear.
+    #[default]
+    NodeV3,
+    /// `"js"`: the modular JS SDK's `@zcatalyst/connector` — key `ZC_CONN_<name>` (no credential
+    /// hash), the access token encrypted with the connector's `secret_key` when it has one
+    /// (AES-256-GCM, key by scrypt).
+    Js,
+}
+
+impl CatalystSdk {
+    /// The setting's value: `node-v3` or `js`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::NodeV3 => "node-v3",
+            Self::Js => "js",
+        }
+    }
+}
+
+impl std::str::FromStr for CatalystSdk {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.trim() {
+            "node-v3" => Ok(Self::NodeV3),
+            "js" => Ok(Self::Js),
+            other => Err(format!(
+                "unknown catalyst_sdk `{other}`; use \"node-v3\" (zcatalyst-sdk-node 3.x, Python 1.x; the default) or \"js\" (@zcatalyst/connector)"
+            )),
+        }
+    }
 }
 
 impl ConnectorConfig {
@@ -96,6 +137,16 @@ impl ConnectorConfig {
     pub fn has_refresh_token(&self) -> bool {
         self.refresh_token.is_some()
     }
+
+    /// Which SDK's key and record this connector shares in Catalyst Cache.
+    pub fn catalyst_sdk(&self) -> CatalystSdk {
+        self.catalyst_sdk
+    }
+
+    /// Whether a `secret_key` (the JS SDK's token encryption) is configured.
+    pub fn has_secret_key(&self) -> bool {
+        self.secret_key.is_some()
+    }
 }
 
 /// Typed builder for [`ConnectorConfig`]; validation happens in [`build`](Self::build).
@@ -134,6 +185,17 @@ impl ConnectorConfigBuilder {
     /// Sets `refresh_token`.
     pub fn refresh_token(mut self, v: impl Into<String>) -> Self {
         self.raw.refresh_token = Some(RefreshToken::new(v.into()));
+        self
+    }
+    /// Sets `catalyst_sdk`: which SDK's key and record to share in Catalyst Cache.
+    pub fn catalyst_sdk(mut self, v: CatalystSdk) -> Self {
+        self.raw.catalyst_sdk = Some(v.as_str().to_owned());
+        self
+    }
+    /// Sets `secret_key`: the JS SDK's passphrase for the access token in Catalyst Cache (with
+    /// [`CatalystSdk::Js`]).
+    pub fn secret_key(mut self, v: impl Into<String>) -> Self {
+        self.raw.secret_key = Some(SdkSecretKey::new(v.into()));
         self
     }
     /// Sets `redirect_url`.

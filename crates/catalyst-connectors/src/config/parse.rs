@@ -2,7 +2,7 @@
 
 use super::validate::validate;
 use super::{ConfigIssue, ConnectorConfig};
-use crate::secret::{ClientSecret, RefreshToken};
+use crate::secret::{ClientSecret, RefreshToken, SdkSecretKey};
 use serde_json::{Map, Value};
 use std::path::Path;
 
@@ -25,6 +25,8 @@ pub(super) struct RawConnector {
     pub(super) refresh_in: Option<Number>,
     pub(super) dc: Option<String>,
     pub(super) api_domain: Option<String>,
+    pub(super) catalyst_sdk: Option<String>,
+    pub(super) secret_key: Option<SdkSecretKey>,
     /// Fields present with the wrong type (already reported; not to be reported missing too).
     pub(super) mistyped: Vec<String>,
 }
@@ -40,6 +42,8 @@ const KNOWN_FIELDS: &[&str] = &[
     "refresh_in",
     "dc",
     "api_domain",
+    "catalyst_sdk",
+    "secret_key",
 ];
 
 /// Reads connector configs from a JSON value of the SDK shape (`{name: {client_id, …}}`), adding
@@ -145,6 +149,8 @@ fn read_raw(
         redirect_url: string("redirect_url"),
         dc: string("dc"),
         api_domain: string("api_domain"),
+        catalyst_sdk: string("catalyst_sdk"),
+        secret_key: string("secret_key").map(SdkSecretKey::new),
         ..RawConnector::default()
     };
     raw.mistyped = mistyped;

@@ -1,9 +1,9 @@
 //! Validation of one connector's fields: names, URLs (https unless loopback), numbers, the `dc`.
 
 use super::parse::{Number, RawConnector};
-use super::{ConfigIssue, ConnectorConfig};
+use super::{CatalystSdk, ConfigIssue, ConnectorConfig};
 use crate::dc::DataCenter;
-use crate::secret::{ClientSecret, ExposeSecret};
+use crate::secret::{ClientSecret, ExposeSecret, SdkSecretKey};
 use std::time::Duration;
 use url::Url;
 
@@ -139,6 +139,37 @@ impl Checker<'_> {
         }
     }
 
+    /// `catalyst_sdk` and `secret_key`: a known SDK, and a key only where that SDK uses one.
+    fn catalyst_sdk(
+        &mut self,
+        sdk: Option<String>,
+        key: Option<SdkSecretKey>,
+    ) -> (CatalystSdk, Option<SdkSecretKey>) {
+        let sdk = match sdk.as_deref().map(str::parse::<CatalystSdk>) {
+            None => CatalystSdk::default(),
+            Some(Ok(sdk)) => sdk,
+            Some(Err(problem)) => {
+                self.push(Some("catalyst_sdk"), problem);
+                CatalystSdk::default()
+            }
+        };
+        let key = key.filter(|k| {
+            if k.expose_secret().is_empty() {
+                self.push(Some("secret_key"), "is empty; remove it, or set the JS SDK's key");
+                return false;
+            }
+            if sdk != CatalystSdk::Js {
+                self.push(
+                    Some("secret_key"),
+                    "is the modular JS SDK's token encryption: set `catalyst_sdk` to \"js\" too (zcatalyst-sdk-node 3.x and Python 1.x read tokens in the clear)",
+                );
+                return false;
+            }
+            true
+        });
+        (sdk, key)
+    }
+
     /// A positive whole number of seconds.
     fn seconds(&mut self, field: &str, v: Option<Number>) -> Option<Duration> {
         match v {
@@ -195,6 +226,7 @@ pub(super) fn validate(
     let api_domain = c.url("api_domain", raw.api_domain, false);
     let expires_in = c.seconds("expires_in", raw.expires_in);
     let refresh_in = c.seconds("refresh_in", raw.refresh_in);
+    let (catalyst_sdk, secret_key) = c.catalyst_sdk(raw.catalyst_sdk, raw.secret_key);
     if c.issues.len() > start {
         return None;
     }
@@ -220,5 +252,7 @@ pub(super) fn validate(
         expires_in,
         refresh_in,
         api_domain,
+        catalyst_sdk,
+        secret_key,
     })
 }

@@ -10,13 +10,15 @@ use super::credentials::Credentials;
 use super::metrics::Metrics;
 use super::runtime::Runtime;
 use super::token::{AccessToken, TokenInner, TokenSource};
+use crate::catalyst_js::{self, TokenSealer};
 use crate::clock::{EpochMillis, duration_millis, until};
+use crate::config::CatalystSdk;
 use crate::config::ConnectorConfig;
 use crate::error::{Error, Result};
 use crate::governor::{Decision, Governor};
 use crate::oauth::{Grant, TokenResponse};
 use crate::record::{RefreshRecord, TokenRecord};
-use crate::secret::{ExposeSecret, RefreshToken};
+use crate::secret::{AccessTokenSecret, ExposeSecret, RefreshToken};
 use crate::store::{CasOutcome, StoreError, StoreErrorKind, TokenWrite, generation_of};
 use arc_swap::ArcSwap;
 use std::sync::Arc;
@@ -76,6 +78,8 @@ pub(crate) struct Acquisition {
     /// A token request is on the wire: a waiter past its deadline waits for its answer rather
     /// than throw away a token Zoho minted (the request has its own timeout).
     minting: AtomicBool,
+    /// With `catalyst_sdk = "js"` and a `secret_key`: seals the access token in records.
+    sealer: Option<TokenSealer>,
 }
 
 impl Acquisition {
@@ -88,6 +92,7 @@ impl Acquisition {
         metrics: Arc<Metrics>,
     ) -> Self {
         Self {
+            sealer: config.secret_key.clone().map(TokenSealer::new),
             config,
             name,
             subject,
@@ -358,13 +363,16 @@ impl Acquisition {
                 return StoreRead::Miss(None);
             }
         };
-        let record = match TokenRecord::from_json(&stored.data) {
+        let mut record = match TokenRecord::from_json(&stored.data) {
             Ok(r) => r,
             Err(e) => {
                 tracing::warn!(connector = %self.name, error = %e, "ignoring a damaged token record; it will be overwritten");
                 return StoreRead::Miss(Some(stored.generation));
             }
         };
+        if let Err(read) = self.unseal(&mut record, stored.generation).await {
+            return read;
+        }
         let sdk_record =
             record.fingerprint.is_none() && self.runtime.store.accepts_unfingerprinted();
         if !sdk_record && record.fingerprint.as_deref() != Some(creds.fingerprint.as_str()) {
@@ -383,6 +391,32 @@ impl Acquisition {
             StoreRead::Stale(token)
         } else {
             StoreRead::Fresh(token)
+        }
+    }
+
+    /// Opens a token the modular JS SDK sealed (`catalyst_sdk = "js"`): without a `secret_key`
+    /// the record is a configuration error (never overwritten); one that does not open with ours
+    /// is never served, and is replaced by the next mint.
+    async fn unseal(&self, record: &mut TokenRecord, generation: u64) -> Result<(), StoreRead> {
+        let sealed = record.access_token.expose_secret();
+        if self.config.catalyst_sdk != CatalystSdk::Js || !catalyst_js::is_sealed(sealed) {
+            return Ok(());
+        }
+        let Some(sealer) = &self.sealer else {
+            return Err(StoreRead::Unreadable(Error::SdkSecretKey {
+                connector: self.name.clone(),
+                detail: "the access token in Catalyst Cache is encrypted by the Catalyst JS SDK and no secret_key is set".into(),
+            }));
+        };
+        match sealer.open(sealed).await {
+            Ok(token) => {
+                record.access_token = AccessTokenSecret::new(token);
+                Ok(())
+            }
+            Err(_) => {
+                tracing::warn!(connector = %self.name, "the access token in Catalyst Cache does not decrypt with this connector's secret_key (another key, or damage); it will be replaced");
+                Err(StoreRead::Miss(Some(generation)))
+            }
         }
     }
 
@@ -479,7 +513,13 @@ impl Acquisition {
             fingerprint: Some(creds.fingerprint.clone()),
         };
         let ttl = until(self.now(), expires_at, Duration::from_secs(1));
-        let data = record.to_json();
+        let data = match &self.sealer {
+            Some(sealer) => {
+                let sealed = sealer.seal(record.access_token.expose_secret()).await;
+                record.to_json_with_token(&sealed)
+            }
+            None => record.to_json(),
+        };
         let mut write = TokenWrite::new(&creds.key, expected, &data, ttl);
         if let Some(r) = &refresh_record {
             write = write.with_refresh(&creds.refresh_key, r);

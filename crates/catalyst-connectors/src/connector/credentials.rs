@@ -1,7 +1,7 @@
 //! The credentials a connector mints with, and the store keys that derive from them.
 
 use super::token::AccessToken;
-use crate::config::ConnectorConfig;
+use crate::config::{CatalystSdk, ConnectorConfig};
 use crate::key;
 use crate::secret::{ExposeSecret, RefreshToken};
 
@@ -68,17 +68,20 @@ impl Credentials {
             .as_ref()
             .map(|t| t.expose_secret())
             .unwrap_or("");
-        let key = key::sdk_key(
-            name,
-            &[
-                rt,
-                &config.client_id,
-                config.client_secret.expose_secret(),
-                &config.auth_url,
-                &config.refresh_url,
-                config.redirect_url.as_deref().unwrap_or(""),
-            ],
-        );
+        let key = match config.catalyst_sdk {
+            CatalystSdk::NodeV3 => key::sdk_key(
+                name,
+                &[
+                    rt,
+                    &config.client_id,
+                    config.client_secret.expose_secret(),
+                    &config.auth_url,
+                    &config.refresh_url,
+                    config.redirect_url.as_deref().unwrap_or(""),
+                ],
+            ),
+            CatalystSdk::Js => key::js_sdk_key(name),
+        };
         let fingerprint = key::fingerprint(&config.client_id, rt, &config.refresh_url);
         let refresh_key = key::refresh_token_key(name, &config.client_id, &config.refresh_url);
         Self {
