@@ -52,6 +52,7 @@ impl Exit {
             | ErrorKind::Rejected
             | ErrorKind::MalformedResponse
             | ErrorKind::EncryptionKey
+            | ErrorKind::SdkSecretKey
             | ErrorKind::StoreOpen => Exit::Config,
             _ => Exit::Unexpected,
         }
@@ -130,6 +131,9 @@ impl From<Error> for Failure {
             Error::EncryptionKey { .. } => Some(
                 "set CONNECTOR_ENCRYPTION_KEY (or CONNECTOR_ENCRYPTION_KEY_FILE) to the key the other programs sharing this store use".to_owned(),
             ),
+            Error::SdkSecretKey { connector, .. } => Some(format!(
+                "add \"secret_key\" to connector `{connector}` in the config: the passphrase your Catalyst JS SDK functions use"
+            )),
             Error::LifetimeTooShort { .. } => Some("ask for less with --min-ttl".to_owned()),
             Error::ReauthorizationRequired { connector, .. }
             | Error::MissingRefreshToken { connector } => Some(format!(
