@@ -132,12 +132,88 @@ impl fmt::Debug for CatalystLayer {
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Refused(String);
 
+/// The Catalyst credentials of one request: what the SDKs' `catalyst.initialize(req)` reads from
+/// its `x-zc-*` headers. Used by [`CatalystLayer`] and by the Node and Python packages. `Debug`
+/// never shows the admin token.
+#[derive(Clone)]
+pub struct CatalystCredentials {
+    /// `x-zc-projectid`.
+    pub project_id: String,
+    /// `x-zc-environment` (`Development` when absent).
+    pub environment: String,
+    /// `x-zc-project-key` (the project id when absent).
+    pub project_key: String,
+    /// `x-zc-admin-cred-token` (with `x-zc-admin-cred-type: token`).
+    pub admin_token: AccessTokenSecret,
+}
+
+impl fmt::Debug for CatalystCredentials {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CatalystCredentials")
+            .field("project_id", &self.project_id)
+            .field("environment", &self.environment)
+            .finish_non_exhaustive()
+    }
+}
+
+impl CatalystCredentials {
+    /// The credentials in a request's headers (`get` looks one up by lower-case name). `None`
+    /// when the request carries no `x-zc-projectid` (not from Catalyst's gateway); an error
+    /// naming the header when it carries some but not all (values never appear in it).
+    pub fn from_headers<'a>(
+        get: impl Fn(&str) -> Option<&'a str>,
+    ) -> Option<std::result::Result<Self, String>> {
+        let value = |name: &str| get(name).map(str::trim).filter(|v| !v.is_empty());
+        let project = value("x-zc-projectid")?;
+        let need = |name: &str| {
+            value(name).ok_or_else(|| format!("the Catalyst header `{name}` is missing"))
+        };
+        let read = || -> std::result::Result<Self, String> {
+            if !need("x-zc-admin-cred-type")?.eq_ignore_ascii_case("token") {
+                return Err(
+                    "`x-zc-admin-cred-type` must be `token` (tickets are not supported)".into(),
+                );
+            }
+            Ok(Self {
+                project_id: project.to_owned(),
+                environment: value("x-zc-environment")
+                    .unwrap_or("Development")
+                    .to_owned(),
+                project_key: value("x-zc-project-key").unwrap_or(project).to_owned(),
+                admin_token: AccessTokenSecret::new(need("x-zc-admin-cred-token")?),
+            })
+        };
+        Some(read())
+    }
+
+    /// The project's Catalyst Cache, in this environment, called with this admin token
+    /// (`origin`: default `X_ZOHO_CATALYST_CONSOLE_URL`, else the US origin).
+    pub fn cache_store(
+        &self,
+        origin: Option<&str>,
+    ) -> std::result::Result<CatalystCacheStore, crate::StoreError> {
+        self.cache_store_with(origin, |b| b.token(self.admin_token.clone()))
+    }
+
+    fn cache_store_with(
+        &self,
+        origin: Option<&str>,
+        auth: impl FnOnce(crate::CatalystCacheStoreBuilder) -> crate::CatalystCacheStoreBuilder,
+    ) -> std::result::Result<CatalystCacheStore, crate::StoreError> {
+        let mut store = auth(
+            CatalystCacheStore::builder(&self.project_id)
+                .environment(&self.environment)
+                .project_key(&self.project_key),
+        );
+        if let Some(o) = origin {
+            store = store.origin(o);
+        }
+        store.build()
+    }
+}
+
 fn header<'a>(headers: &'a http::HeaderMap, name: &str) -> Option<&'a str> {
-    headers
-        .get(name)
-        .and_then(|v| v.to_str().ok())
-        .map(str::trim)
-        .filter(|v| !v.is_empty())
+    headers.get(name).and_then(|v| v.to_str().ok())
 }
 
 impl CatalystLayer {
@@ -165,21 +241,15 @@ impl CatalystLayer {
     }
 
     fn app_for(&self, headers: &http::HeaderMap) -> std::result::Result<CatalystApp, Refused> {
-        let need = |name: &str| {
-            header(headers, name)
-                .ok_or_else(|| Refused(format!("the Catalyst header `{name}` is missing")))
-        };
-        let project = need("x-zc-projectid")?;
-        let kind = need("x-zc-admin-cred-type")?;
-        if !kind.eq_ignore_ascii_case("token") {
-            return Err(Refused(
-                "`x-zc-admin-cred-type` must be `token` (tickets are not supported)".into(),
-            ));
-        }
-        let token = AccessTokenSecret::new(need("x-zc-admin-cred-token")?);
-        let environment = header(headers, "x-zc-environment").unwrap_or("Development");
-        let key = header(headers, "x-zc-project-key").unwrap_or(project);
-        let slot = (project.to_owned(), environment.to_owned(), key.to_owned());
+        let creds = CatalystCredentials::from_headers(|name| header(headers, name))
+            .unwrap_or_else(|| Err("the Catalyst header `x-zc-projectid` is missing".into()))
+            .map_err(Refused)?;
+        let token = creds.admin_token.clone();
+        let slot = (
+            creds.project_id.clone(),
+            creds.environment.clone(),
+            creds.project_key.clone(),
+        );
         let mut apps = self.shared.apps.lock().unwrap_or_else(|p| p.into_inner());
         if let Some((app, admin)) = apps.get(&slot) {
             admin.0.store(Some(Arc::new(token)));
@@ -187,16 +257,12 @@ impl CatalystLayer {
         }
         let admin = Arc::new(LatestAdminToken::default());
         admin.0.store(Some(Arc::new(token)));
-        let mut store = CatalystCacheStore::builder(project)
-            .environment(environment)
-            .project_key(key)
-            .token_from(Arc::clone(&admin));
-        if let Some(o) = &self.shared.origin {
-            store = store.origin(o.clone());
-        }
-        let store = store
-            .build()
+        let store = creds
+            .cache_store_with(self.shared.origin.as_deref(), |b| {
+                b.token_from(Arc::clone(&admin))
+            })
             .map_err(|e| Refused(format!("cannot use the project's Catalyst Cache: {e}")))?;
+        let (project, environment) = (creds.project_id.as_str(), creds.environment.as_str());
         // The cache is shared with the SDKs: no encryption, nothing from this process's env.
         let connection = Connection::builder()
             .ignore_env()
