@@ -278,6 +278,19 @@ impl Connector {
         Ok(true)
     }
 
+    /// [`invalidate_token`](Self::invalidate_token) for a token known only by its value (a
+    /// client in another language, or another process, reporting the token that got a 401).
+    /// Returns whether it was the current one; a token already replaced is not replaced again.
+    pub async fn invalidate_token_value(&self, access_token: &str) -> Result<bool> {
+        use crate::secret::ExposeSecret as _;
+        match self.inner.cell.current() {
+            Some(current) if current.expose_secret() == access_token => {
+                self.invalidate_token(&current).await
+            }
+            _ => Ok(false),
+        }
+    }
+
     /// Drops this process's in-memory copy of the token only; the next call reads the store. Useful
     /// when another process is known to have written a newer token, and in benchmarks.
     pub fn evict_memory(&self) {

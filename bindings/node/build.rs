@@ -1,0 +1,4 @@
+//! Sets the linker up for a Node addon.
+fn main() {
+    napi_build::setup();
+}
