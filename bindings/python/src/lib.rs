@@ -387,10 +387,16 @@ impl Connector {
     /// A valid access token: from memory when cached (no wait, no lock), else from the store, else
     /// minted once for every concurrent caller. Releases the GIL while it waits.
     fn get_access_token(&self, py: Python<'_>) -> PyResult<String> {
-        let connector = self.current()?;
-        if let Some(token) = self.cached(&connector) {
-            return Ok(token);
+        {
+            // The hot path: no clone, no allocation but the string handed to Python.
+            let guard = self.core.load();
+            if guard.0 == generation()
+                && let Some(token) = self.cached(&guard.1)
+            {
+                return Ok(token);
+            }
         }
+        let connector = self.current()?;
         block_on(py, async move { connector.access_token().await })
             .map(|t| t.expose_secret().to_owned())
             .map_err(py_error)
