@@ -66,6 +66,21 @@ function tokenInfo(t) {
 class Connector {
   constructor(nativeConnector) {
     this._native = nativeConnector;
+    // The token and its refresh point, as the native connector last gave them: served without
+    // crossing into native code until the refresh point (the native side refreshes by then).
+    this._token = undefined;
+    this._refreshAt = 0;
+  }
+
+  /** Keeps a token the native connector gave, when it is before its refresh point. */
+  _keep(t) {
+    if (Date.now() < t.refreshAt) {
+      this._token = t.accessToken;
+      this._refreshAt = t.refreshAt;
+    } else {
+      this._token = undefined;
+    }
+    return t;
   }
 
   /** The connector's name. */
@@ -75,16 +90,19 @@ class Connector {
 
   /** A valid access token (a Promise of the string), as the SDKs' `getAccessToken()`. */
   getAccessToken() {
-    const cached = this._native.freshToken();
-    if (cached !== null) {
-      return Promise.resolve(cached);
+    if (this._token !== undefined && Date.now() < this._refreshAt) {
+      return Promise.resolve(this._token);
     }
-    return callAsync(this._native.accessToken()).then((t) => t.accessToken);
+    const fresh = this._native.freshToken();
+    if (fresh !== null) {
+      return Promise.resolve(this._keep(fresh).accessToken);
+    }
+    return callAsync(this._native.accessToken()).then((t) => this._keep(t).accessToken);
   }
 
   /** A valid access token with `expiresAt`, `refreshAt` and `apiDomain`. */
   async accessToken() {
-    return tokenInfo(await callAsync(this._native.accessToken()));
+    return tokenInfo(this._keep(await callAsync(this._native.accessToken())));
   }
 
   /**
@@ -94,7 +112,7 @@ class Connector {
    * generateAccessToken(code)` in string context: use `.accessToken` for clarity.
    */
   async generateAccessToken(code) {
-    const t = await callAsync(this._native.generateAccessToken(String(code)));
+    const t = this._keep(await callAsync(this._native.generateAccessToken(String(code))));
     return { ...tokenInfo(t), refreshToken: t.refreshToken === null ? undefined : t.refreshToken };
   }
 
@@ -103,6 +121,9 @@ class Connector {
    * it; a token already replaced is not replaced again. Resolves to whether it was current.
    */
   invalidate(accessToken) {
+    if (this._token === String(accessToken)) {
+      this._token = undefined;
+    }
     return callAsync(this._native.invalidate(String(accessToken)));
   }
 
@@ -113,7 +134,20 @@ class Connector {
 
   /** The connector of one of this template's users (its own refresh token and token). */
   forUser(userId) {
-    return new Connector(call(() => this._native.forUser(String(userId))));
+    const id = String(userId);
+    if (this._users === undefined) {
+      this._users = new Map();
+    }
+    let c = this._users.get(id);
+    if (c === undefined) {
+      // Bounded like the native side's resident users: a new object reloads from the store.
+      if (this._users.size >= 10000) {
+        this._users.clear();
+      }
+      c = new Connector(call(() => this._native.forUser(id)));
+      this._users.set(id, c);
+    }
+    return c;
   }
 }
 

@@ -7,8 +7,10 @@
 //! error code and message, which never holds a secret); `index.js` turns them into `Error`s
 //! with a `.code`.
 //!
-//! One Tokio runtime per process: napi-rs's, started on first use. A cached token is read
-//! synchronously ([`NativeConnector::fresh_token`]: a lock-free load, no promise, no thread hop).
+//! One Tokio runtime per process: napi-rs's, started on first use. A token in memory is read
+//! synchronously ([`NativeConnector::fresh_token`]: a lock-free load, no promise, no thread hop),
+//! and `index.js` keeps it until its refresh point: a call into a native method costs more than
+//! the whole cached path may (measured: ~0.4 µs for an empty method, ~1 µs returning a string).
 
 #![deny(clippy::all)]
 
@@ -150,12 +152,13 @@ impl NativeConnector {
         self.inner.name().to_owned()
     }
 
-    /// The token if one is valid in memory now (a stale one starts a background refresh), else
-    /// `null`: the synchronous fast path of `getAccessToken()`.
+    /// The token in memory if one is valid now (a stale one starts a background refresh), else
+    /// `null`: no wait, no promise. `index.js` keeps what it returns until its refresh point, so
+    /// a cached `getAccessToken()` does not cross into native code at all.
     #[napi]
-    pub fn fresh_token(&self) -> Option<String> {
+    pub fn fresh_token(&self) -> Option<TokenInfo> {
         within_runtime_if_available(|| match self.inner.access_token().now_or_never() {
-            Some(Ok(t)) => Some(t.expose_secret().to_owned()),
+            Some(Ok(t)) => Some(token_info(&t)),
             _ => None,
         })
     }

@@ -16,9 +16,9 @@ use catalyst_connectors::{
     ExposeSecret, GrantCode, system_time_to_millis,
 };
 use futures::FutureExt as _;
+use pyo3::BoundObject as _;
 use pyo3::create_exception;
 use pyo3::exceptions::PyException;
-use pyo3::BoundObject as _;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyDict, PyModule, PyString};
@@ -28,12 +28,42 @@ use std::sync::atomic::{AtomicPtr, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Once};
 use tokio::runtime::Runtime;
 
-create_exception!(catalyst_connectors, ConnectorError, PyException, "An error of catalyst-connectors; `code` is its stable code.");
-create_exception!(catalyst_connectors, ReauthorizationRequired, ConnectorError, "A person must authorize the connector again.");
-create_exception!(catalyst_connectors, MissingRefreshToken, ReauthorizationRequired, "The connector has no refresh token yet.");
-create_exception!(catalyst_connectors, Throttled, ConnectorError, "Zoho (or the mint governor) throttles token requests: wait, then retry.");
-create_exception!(catalyst_connectors, Transient, ConnectorError, "A failure that may pass: network, timeout, 5xx, the store, the wait deadline.");
-create_exception!(catalyst_connectors, ConfigError, ConnectorError, "The configuration is wrong: config, client, token URL, store, keys.");
+create_exception!(
+    catalyst_connectors,
+    ConnectorError,
+    PyException,
+    "An error of catalyst-connectors; `code` is its stable code."
+);
+create_exception!(
+    catalyst_connectors,
+    ReauthorizationRequired,
+    ConnectorError,
+    "A person must authorize the connector again."
+);
+create_exception!(
+    catalyst_connectors,
+    MissingRefreshToken,
+    ReauthorizationRequired,
+    "The connector has no refresh token yet."
+);
+create_exception!(
+    catalyst_connectors,
+    Throttled,
+    ConnectorError,
+    "Zoho (or the mint governor) throttles token requests: wait, then retry."
+);
+create_exception!(
+    catalyst_connectors,
+    Transient,
+    ConnectorError,
+    "A failure that may pass: network, timeout, 5xx, the store, the wait deadline."
+);
+create_exception!(
+    catalyst_connectors,
+    ConfigError,
+    ConnectorError,
+    "The configuration is wrong: config, client, token URL, store, keys."
+);
 
 /// The Python exception for a library error: the class by its kind, `code` set.
 fn py_error(e: Error) -> PyErr {
@@ -148,7 +178,9 @@ where
                 }
             });
             if let Ok(settle) = settle {
-                let _ = loop_ref.bind(py).call_method1("call_soon_threadsafe", (settle,));
+                let _ = loop_ref
+                    .bind(py)
+                    .call_method1("call_soon_threadsafe", (settle,));
             }
         });
     });
@@ -282,7 +314,10 @@ impl App {
             let text: String = text.extract()?;
             if text.trim_start().starts_with('{') {
                 Source::Json(serde_json::from_str(&text).map_err(|e| {
-                    raise(ErrorKind::Config, format!("the connection config is not JSON ({e})"))
+                    raise(
+                        ErrorKind::Config,
+                        format!("the connection config is not JSON ({e})"),
+                    )
                 })?)
             } else {
                 Source::Path(text)
@@ -293,7 +328,10 @@ impl App {
                 .call_method1("dumps", (config,))?
                 .extract()?;
             Source::Json(serde_json::from_str(&text).map_err(|e| {
-                raise(ErrorKind::Config, format!("the connection config is not JSON ({e})"))
+                raise(
+                    ErrorKind::Config,
+                    format!("the connection config is not JSON ({e})"),
+                )
             })?)
         };
         let core = Shared::build(&source, self.catalyst.as_ref())?;
@@ -322,7 +360,12 @@ impl Connection {
 
     /// The configured names.
     fn names(&self) -> PyResult<Vec<String>> {
-        Ok(self.shared.core()?.connector_names().map(str::to_owned).collect())
+        Ok(self
+            .shared
+            .core()?
+            .connector_names()
+            .map(str::to_owned)
+            .collect())
     }
 }
 
@@ -409,7 +452,12 @@ impl Connector {
         static AWAITING: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
         let awaiting = AWAITING.get_or_try_init(py, || -> PyResult<Py<PyAny>> {
             let code = c"async def awaiting(start):\n    return await start()\n";
-            let module = PyModule::from_code(py, code, c"catalyst_connectors_async.py", c"catalyst_connectors_async")?;
+            let module = PyModule::from_code(
+                py,
+                code,
+                c"catalyst_connectors_async.py",
+                c"catalyst_connectors_async",
+            )?;
             Ok(module.getattr("awaiting")?.unbind())
         })?;
         awaiting
@@ -493,7 +541,8 @@ impl Connector {
 
 /// A status as plain JSON (times in Unix seconds).
 fn status_json(s: &ConnectorStatus) -> serde_json::Value {
-    let secs = |t: Option<std::time::SystemTime>| t.map(|t| system_time_to_millis(t) as f64 / 1000.0);
+    let secs =
+        |t: Option<std::time::SystemTime>| t.map(|t| system_time_to_millis(t) as f64 / 1000.0);
     serde_json::json!({
         "name": s.name,
         "state": format!("{:?}", s.state).to_lowercase(),
@@ -529,7 +578,10 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<Connector>()?;
     m.add_class::<AccessTokenInfo>()?;
     m.add("ConnectorError", py.get_type::<ConnectorError>())?;
-    m.add("ReauthorizationRequired", py.get_type::<ReauthorizationRequired>())?;
+    m.add(
+        "ReauthorizationRequired",
+        py.get_type::<ReauthorizationRequired>(),
+    )?;
     m.add("MissingRefreshToken", py.get_type::<MissingRefreshToken>())?;
     m.add("Throttled", py.get_type::<Throttled>())?;
     m.add("Transient", py.get_type::<Transient>())?;
