@@ -398,3 +398,160 @@ async fn exec_passes_tokens_and_exit_codes_and_refuses_without_a_token() {
     assert!(!marker.exists(), "not run without a token");
     assert!(matches!(code, Some(4)), "{code:?} {err}");
 }
+
+/// `curl -X POST` with a JSON body to the agent.
+fn curl_post(socket: &Path, path: &str, body: &str) -> Command {
+    let mut cmd = curl(
+        socket,
+        &["X-Connector-Agent: 1", "Content-Type: application/json"],
+        path,
+    );
+    cmd.args(["-X", "POST", "--data", body]);
+    cmd
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn twenty_reports_of_one_rejected_token_replace_it_once() {
+    let env = Env::new().await;
+    let agent = env.serve(&[]).await;
+    let socket = env.socket();
+    let token_of = |out: &str| {
+        let (body, status) = out.rsplit_once('\n').unwrap();
+        assert_eq!(status, "200", "{body}");
+        serde_json::from_str::<serde_json::Value>(body).unwrap()["access_token"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    };
+    let (_, out, _) = output(curl(
+        &socket,
+        &["X-Connector-Agent: 1"],
+        "/v1/connectors/crm/token",
+    ))
+    .await;
+    let rejected = token_of(&out);
+    let body = serde_json::json!({"access_token": rejected}).to_string();
+    let reports: Vec<_> = (0..20)
+        .map(|_| {
+            let mut cmd = curl_post(&socket, "/v1/connectors/crm/invalidate", &body);
+            tokio::task::spawn_blocking(move || cmd.output().unwrap())
+        })
+        .collect();
+    let mut replaced = 0;
+    for r in reports {
+        let out = String::from_utf8(r.await.unwrap().stdout).unwrap();
+        let (body, status) = out.rsplit_once('\n').unwrap();
+        assert_eq!(status, "200", "{body}");
+        replaced += usize::from(body.contains("\"replaced\":true"));
+    }
+    assert_eq!(replaced, 1, "replaced once however many report it");
+    let (_, out, _) = output(curl(
+        &socket,
+        &["X-Connector-Agent: 1"],
+        "/v1/connectors/crm/token",
+    ))
+    .await;
+    let fresh = token_of(&out);
+    assert_ne!(fresh, rejected);
+    assert_eq!(env.requests(), 2, "exactly one new mint");
+    // Reporting the old token again replaces nothing.
+    let (_, out, _) = output(curl_post(&socket, "/v1/connectors/crm/invalidate", &body)).await;
+    assert!(out.contains("\"replaced\":false"), "{out}");
+    let (_, out, _) = output(curl(
+        &socket,
+        &["X-Connector-Agent: 1"],
+        "/v1/connectors/crm/token",
+    ))
+    .await;
+    assert_eq!(token_of(&out), fresh);
+    assert_eq!(env.requests(), 2);
+    // A body that is not a report is a 400 of its own.
+    let (_, out, _) = output(curl_post(&socket, "/v1/connectors/crm/invalidate", "{}")).await;
+    assert!(out.ends_with("400") && out.contains("bad_report"), "{out}");
+    stop(agent);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoked_refresh_token_asked_with_min_ttl_is_409_and_a_bad_min_ttl_400() {
+    let env = Env::new().await;
+    let agent = env.serve(&[]).await;
+    let socket = env.socket();
+    let (_, out, _) = output(curl(
+        &socket,
+        &["X-Connector-Agent: 1"],
+        "/v1/connectors/crm/token",
+    ))
+    .await;
+    assert!(out.ends_with("200"), "{out}");
+    assert!(env.emulator.revoke(&env.refresh_token));
+    // The cached token cannot live an hour more: a refresh is needed, and it is refused.
+    let (_, out, _) = output(curl(
+        &socket,
+        &["X-Connector-Agent: 1"],
+        "/v1/connectors/crm/token?min_ttl=3600",
+    ))
+    .await;
+    let (body, status) = out.rsplit_once('\n').unwrap();
+    assert_eq!(status, "409", "{body}");
+    assert!(body.contains("reauthorization_required"), "{body}");
+    let (_, out, _) = output(curl(
+        &socket,
+        &["X-Connector-Agent: 1"],
+        "/v1/connectors/crm/token?min_ttl=ten",
+    ))
+    .await;
+    let (body, status) = out.rsplit_once('\n').unwrap();
+    assert_eq!(status, "400", "{body}");
+    assert!(
+        body.contains("\"bad_min_ttl\"") && !body.contains("--min-ttl"),
+        "{body}"
+    );
+    stop(agent);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn foreign_hosts_browser_markers_and_a_duplicated_header_get_403() {
+    let env = Env::new().await;
+    let agent = env.serve(&[]).await;
+    let socket = env.socket();
+    for extra in [
+        &["X-Connector-Agent: 1", "Host: evil.example"][..],
+        &["X-Connector-Agent: 1", "Referer: http://evil.example/"],
+        &["X-Connector-Agent: 1", "Sec-Fetch-Mode: no-cors"],
+        &["X-Connector-Agent: 1", "X-Real-IP: 10.1.2.3"],
+        &["X-Connector-Agent: 1", "X-Forwarded-Host: evil.example"],
+        &["X-Connector-Agent: 1", "X-Connector-Agent: 0"],
+    ] {
+        let (_, out, _) = output(curl(&socket, extra, "/v1/connectors/crm/token")).await;
+        assert!(out.ends_with("403"), "{extra:?}: {out}");
+    }
+    // An absolute-form target naming another host.
+    let mut absolute = curl(&socket, &["X-Connector-Agent: 1"], "/v1/connectors");
+    absolute.args(["--request-target", "http://evil.example/v1/connectors"]);
+    let (_, out, _) = output(absolute).await;
+    assert!(out.ends_with("403"), "{out}");
+    assert_eq!(env.requests(), 0);
+    stop(agent);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_sent_half_a_request_does_not_hold_the_agent_after_sigterm() {
+    use std::io::Write as _;
+    let env = Env::new().await;
+    let agent = env.serve(&[]).await;
+    let mut half = std::os::unix::net::UnixStream::connect(env.socket()).unwrap();
+    half.write_all(b"GET /v1/connectors HTTP/1.1\r\nHost: agent\r\nX-Connector-")
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let started = std::time::Instant::now();
+    let status = tokio::task::spawn_blocking(move || stop(agent))
+        .await
+        .unwrap();
+    let took = started.elapsed();
+    assert!(
+        took < Duration::from_secs(10),
+        "the agent took {took:?} to exit"
+    );
+    assert!(status.success(), "{status:?}");
+    drop(half);
+}

@@ -90,6 +90,7 @@ impl Connector {
                 return self.stored_while_blocked(now).await.ok_or(e);
             }
         }
+        let asked_at = cell.now();
         let result = self
             .bounded(self.flight_or_start(Want::Lasting(min_ttl)))
             .await;
@@ -97,6 +98,13 @@ impl Connector {
         let token = result?;
         let now = cell.now();
         if now < token.0.refresh_at && token.0.expires_at.saturating_sub(now) < min {
+            // The refresh failed and the token served instead cannot last: the failure is the
+            // answer (e.g. a revoked refresh token), not the lifetime.
+            if let Some((e, at)) = cell.last_error()
+                && at >= asked_at
+            {
+                return Err(e);
+            }
             return Err(Error::LifetimeTooShort {
                 connector: self.name().to_owned(),
                 wanted: min_ttl,

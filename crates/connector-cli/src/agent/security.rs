@@ -1,15 +1,18 @@
 //! What a request must show before the agent answers it.
 //!
-//! - the fixed header `X-Connector-Agent: 1` (a server-side request forgery through some web app
-//!   on this host, or a browser, cannot set it): else 403;
-//! - no browser or proxy markers (`Origin`, `Referer`-less CORS is not enough: any `Origin`,
-//!   `X-Forwarded-For`, `Forwarded`, `Via`): else 403;
+//! - the fixed header `X-Connector-Agent: 1`, exactly once (a server-side request forgery through
+//!   some web app on this host, or a browser, cannot set it): else 403;
+//! - no browser or proxy markers (`Origin`, `Referer`, `Sec-Fetch-*`, `X-Forwarded-For`,
+//!   `X-Forwarded-Host`, `X-Real-IP`, `Forwarded`, `Via`): else 403;
+//! - a `Host` (and, in an absolute-form request target, an authority) naming the agent: `agent`,
+//!   `localhost`, `127.0.0.1` or `[::1]`, with the listener's port over TCP — so a DNS-rebound
+//!   name or a request meant for another host is refused: else 403;
 //! - over TCP, `Authorization: Bearer <token>` with the agent's token (from a 0600 file): else 401;
 //! - per-connector allow lists, when given: the peer's uid on the Unix socket (SO_PEERCRED), or
 //!   a bearer token: else 403.
 
 use super::{AGENT_HEADER, AGENT_HEADER_VALUE};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::{HeaderMap, StatusCode, Uri};
 use std::collections::BTreeMap;
 
 /// Who is asking, as far as the transport tells.
@@ -19,6 +22,33 @@ pub struct Peer {
     pub uid: Option<u32>,
     /// Whether the request came over TCP.
     pub tcp: bool,
+    /// The listener's port (TCP only): what a `Host` must name.
+    pub local_port: Option<u16>,
+}
+
+/// Headers only browsers and proxies send.
+const BROWSER_OR_PROXY: [&str; 7] = [
+    "origin",
+    "referer",
+    "x-forwarded-for",
+    "x-forwarded-host",
+    "x-real-ip",
+    "forwarded",
+    "via",
+];
+
+/// Whether `authority` (a `Host` value) names this agent.
+fn names_the_agent(authority: &str, peer: Peer) -> bool {
+    let Ok(parsed) = authority.parse::<axum::http::uri::Authority>() else {
+        return false;
+    };
+    let host = parsed.host().trim_start_matches('[').trim_end_matches(']');
+    let local = matches!(host, "127.0.0.1" | "::1") || host.eq_ignore_ascii_case("localhost");
+    if peer.tcp {
+        // DNS rebinding: a browser sends the attacker's name; the port must be ours too.
+        return local && parsed.port_u16() == peer.local_port;
+    }
+    local || host.eq_ignore_ascii_case("agent")
 }
 
 /// One entry of a connector's allow list.
@@ -62,20 +92,38 @@ fn same(a: &str, b: &str) -> bool {
 
 impl Policy {
     /// Checks what every request must show.
-    pub fn check_request(&self, headers: &HeaderMap, peer: Peer) -> Result<(), Refusal> {
-        if headers.get(AGENT_HEADER).and_then(|v| v.to_str().ok()) != Some(AGENT_HEADER_VALUE) {
+    pub fn check_request(&self, uri: &Uri, headers: &HeaderMap, peer: Peer) -> Result<(), Refusal> {
+        let mut agent = headers.get_all(AGENT_HEADER).iter();
+        if agent.next().and_then(|v| v.to_str().ok()) != Some(AGENT_HEADER_VALUE)
+            || agent.next().is_some()
+        {
             return Err((
                 StatusCode::FORBIDDEN,
-                "missing the `X-Connector-Agent: 1` header",
+                "the `X-Connector-Agent: 1` header must be sent once",
             ));
         }
-        for marker in ["origin", "x-forwarded-for", "forwarded", "via"] {
-            if headers.contains_key(marker) {
-                return Err((
-                    StatusCode::FORBIDDEN,
-                    "requests from browsers or through proxies are refused",
-                ));
-            }
+        let marked = BROWSER_OR_PROXY.iter().any(|m| headers.contains_key(*m))
+            || headers.keys().any(|k| k.as_str().starts_with("sec-fetch-"));
+        if marked {
+            return Err((
+                StatusCode::FORBIDDEN,
+                "requests from browsers or through proxies are refused",
+            ));
+        }
+        let host = headers
+            .get(axum::http::header::HOST)
+            .and_then(|v| v.to_str().ok());
+        let target = uri.authority().map(|a| a.as_str());
+        let named = match (host, target) {
+            (Some(h), Some(t)) => h.eq_ignore_ascii_case(t) && names_the_agent(h, peer),
+            (Some(h), None) => names_the_agent(h, peer),
+            (None, _) => false,
+        };
+        if !named {
+            return Err((
+                StatusCode::FORBIDDEN,
+                "the request's Host does not name this agent (use http://agent/… on the socket, http://127.0.0.1:PORT/… over TCP)",
+            ));
         }
         if peer.tcp {
             let ok = match (&self.tcp_token, bearer(headers)) {
@@ -139,24 +187,72 @@ mod tests {
         let unix = Peer {
             uid: Some(1),
             tcp: false,
+            local_port: None,
         };
         let tcp = Peer {
             uid: None,
             tcp: true,
+            local_port: Some(8799),
         };
+        let path: Uri = "/v1/connectors".parse().unwrap();
+        let check = |h: &HeaderMap, peer| policy.check_request(&path, h, peer);
         assert_eq!(
-            policy.check_request(&headers(&[]), unix).unwrap_err().0,
+            check(&headers(&[("host", "agent")]), unix).unwrap_err().0,
             403
         );
-        let ok = headers(&[("x-connector-agent", "1")]);
-        assert!(policy.check_request(&ok, unix).is_ok());
-        let browser = headers(&[("x-connector-agent", "1"), ("origin", "http://evil")]);
-        assert_eq!(policy.check_request(&browser, unix).unwrap_err().0, 403);
-        assert_eq!(policy.check_request(&ok, tcp).unwrap_err().0, 401);
-        let wrong = headers(&[("x-connector-agent", "1"), ("authorization", "Bearer t0x")]);
-        assert_eq!(policy.check_request(&wrong, tcp).unwrap_err().0, 401);
-        let right = headers(&[("x-connector-agent", "1"), ("authorization", "Bearer t0k")]);
-        assert!(policy.check_request(&right, tcp).is_ok());
+        let ok = headers(&[("x-connector-agent", "1"), ("host", "agent")]);
+        assert!(check(&ok, unix).is_ok());
+        for marker in [
+            ("origin", "http://evil"),
+            ("referer", "http://evil/"),
+            ("sec-fetch-mode", "no-cors"),
+            ("x-real-ip", "10.0.0.1"),
+            ("x-forwarded-host", "evil"),
+        ] {
+            let marked = headers(&[("x-connector-agent", "1"), ("host", "agent"), marker]);
+            assert_eq!(check(&marked, unix).unwrap_err().0, 403, "{marker:?}");
+        }
+        let mut twice = ok.clone();
+        twice.append("x-connector-agent", "0".parse().unwrap());
+        assert_eq!(
+            check(&twice, unix).unwrap_err().0,
+            403,
+            "a duplicated header"
+        );
+        let tcp_ok = |auth: &str| {
+            headers(&[
+                ("x-connector-agent", "1"),
+                ("host", "127.0.0.1:8799"),
+                ("authorization", auth),
+            ])
+        };
+        assert_eq!(
+            check(
+                &headers(&[("x-connector-agent", "1"), ("host", "127.0.0.1:8799")]),
+                tcp
+            )
+            .unwrap_err()
+            .0,
+            401
+        );
+        assert_eq!(check(&tcp_ok("Bearer t0x"), tcp).unwrap_err().0, 401);
+        assert!(check(&tcp_ok("Bearer t0k"), tcp).is_ok());
+        // DNS rebinding and other hosts: the Host must name the agent (and its port over TCP).
+        for host in [
+            "evil.example:8799",
+            "127.0.0.1:80",
+            "localhost",
+            "agent:8799",
+        ] {
+            let mut h = tcp_ok("Bearer t0k");
+            h.insert("host", host.parse().unwrap());
+            assert_eq!(check(&h, tcp).unwrap_err().0, 403, "{host}");
+        }
+        let absolute: Uri = "http://evil.example/v1/connectors".parse().unwrap();
+        assert_eq!(
+            policy.check_request(&absolute, &ok, unix).unwrap_err().0,
+            403
+        );
         assert!(same("abc", "abc") && !same("abc", "abd") && !same("abc", "abcd"));
     }
 }

@@ -9,7 +9,7 @@ use axum::extract::connect_info::{ConnectInfo, Connected};
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use catalyst_connectors::{AccessToken, Connection, Error, ErrorKind, ExposeSecret};
 use metrics_exporter_prometheus::PrometheusHandle;
 use serde_json::json;
@@ -33,15 +33,20 @@ pub struct PeerInfo(pub Peer);
 impl Connected<axum::serve::IncomingStream<'_, tokio::net::UnixListener>> for PeerInfo {
     fn connect_info(stream: axum::serve::IncomingStream<'_, tokio::net::UnixListener>) -> Self {
         let uid = stream.io().peer_cred().ok().map(|c| c.uid());
-        PeerInfo(Peer { uid, tcp: false })
+        PeerInfo(Peer {
+            uid,
+            tcp: false,
+            local_port: None,
+        })
     }
 }
 
 impl Connected<axum::serve::IncomingStream<'_, tokio::net::TcpListener>> for PeerInfo {
-    fn connect_info(_: axum::serve::IncomingStream<'_, tokio::net::TcpListener>) -> Self {
+    fn connect_info(stream: axum::serve::IncomingStream<'_, tokio::net::TcpListener>) -> Self {
         PeerInfo(Peer {
             uid: None,
             tcp: true,
+            local_port: stream.io().local_addr().ok().map(|a| a.port()),
         })
     }
 }
@@ -50,6 +55,11 @@ pub fn router(agent: Arc<Agent>) -> Router {
     Router::new()
         .route("/v1/connectors/{name}/token", get(token))
         .route("/v1/connectors/{name}/users/{user}/token", get(user_token))
+        .route("/v1/connectors/{name}/invalidate", post(invalidate))
+        .route(
+            "/v1/connectors/{name}/users/{user}/invalidate",
+            post(user_invalidate),
+        )
         .route("/v1/connectors", get(connectors))
         .route("/v1/status", get(status_report))
         .route("/healthz", get(healthz))
@@ -65,7 +75,11 @@ async fn guard(
     request: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> Response {
-    if let Err((status, reason)) = agent.policy.check_request(request.headers(), peer) {
+    if let Err((status, reason)) =
+        agent
+            .policy
+            .check_request(request.uri(), request.headers(), peer)
+    {
         return refusal(status, reason);
     }
     next.run(request).await
@@ -94,6 +108,16 @@ fn http_status(kind: ErrorKind) -> StatusCode {
     }
 }
 
+/// A hint in the HTTP API's terms where the CLI's would name a flag.
+fn http_hint(kind: ErrorKind, cli_hint: Option<String>) -> Option<String> {
+    match kind {
+        ErrorKind::LifetimeTooShort => {
+            Some("ask for less with ?min_ttl=SECONDS (tokens of this endpoint live shorter)".into())
+        }
+        _ => cli_hint,
+    }
+}
+
 /// The body and status for a library error.
 fn error_response(e: Error) -> Response {
     let status = http_status(e.kind());
@@ -105,6 +129,7 @@ fn error_response(e: Error) -> Response {
         _ => None,
     };
     let code = e.code();
+    let kind = e.kind();
     let connector = e.connector().map(str::to_owned);
     let failure = Failure::from(e);
     let mut response = (
@@ -113,7 +138,7 @@ fn error_response(e: Error) -> Response {
             "error": code,
             "connector": connector,
             "message": failure.message,
-            "hint": failure.hint,
+            "hint": http_hint(kind, failure.hint),
             "exit_code": failure.exit.code(),
         })),
     )
@@ -149,11 +174,82 @@ fn min_ttl(query: &HashMap<String, String>) -> Result<Duration, Box<Response>> {
             .parse::<u64>()
             .map(Duration::from_secs)
             .map_err(|_| {
-                Box::new(refusal(
-                    StatusCode::BAD_REQUEST,
-                    "min_ttl must be a whole number of seconds",
-                ))
+                Box::new(
+                    (
+                        StatusCode::BAD_REQUEST,
+                        axum::Json(json!({
+                            "error": "bad_min_ttl",
+                            "message": "min_ttl must be a whole number of seconds",
+                            "hint": "ask with ?min_ttl=SECONDS, e.g. ?min_ttl=300",
+                        })),
+                    )
+                        .into_response(),
+                )
             }),
+    }
+}
+
+/// The body of an invalidate report: the token an API refused.
+#[derive(serde::Deserialize)]
+struct Report {
+    access_token: String,
+}
+
+/// `POST /v1/connectors/{name}/invalidate` `{"access_token"}`: a client's API call got a 401
+/// with this token. Replaced once however many clients report it; a token already replaced is
+/// not replaced again. Answers `{"replaced": bool}`.
+async fn invalidate(
+    State(agent): Shared,
+    ConnectInfo(PeerInfo(peer)): ConnectInfo<PeerInfo>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+    body: Result<axum::Json<Report>, axum::extract::rejection::JsonRejection>,
+) -> Response {
+    report(&agent, peer, &headers, &name, None, body).await
+}
+
+/// `POST /v1/connectors/{name}/users/{user}/invalidate`: the same for a user's connector.
+async fn user_invalidate(
+    State(agent): Shared,
+    ConnectInfo(PeerInfo(peer)): ConnectInfo<PeerInfo>,
+    headers: HeaderMap,
+    Path((name, user)): Path<(String, String)>,
+    body: Result<axum::Json<Report>, axum::extract::rejection::JsonRejection>,
+) -> Response {
+    report(&agent, peer, &headers, &name, Some(&user), body).await
+}
+
+async fn report(
+    agent: &Agent,
+    peer: super::security::Peer,
+    headers: &HeaderMap,
+    name: &str,
+    user: Option<&str>,
+    body: Result<axum::Json<Report>, axum::extract::rejection::JsonRejection>,
+) -> Response {
+    if let Err((status, reason)) = agent.policy.check_connector(name, headers, peer) {
+        return refusal(status, reason);
+    }
+    let Ok(axum::Json(report)) = body else {
+        return (
+            StatusCode::BAD_REQUEST,
+            axum::Json(json!({
+                "error": "bad_report",
+                "message": "the body must be JSON: {\"access_token\": \"<the token that got a 401>\"}",
+            })),
+        )
+            .into_response();
+    };
+    let connector = match agent.connection.connector(name).and_then(|c| match user {
+        Some(u) => c.for_user(u),
+        None => Ok(c),
+    }) {
+        Ok(c) => c,
+        Err(e) => return error_response(e),
+    };
+    match connector.invalidate_token_value(&report.access_token).await {
+        Ok(replaced) => axum::Json(json!({"replaced": replaced})).into_response(),
+        Err(e) => error_response(e),
     }
 }
 

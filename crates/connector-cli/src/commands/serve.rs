@@ -192,6 +192,9 @@ async fn bind_tcp(
     Ok((listener, token_file))
 }
 
+/// How long requests in flight may take to finish after SIGTERM.
+const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Resolves when SIGTERM or SIGINT arrives.
 async fn shutdown_signal() {
     let term = async {
@@ -267,15 +270,28 @@ pub async fn run(ctx: &Context, options: Args) -> Result<(), Failure> {
     shutdown_signal().await;
     eprintln!("connector agent stopping: finishing requests in flight");
     let _ = stop_tx.send(true);
-    while let Some(done) = servers.join_next().await {
-        if let Ok(Err(e)) = done {
-            eprintln!("connector agent: {e}");
+    // Requests in flight finish; a client that keeps a connection open (or has sent half a
+    // request) does not hold the agent past the grace period.
+    let drained = tokio::time::timeout(SHUTDOWN_GRACE, async {
+        while let Some(done) = servers.join_next().await {
+            if let Ok(Err(e)) = done {
+                eprintln!("connector agent: {e}");
+            }
         }
+    })
+    .await;
+    if drained.is_err() {
+        eprintln!(
+            "connector agent: clients still connected after {} s; closing their connections",
+            SHUTDOWN_GRACE.as_secs()
+        );
+        servers.abort_all();
     }
     let _ = std::fs::remove_file(&socket);
+    // A refresh still running may finish (and store its token), within the 10 s after SIGTERM.
     agent
         .connection
-        .settle(std::time::Duration::from_secs(5))
+        .settle(std::time::Duration::from_secs(3))
         .await;
     Ok(())
 }
