@@ -701,36 +701,13 @@ async fn the_tower_layer_drives_the_store_from_the_requests_headers() {
 // vectors come from Node's own `crypto` (scrypt, AES-256-GCM), driven by a script written to the
 // published format.
 
-/// Seals (`seal4`, `seal3`: the current and the older form) or opens (`open`) a token with
-/// Node's crypto, as the JS SDK's format defines it; prints the result.
-const NODE_SEALER: &str = r#"
-const crypto = require("crypto");
-const [mode, key, value] = process.argv.slice(-3);
-if (mode === "open") {
-  const parts = Buffer.from(value, "base64").toString("utf8").split(":");
-  const k = parts.length === 4
-    ? crypto.scryptSync(key, Buffer.from(parts[3], "hex"), 32)
-    : crypto.createHash("sha256").update(key).digest();
-  const d = crypto.createDecipheriv("aes-256-gcm", k, Buffer.from(parts[1], "hex"));
-  d.setAuthTag(Buffer.from(parts[2], "hex"));
-  process.stdout.write(d.update(parts[0], "hex", "utf8") + d.final("utf8"));
-} else {
-  const iv = crypto.randomBytes(16);
-  const salt = crypto.randomBytes(16);
-  const k = mode === "seal4" ? crypto.scryptSync(key, salt, 32)
-                             : crypto.createHash("sha256").update(key).digest();
-  const c = crypto.createCipheriv("aes-256-gcm", k, iv);
-  const body = c.update(value, "utf8", "hex") + c.final("hex");
-  const parts = [body, iv.toString("hex"), c.getAuthTag().toString("hex")];
-  if (mode === "seal4") parts.push(salt.toString("hex"));
-  process.stdout.write(Buffer.from(parts.join(":")).toString("base64"));
-}
-"#;
-
-/// Runs [`NODE_SEALER`]; `None` (or a failure under CI) when Node is not installed.
+/// Runs `interop/node/js-sdk-sealer.js`; `None` (or a failure under CI) when Node is not
+/// installed.
 async fn node_sealer(mode: &str, key: &str, value: &str) -> Option<String> {
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../interop/node/js-sdk-sealer.js");
     let mut cmd = std::process::Command::new("node");
-    cmd.args(["-e", NODE_SEALER, "--", mode, key, value]);
+    cmd.arg(script).args([mode, key, value]);
     let out = match tokio::task::spawn_blocking(move || cmd.output())
         .await
         .unwrap()

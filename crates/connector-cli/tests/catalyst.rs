@@ -153,3 +153,82 @@ async fn plain_http_to_a_remote_catalyst_origin_fails_config_check() {
     );
     assert!(all.contains("https"), "{all}");
 }
+
+/// The modular JS SDK's record, sealed with `secret_key` by Node's crypto
+/// (`interop/node/js-sdk-sealer.js`), `expires_at` 45 minutes ahead, is served by `connector
+/// token` with that `secret_key` without a token request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connector_token_serves_a_js_sdk_record_sealed_with_the_secret_key() {
+    let env = Env::new(|e| format!("catalyst://{PROJECT}?origin={}", e.url())).await;
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../interop/node/js-sdk-sealer.js");
+    let sealed = match Command::new("node")
+        .arg(script)
+        .args(["seal4", "functions-passphrase", "1000.sealed-by-node"])
+        .output()
+    {
+        Ok(out) if out.status.success() => String::from_utf8(out.stdout).unwrap(),
+        other => {
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "node: {other:?} (CI is set)"
+            );
+            eprintln!("SKIPPED: node is not available: {other:?}");
+            return;
+        }
+    };
+    // The books connector shares the JS SDK's key and record, with its secret_key.
+    let path = env.dir.path().join("connectors.json");
+    let mut config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    config["books"]["catalyst_sdk"] = "js".into();
+    config["books"]["secret_key"] = "functions-passphrase".into();
+    std::fs::write(&path, config.to_string()).unwrap();
+    // What a Node function with @zcatalyst/connector wrote: a JSON string under ZC_CONN_books.
+    let client = reqwest::Client::new();
+    let admin = client
+        .post(env.emulator.token_url())
+        .form(&[
+            ("grant_type", "refresh_token"),
+            ("client_id", CLIENT_ID),
+            ("client_secret", CLIENT_SECRET),
+            ("refresh_token", "1000.admin-rt"),
+        ])
+        .send()
+        .await
+        .unwrap()
+        .json::<serde_json::Value>()
+        .await
+        .unwrap()["access_token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let expires_at = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+        + 45 * 60 * 1000;
+    let record = serde_json::json!({"access_token": sealed, "expiry_in_seconds": 3600, "expires_at": expires_at});
+    let written = client
+        .post(format!("{}/baas/v1/project/{PROJECT}/cache", env.emulator.url()))
+        .header("Authorization", format!("Zoho-oauthtoken {admin}"))
+        .header("PROJECT_ID", PROJECT)
+        .header("Environment", "Development")
+        .json(&serde_json::json!({"cache_name": "ZC_CONN_books", "cache_value": record.to_string(), "expiry_in_hours": 1}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(written.status(), 201);
+    let out = env.run(&["token", "books"]).await;
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "1000.sealed-by-node"
+    );
+    assert_eq!(env.mints("books"), 0, "served without a token request");
+}
