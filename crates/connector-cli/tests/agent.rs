@@ -555,3 +555,90 @@ async fn a_client_that_sent_half_a_request_does_not_hold_the_agent_after_sigterm
     assert!(status.success(), "{status:?}");
     drop(half);
 }
+
+/// The README's client block in `lang` whose text contains `marker`.
+fn readme_block(lang: &str, marker: &str) -> String {
+    let readme = include_str!("../../../README.md");
+    let fence = format!("```{lang}\n");
+    readme
+        .split(&fence)
+        .skip(1)
+        .map(|rest| rest.split("```").next().unwrap_or_default())
+        .find(|block| block.contains(marker))
+        .unwrap_or_else(|| panic!("no ```{lang} block with {marker:?} in the README"))
+        .to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_readme_clients_run_as_pasted_and_fail_loudly() {
+    let env = Env::new().await;
+    let agent = env.serve(&[]).await;
+    let bin_dir = Path::new(env!("CARGO_BIN_EXE_connector"))
+        .parent()
+        .unwrap()
+        .to_owned();
+    let path = format!(
+        "{}:{}",
+        bin_dir.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let clients = [
+        ("sh", readme_block("sh", "--unix-socket"), "sh", "-c"),
+        (
+            "python",
+            readme_block("python", "X-Connector-Agent"),
+            "python3",
+            "-c",
+        ),
+        ("js", readme_block("js", "socketPath"), "node", "-e"),
+    ];
+    let mut tokens = std::collections::BTreeSet::new();
+    for (lang, block, program, flag) in &clients {
+        for (name, ok) in [("crm", true), ("nope", false)] {
+            let code = block.replace("/v1/connectors/crm/", &format!("/v1/connectors/{name}/"));
+            let mut cmd = Command::new(program);
+            cmd.args([*flag, code.as_str()])
+                .env("PATH", &path)
+                .env("CONNECTOR_AGENT", env.socket());
+            let (status, out, err) = output(cmd).await;
+            if ok {
+                assert_eq!(status, Some(0), "{lang}: {out}{err}");
+                let token = if *lang == "sh" {
+                    serde_json::from_str::<serde_json::Value>(&out).unwrap()["access_token"]
+                        .as_str()
+                        .unwrap()
+                        .to_owned()
+                } else {
+                    out.trim().to_owned()
+                };
+                tokens.insert(token);
+            } else {
+                assert_ne!(status, Some(0), "{lang}: an error must fail: {out}{err}");
+                let said = format!("{out}{err}");
+                assert!(said.contains("no connector named `nope`"), "{lang}: {said}");
+            }
+        }
+    }
+    assert_eq!(
+        tokens.len(),
+        1,
+        "every client got the agent's token: {tokens:?}"
+    );
+    // Without CONNECTOR_AGENT, the Python client finds the socket with `connector socket`.
+    let python = readme_block("python", "X-Connector-Agent");
+    let mut cmd = Command::new("python3");
+    cmd.args(["-c", &python])
+        .env("PATH", &path)
+        .env_remove("CONNECTOR_AGENT")
+        .env(
+            "XDG_RUNTIME_DIR",
+            env.dir.path().join("run").parent().unwrap(),
+        );
+    let socket_dir = env.dir.path().join("catalyst-connectors");
+    std::fs::create_dir_all(&socket_dir).unwrap();
+    std::os::unix::fs::symlink(env.socket(), socket_dir.join("agent.sock")).unwrap();
+    let (status, out, err) = output(cmd).await;
+    assert_eq!(status, Some(0), "{out}{err}");
+    assert!(tokens.contains(out.trim()));
+    stop(agent);
+}

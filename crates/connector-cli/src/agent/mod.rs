@@ -27,12 +27,25 @@ pub const AGENT_ENV: &str = "CONNECTOR_AGENT";
 /// With a TCP agent URL: the file holding its bearer token.
 pub const AGENT_TOKEN_FILE_ENV: &str = "CONNECTOR_AGENT_TOKEN_FILE";
 
-/// The default socket: `$XDG_RUNTIME_DIR/catalyst-connectors/agent.sock`, else
-/// `/tmp/catalyst-connectors-<uid>/agent.sock`.
+/// The default socket, the same for a login shell and a cron job (which has no
+/// `XDG_RUNTIME_DIR`): `$XDG_RUNTIME_DIR/catalyst-connectors/agent.sock`, else the user's runtime
+/// directory `/run/user/<uid>` when it exists and is theirs (what `XDG_RUNTIME_DIR` names in a
+/// login session), else `/tmp/catalyst-connectors-<uid>/agent.sock`. `connector socket` prints it.
 pub fn default_socket() -> std::path::PathBuf {
-    let dir = match std::env::var_os("XDG_RUNTIME_DIR").filter(|d| !d.is_empty()) {
-        Some(d) => std::path::PathBuf::from(d).join("catalyst-connectors"),
-        None => std::env::temp_dir().join(format!("catalyst-connectors-{}", current_uid())),
+    use std::os::unix::fs::MetadataExt as _;
+    let uid = current_uid();
+    let runtime_dir = std::env::var_os("XDG_RUNTIME_DIR")
+        .filter(|d| !d.is_empty())
+        .map(std::path::PathBuf::from)
+        .or_else(|| {
+            let run = std::path::PathBuf::from(format!("/run/user/{uid}"));
+            std::fs::metadata(&run)
+                .is_ok_and(|m| m.is_dir() && m.uid() == uid)
+                .then_some(run)
+        });
+    let dir = match runtime_dir {
+        Some(d) => d.join("catalyst-connectors"),
+        None => std::env::temp_dir().join(format!("catalyst-connectors-{uid}")),
     };
     dir.join("agent.sock")
 }

@@ -12,6 +12,7 @@ pub mod list;
 pub mod refresh;
 pub mod revoke;
 pub mod serve;
+pub mod socket;
 pub mod status;
 pub mod token;
 
@@ -65,6 +66,7 @@ pub enum Command {
     },
     Completions(completions::Args),
     Serve(serve::Args),
+    Socket(socket::Args),
     Exec(exec::Args),
     Demo(demo::Args),
 }
@@ -91,7 +93,7 @@ impl Command {
             } => &a.place,
             Command::Serve(a) => &a.place,
             Command::Exec(a) => &a.place,
-            Command::Completions(_) | Command::Demo(_) => return None,
+            Command::Completions(_) | Command::Demo(_) | Command::Socket(_) => return None,
         })
     }
 
@@ -116,6 +118,7 @@ impl Command {
             } => done(config_check::run(ctx)),
             Command::Completions(a) => done(completions::run(&a.shell)),
             Command::Serve(a) => done(serve::run(ctx, a).await),
+            Command::Socket(_) => done(socket::run()),
             Command::Exec(a) => exec::run(ctx, a).await,
             Command::Demo(a) => done(demo::run(a).await),
         }
