@@ -642,3 +642,159 @@ async fn the_readme_clients_run_as_pasted_and_fail_loudly() {
     assert!(tokens.contains(out.trim()));
     stop(agent);
 }
+
+/// `connector serve extra…` run to its end (it must refuse to start): (exit code, stderr).
+async fn serve_refused(env: &Env, extra: &[&str]) -> (Option<i32>, String) {
+    let mut args = vec!["serve"];
+    args.extend_from_slice(extra);
+    let mut cmd = env.command(&args);
+    cmd.stdout(Stdio::null());
+    let out = tokio::time::timeout(
+        Duration::from_secs(20),
+        tokio::task::spawn_blocking(move || cmd.output().unwrap()),
+    )
+    .await
+    .expect("the agent must refuse, not run")
+    .unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_the_agents_own_files_are_touched() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let env = Env::new().await;
+    // A regular file where the socket would go survives, and the agent refuses to start.
+    let file = env.dir.path().join("not-a-socket");
+    std::fs::write(&file, "keep me").unwrap();
+    let (code, err) = serve_refused(&env, &["--socket", file.to_str().unwrap()]).await;
+    assert_eq!(code, Some(3), "{err}");
+    assert!(err.contains("not a socket"), "{err}");
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), "keep me");
+    // An allow list for a connector that is not configured is an error, not an open door.
+    let (code, err) = serve_refused(&env, &["--allow", "crn=uid:0"]).await;
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("crn"), "{err}");
+    // A shared 1777 directory keeps its mode and sticky bit.
+    let shared = env.dir.path().join("shared-tmp");
+    std::fs::create_dir(&shared).unwrap();
+    std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o1777)).unwrap();
+    let socket = shared.join("agent.sock");
+    let mut agent = env
+        .command(&["serve", "--socket", socket.to_str().unwrap()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    for _ in 0..200 {
+        if tokio::net::UnixStream::connect(&socket).await.is_ok() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    let mode = std::fs::metadata(&shared).unwrap().permissions().mode() & 0o7777;
+    let _ = agent.kill();
+    let _ = agent.wait();
+    assert_eq!(mode, 0o1777, "the directory is not ours: never chmodded");
+    // A relative --socket works (in the current directory).
+    let mut relative = env
+        .command(&["serve", "--socket", "relative.sock"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut up = false;
+    for _ in 0..200 {
+        if tokio::net::UnixStream::connect(env.dir.path().join("relative.sock"))
+            .await
+            .is_ok()
+        {
+            up = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert!(up, "the agent listens on a relative socket path");
+    stop(relative);
+}
+
+/// Runs `cmd` as the Unix user `user` (the tests run as root in CI).
+fn as_user(user: &str, program: &str, args: &[&str]) -> Command {
+    let mut cmd = Command::new("runuser");
+    cmd.args(["-u", user, "--", program]).args(args);
+    cmd
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn programs_of_other_users_in_the_socket_group_get_tokens_and_others_cannot_connect() {
+    if unsafe_geteuid() != 0 {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI runs as root to create test users"
+        );
+        eprintln!("SKIPPED: creating Unix users needs root");
+        return;
+    }
+    let group = "ccagent-clients";
+    let inside = "ccagent-in";
+    let outside = "ccagent-out";
+    let run = |program: &str, args: &[&str]| {
+        let _ = Command::new(program).args(args).output();
+    };
+    run("groupadd", &["-f", group]);
+    run(
+        "useradd",
+        &["-M", "-N", "-G", group, "-s", "/usr/sbin/nologin", inside],
+    );
+    run("useradd", &["-M", "-N", "-s", "/usr/sbin/nologin", outside]);
+    let env = Env::new().await;
+    // The test's own temporary directory must be traversable by the other users.
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::set_permissions(env.dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let agent = env.serve(&["--socket-group", group]).await;
+    let socket = env.socket();
+    let dir_mode = std::fs::metadata(socket.parent().unwrap())
+        .unwrap()
+        .permissions()
+        .mode()
+        & 0o777;
+    let sock_mode = std::fs::metadata(&socket).unwrap().permissions().mode() & 0o777;
+    assert_eq!((dir_mode, sock_mode), (0o750, 0o660));
+    let request = |user: &str| {
+        as_user(
+            user,
+            "curl",
+            &[
+                "-s",
+                "-w",
+                "\n%{http_code}",
+                "--unix-socket",
+                socket.to_str().unwrap(),
+                "-H",
+                "X-Connector-Agent: 1",
+                "http://agent/v1/connectors/crm/token",
+            ],
+        )
+    };
+    let (code, out, err) = output(request(inside)).await;
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert!(
+        out.ends_with("200") && out.contains("access_token"),
+        "{out}"
+    );
+    let (code, out, _) = output(request(outside)).await;
+    assert_ne!(
+        code,
+        Some(0),
+        "a user outside the group cannot connect: {out}"
+    );
+    assert!(!out.contains("access_token"));
+    stop(agent);
+}
+
+fn unsafe_geteuid() -> u32 {
+    // SAFETY: geteuid(2) takes no arguments and cannot fail.
+    unsafe { libc::geteuid() }
+}

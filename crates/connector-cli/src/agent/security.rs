@@ -7,7 +7,8 @@
 //! - a `Host` (and, in an absolute-form request target, an authority) naming the agent: `agent`,
 //!   `localhost`, `127.0.0.1` or `[::1]`, with the listener's port over TCP — so a DNS-rebound
 //!   name or a request meant for another host is refused: else 403;
-//! - over TCP, `Authorization: Bearer <token>` with the agent's token (from a 0600 file): else 401;
+//! - over TCP, `Authorization: Bearer <token>` with the agent's token (from a 0600 file), or the
+//!   bearer of a connector's allow list (then good for that connector only): else 401;
 //! - per-connector allow lists, when given: the peer's uid on the Unix socket (SO_PEERCRED), or
 //!   a bearer token: else 403.
 
@@ -20,6 +21,8 @@ use std::collections::BTreeMap;
 pub struct Peer {
     /// The peer's uid (Unix socket only).
     pub uid: Option<u32>,
+    /// The peer's gid (Unix socket only).
+    pub gid: Option<u32>,
     /// Whether the request came over TCP.
     pub tcp: bool,
     /// The listener's port (TCP only): what a `Host` must name.
@@ -56,6 +59,8 @@ fn names_the_agent(authority: &str, peer: Peer) -> bool {
 pub enum Allowed {
     /// A user id (Unix socket peers).
     Uid(u32),
+    /// A group id (Unix socket peers whose primary group it is).
+    Gid(u32),
     /// A bearer token (compared in constant time).
     Bearer(String),
 }
@@ -126,10 +131,16 @@ impl Policy {
             ));
         }
         if peer.tcp {
-            let ok = match (&self.tcp_token, bearer(headers)) {
-                (Some(expected), Some(given)) => same(expected, given),
-                _ => false,
-            };
+            // One Authorization header: the agent's TCP token, or a connector's allow-list
+            // bearer (which `check_connector` then holds to that connector).
+            let ok = bearer(headers).is_some_and(|given| {
+                self.tcp_token.as_deref().is_some_and(|t| same(t, given))
+                    || self
+                        .allow
+                        .values()
+                        .flatten()
+                        .any(|a| matches!(a, Allowed::Bearer(t) if same(t, given)))
+            });
             if !ok {
                 return Err((
                     StatusCode::UNAUTHORIZED,
@@ -153,6 +164,7 @@ impl Policy {
         let token = bearer(headers);
         let allowed = list.iter().any(|a| match a {
             Allowed::Uid(uid) => peer.uid == Some(*uid),
+            Allowed::Gid(gid) => peer.gid == Some(*gid),
             Allowed::Bearer(t) => token.is_some_and(|given| same(t, given)),
         });
         if allowed {
@@ -186,11 +198,13 @@ mod tests {
         };
         let unix = Peer {
             uid: Some(1),
+            gid: Some(1),
             tcp: false,
             local_port: None,
         };
         let tcp = Peer {
             uid: None,
+            gid: None,
             tcp: true,
             local_port: Some(8799),
         };

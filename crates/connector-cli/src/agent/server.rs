@@ -32,9 +32,10 @@ pub struct PeerInfo(pub Peer);
 
 impl Connected<axum::serve::IncomingStream<'_, tokio::net::UnixListener>> for PeerInfo {
     fn connect_info(stream: axum::serve::IncomingStream<'_, tokio::net::UnixListener>) -> Self {
-        let uid = stream.io().peer_cred().ok().map(|c| c.uid());
+        let cred = stream.io().peer_cred().ok();
         PeerInfo(Peer {
-            uid,
+            uid: cred.map(|c| c.uid()),
+            gid: cred.map(|c| c.gid()),
             tcp: false,
             local_port: None,
         })
@@ -45,6 +46,7 @@ impl Connected<axum::serve::IncomingStream<'_, tokio::net::TcpListener>> for Pee
     fn connect_info(stream: axum::serve::IncomingStream<'_, tokio::net::TcpListener>) -> Self {
         PeerInfo(Peer {
             uid: None,
+            gid: None,
             tcp: true,
             local_port: stream.io().local_addr().ok().map(|a| a.port()),
         })

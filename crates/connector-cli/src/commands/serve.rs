@@ -35,10 +35,16 @@ pub struct Args {
     /// beside the socket).
     #[arg(long, value_name = "FILE")]
     token_file: Option<PathBuf>,
-    /// Only these clients get NAME's tokens: `NAME=uid:UID` (Unix socket peers) or
-    /// `NAME=bearer:FILE` (a token in a 0600 file). Repeat for more.
+    /// Only these clients get NAME's tokens: `NAME=uid:UID` or `NAME=gid:GID` (Unix socket
+    /// peers) or `NAME=bearer:FILE` (a token in a 0600 file; over TCP that bearer also admits
+    /// the request, for NAME only). Repeat for more. NAME must be a configured connector.
     #[arg(long, value_name = "NAME=RULE")]
     allow: Vec<String>,
+    /// Let programs of other users in GROUP (name or number) connect: the socket is made 0660
+    /// and the directory the agent creates 0750, both of that group. Combine with --allow to
+    /// limit connectors to some of them.
+    #[arg(long, value_name = "GROUP")]
+    socket_group: Option<String>,
     #[command(flatten)]
     pub(super) place: super::Place,
 }
@@ -47,29 +53,71 @@ fn io(what: String) -> impl FnOnce(std::io::Error) -> Failure {
     move |e| Failure::new(Exit::Config, format!("{what}: {e}"))
 }
 
-/// Creates `dir` (0700) or checks an existing one is not open to others.
-fn private_dir(dir: &Path) -> Result<(), Failure> {
-    use std::os::unix::fs::{DirBuilderExt as _, PermissionsExt as _};
-    if !dir.exists() {
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(dir)
-            .map_err(io(format!("cannot create {}", dir.display())))?;
+/// Creates `dir` (0700; 0750 and of `group` with a socket group), or, when it exists, leaves
+/// it as it is — never chmodded, never chowned: it is not ours — and warns when others can
+/// write in it (they could replace the socket).
+fn agent_dir(dir: &Path, group: Option<u32>) -> Result<(), Failure> {
+    use std::os::unix::fs::{DirBuilderExt as _, MetadataExt as _};
+    if dir.as_os_str().is_empty() {
+        return Ok(()); // the current directory
     }
-    let mode = std::fs::metadata(dir)
-        .map_err(io(format!("cannot read {}", dir.display())))?
-        .permissions()
-        .mode();
-    if mode & 0o077 != 0 {
-        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(io(
-            format!(
-                "{} is open to other users and cannot be made 0700",
-                dir.display()
-            ),
-        ))?;
+    match std::fs::symlink_metadata(dir) {
+        Ok(meta) => {
+            if meta.mode() & 0o022 != 0 && meta.mode() & 0o1000 == 0 {
+                eprintln!(
+                    "warning: {} is writable by other users, who could replace the agent's socket; use a directory of your own",
+                    dir.display()
+                );
+            }
+            Ok(())
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let mode = if group.is_some() { 0o750 } else { 0o700 };
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(mode)
+                .create(dir)
+                .map_err(io(format!("cannot create {}", dir.display())))?;
+            if let Some(gid) = group {
+                chown_group(dir, gid)?;
+                // DirBuilder's mode is masked by the umask: set what we created exactly.
+                std::fs::set_permissions(dir, std::os::unix::fs::PermissionsExt::from_mode(mode))
+                    .map_err(io(format!("cannot set the mode of {}", dir.display())))?;
+            }
+            Ok(())
+        }
+        Err(e) => Err(io(format!("cannot read {}", dir.display()))(e)),
     }
-    Ok(())
+}
+
+/// Gives `path` (created by us) to group `gid`.
+fn chown_group(path: &Path, gid: u32) -> Result<(), Failure> {
+    std::os::unix::fs::lchown(path, None, Some(gid))
+        .map_err(io(format!("cannot give {} to group {gid}", path.display())))
+}
+
+/// A group by name or number.
+fn group_id(group: &str) -> Result<u32, Failure> {
+    if let Ok(gid) = group.parse::<u32>() {
+        return Ok(gid);
+    }
+    let name = std::ffi::CString::new(group).map_err(|_| {
+        Failure::new(
+            Exit::Usage,
+            format!("--socket-group {group:?}: not a group name"),
+        )
+    })?;
+    // SAFETY: getgrnam(3) with a NUL-terminated name; the record is read at once, before any
+    // other call that could overwrite it (the command is single-threaded at this point).
+    let record = unsafe { libc::getgrnam(name.as_ptr()) };
+    if record.is_null() {
+        return Err(Failure::new(
+            Exit::Usage,
+            format!("--socket-group {group:?}: no such group"),
+        ));
+    }
+    // SAFETY: a non-null record from getgrnam points at a valid `struct group`.
+    Ok(unsafe { (*record).gr_gid })
 }
 
 /// The bearer token for TCP clients: read from `path`, or created there (0600) when missing.
@@ -126,12 +174,15 @@ fn allow_lists(entries: &[String]) -> Result<BTreeMap<String, Vec<Allowed>>, Fai
         let bad = || {
             Failure::new(
                 Exit::Usage,
-                format!("--allow {entry:?}: expected NAME=uid:UID or NAME=bearer:FILE"),
+                format!(
+                    "--allow {entry:?}: expected NAME=uid:UID, NAME=gid:GID or NAME=bearer:FILE"
+                ),
             )
         };
         let (name, rule) = entry.split_once('=').ok_or_else(bad)?;
         let allowed = match rule.split_once(':') {
             Some(("uid", uid)) => Allowed::Uid(uid.parse().map_err(|_| bad())?),
+            Some(("gid", gid)) => Allowed::Gid(gid.parse().map_err(|_| bad())?),
             Some(("bearer", file)) => Allowed::Bearer(tcp_token(Path::new(file))?),
             _ => return Err(bad()),
         };
@@ -140,25 +191,48 @@ fn allow_lists(entries: &[String]) -> Result<BTreeMap<String, Vec<Allowed>>, Fai
     Ok(out)
 }
 
-/// Binds the socket (0600), replacing a stale one but never a live agent's.
-async fn bind_socket(path: &Path) -> Result<tokio::net::UnixListener, Failure> {
-    use std::os::unix::fs::PermissionsExt as _;
+/// Binds the socket (0600; 0660 and of `group` with a socket group). Something already at the
+/// path is removed only when it is provably a stale socket of a stopped agent: a live agent's
+/// socket, or anything that is not a socket (a regular file, a link, a directory), makes the
+/// agent refuse to start and is left untouched.
+async fn bind_socket(path: &Path, group: Option<u32>) -> Result<tokio::net::UnixListener, Failure> {
+    use std::os::unix::fs::{FileTypeExt as _, PermissionsExt as _};
     if let Some(dir) = path.parent() {
-        private_dir(dir)?;
+        agent_dir(dir, group)?;
     }
-    if path.exists() {
-        if tokio::net::UnixStream::connect(path).await.is_ok() {
+    match std::fs::symlink_metadata(path) {
+        Ok(meta) if !meta.file_type().is_socket() => {
             return Err(Failure::new(
                 Exit::Config,
-                format!("an agent is already listening on {}", path.display()),
+                format!(
+                    "{} exists and is not a socket; it is left untouched",
+                    path.display()
+                ),
             )
-            .hint("stop it, or pass --socket PATH"));
+            .hint("pass --socket with another path, or move that file away yourself"));
         }
-        std::fs::remove_file(path).map_err(io(format!("cannot remove {}", path.display())))?;
+        Ok(_) => {
+            if tokio::net::UnixStream::connect(path).await.is_ok() {
+                return Err(Failure::new(
+                    Exit::Config,
+                    format!("an agent is already listening on {}", path.display()),
+                )
+                .hint("stop it, or pass --socket PATH"));
+            }
+            std::fs::remove_file(path).map_err(io(format!(
+                "cannot remove the stale socket {}",
+                path.display()
+            )))?;
+        }
+        Err(_) => {}
     }
     let listener = tokio::net::UnixListener::bind(path)
         .map_err(io(format!("cannot listen on {}", path.display())))?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+    let mode = if group.is_some() { 0o660 } else { 0o600 };
+    if let Some(gid) = group {
+        chown_group(path, gid)?;
+    }
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
         .map_err(io(format!("cannot restrict {}", path.display())))?;
     Ok(listener)
 }
@@ -182,8 +256,8 @@ async fn bind_tcp(
             .unwrap_or(Path::new("."))
             .join("agent.token")
     });
-    if let Some(dir) = token_file.parent().filter(|d| !d.as_os_str().is_empty()) {
-        private_dir(dir)?;
+    if let Some(dir) = token_file.parent() {
+        agent_dir(dir, None)?;
     }
     policy.tcp_token = Some(tcp_token(&token_file)?);
     let listener = tokio::net::TcpListener::bind(addr)
@@ -222,11 +296,23 @@ pub async fn run(ctx: &Context, options: Args) -> Result<(), Failure> {
         allow: allow_lists(&options.allow)?,
         ..Policy::default()
     };
+    // An allow list for a name that is not configured would leave the real one open.
+    let known: Vec<&str> = connection.connector_names().collect();
+    if let Some(unknown) = policy.allow.keys().find(|n| !known.contains(&n.as_str())) {
+        return Err(Failure::new(
+            Exit::Usage,
+            format!(
+                "--allow names connector `{unknown}`, which is not configured (configured: {})",
+                known.join(", ")
+            ),
+        ));
+    }
+    let group = options.socket_group.as_deref().map(group_id).transpose()?;
     let tcp = match options.tcp {
         Some(addr) => Some(bind_tcp(addr, options.token_file, &socket, &mut policy).await?),
         None => None,
     };
-    let unix = bind_socket(&socket).await?;
+    let unix = bind_socket(&socket, group).await?;
     let agent = Arc::new(Agent {
         connection,
         policy,
