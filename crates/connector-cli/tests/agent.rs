@@ -798,3 +798,73 @@ fn unsafe_geteuid() -> u32 {
     // SAFETY: geteuid(2) takes no arguments and cannot fail.
     unsafe { libc::geteuid() }
 }
+
+/// Asks the agent for crm's token until `done(status, body)` holds or `within` passes; returns
+/// the last answer and how long it took.
+async fn agent_until(
+    socket: &Path,
+    within: Duration,
+    done: impl Fn(&str, &serde_json::Value) -> bool,
+) -> (String, serde_json::Value, Duration) {
+    let started = std::time::Instant::now();
+    loop {
+        let (_, out, _) = output(curl(
+            socket,
+            &["X-Connector-Agent: 1"],
+            "/v1/connectors/crm/token",
+        ))
+        .await;
+        let (body, status) = out.rsplit_once('\n').unwrap();
+        let body: serde_json::Value = serde_json::from_str(body).unwrap_or_default();
+        if done(status, &body) || started.elapsed() > within {
+            return (status.to_owned(), body, started.elapsed());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_agent_follows_a_revoke_made_by_another_process() {
+    let env = Env::new().await;
+    let agent = env.serve(&[]).await;
+    let socket = env.socket();
+    let (status, _, _) = agent_until(&socket, Duration::ZERO, |_, _| true).await;
+    assert_eq!(status, "200");
+    let revoked = env.run(&["revoke", "crm"]).await;
+    assert!(revoked.status.success(), "{}", common::stderr(&revoked));
+    let (status, body, took) =
+        agent_until(&socket, Duration::from_secs(3), |s, _| s == "409").await;
+    assert_eq!(status, "409", "{body}");
+    assert_eq!(body["error"], "reauthorization_required");
+    assert!(
+        took < Duration::from_secs(1),
+        "served the revoked token for {took:?}"
+    );
+    stop(agent);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_agent_follows_an_exchange_made_by_another_process() {
+    let env = Env::new().await;
+    env.write_config(&[("crm", None)]);
+    let agent = env.serve(&[]).await;
+    let socket = env.socket();
+    let (status, body, _) = agent_until(&socket, Duration::ZERO, |_, _| true).await;
+    assert_eq!(status, "409", "no refresh token yet: {body}");
+    let code = env
+        .emulator
+        .add_grant_code(common::CLIENT_ID, "ZohoCRM.users.READ", None);
+    let exchanged = env.run(&["exchange", "crm", "--code", &code]).await;
+    assert!(exchanged.status.success(), "{}", common::stderr(&exchanged));
+    let (status, body, took) =
+        agent_until(&socket, Duration::from_secs(3), |s, _| s == "200").await;
+    assert_eq!(status, "200", "{body}");
+    assert!(took < Duration::from_secs(1), "took {took:?}");
+    let token = body["access_token"].as_str().unwrap();
+    let minted_with = env.emulator.refresh_token_of(token);
+    assert!(
+        minted_with.is_some() && minted_with.as_deref() != Some(env.refresh_token.as_str()),
+        "served a token of the new refresh token"
+    );
+    stop(agent);
+}

@@ -57,6 +57,27 @@ impl Acquisition {
         Ok((got, refresh_token))
     }
 
+    /// Follows a refresh token kept in the store that another process replaced (an exchange,
+    /// an authorization) or removed (a revocation): the acquisition's credentials become the
+    /// stored ones. Returns whether they changed. A refresh token in the config is not followed.
+    pub(crate) async fn follow_stored_refresh_token(&self) -> bool {
+        if self.config.has_refresh_token() {
+            return false;
+        }
+        let creds = self.creds();
+        let stored = match self.runtime.store.get(&creds.refresh_key).await {
+            Ok(Some(v)) => RefreshRecord::parse(&v.data, &self.config, self.subject.as_deref()),
+            Ok(None) => None,
+            Err(_) => return false, // unreachable or unreadable: nothing to follow
+        };
+        if stored == creds.refresh_token {
+            return false;
+        }
+        tracing::info!(connector = %self.name, "the stored refresh token changed in another process; following it");
+        self.set_creds(Arc::new(Credentials::new(&self.name, &self.config, stored)));
+        true
+    }
+
     /// Whether the token store holds a refresh token for this connector.
     pub(crate) async fn has_stored_refresh_token(&self) -> bool {
         let key = self.creds().refresh_key.clone();

@@ -291,6 +291,33 @@ impl Connector {
         }
     }
 
+    /// For long-lived processes (an agent, a server): notices what other processes changed in the
+    /// store since this connector last read it — a refresh token replaced (`connector exchange`,
+    /// `authorize`) or removed (`revoke`), the token record deleted or replaced — and drops the
+    /// token in memory, so the next call reads the store (or refuses, if the refresh token is
+    /// gone). Two store reads; call it every second or so. Returns whether anything changed.
+    pub async fn follow_store(&self) -> bool {
+        let (cell, acq) = (&self.inner.cell, &self.inner.acq);
+        if acq.follow_stored_refresh_token().await {
+            cell.clear();
+            return true;
+        }
+        let Some(generation) = cell.current().and_then(|t| t.generation()) else {
+            return false;
+        };
+        let key = acq.creds().key.clone();
+        let stored = match acq.runtime.store.get(&key).await {
+            Ok(v) => v.map(|v| v.generation),
+            Err(_) => return false,
+        };
+        if stored == Some(generation) {
+            return false;
+        }
+        tracing::info!(connector = %self.name(), "the stored token was deleted or replaced in another process; reading the store again");
+        cell.clear();
+        true
+    }
+
     /// Drops this process's in-memory copy of the token only; the next call reads the store. Useful
     /// when another process is known to have written a newer token, and in benchmarks.
     pub fn evict_memory(&self) {

@@ -266,6 +266,23 @@ async fn bind_tcp(
     Ok((listener, token_file))
 }
 
+/// How often the agent looks in the store for what other processes changed.
+const FOLLOW_EVERY: std::time::Duration = std::time::Duration::from_millis(250);
+
+/// Keeps every connector in step with the store (see `Connector::follow_store`).
+async fn follow_the_store(agent: Arc<Agent>) {
+    let mut tick = tokio::time::interval(FOLLOW_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        for name in agent.connection.connector_names() {
+            if let Ok(connector) = agent.connection.connector(name) {
+                connector.follow_store().await;
+            }
+        }
+    }
+}
+
 /// How long requests in flight may take to finish after SIGTERM.
 const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
 
@@ -319,6 +336,9 @@ pub async fn run(ctx: &Context, options: Args) -> Result<(), Failure> {
         metrics,
     });
     let app = router(agent.clone());
+    // What other processes change — `connector revoke`, `exchange`, `authorize`, another host
+    // through Redis — is served within a second.
+    let follower = tokio::spawn(follow_the_store(agent.clone()));
     println!("{}", socket.display());
     eprintln!("connector agent listening on {}", socket.display());
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -373,6 +393,7 @@ pub async fn run(ctx: &Context, options: Args) -> Result<(), Failure> {
         );
         servers.abort_all();
     }
+    follower.abort();
     let _ = std::fs::remove_file(&socket);
     // A refresh still running may finish (and store its token), within the 10 s after SIGTERM.
     agent
