@@ -851,20 +851,35 @@ async fn the_agent_follows_an_exchange_made_by_another_process() {
     let socket = env.socket();
     let (status, body, _) = agent_until(&socket, Duration::ZERO, |_, _| true).await;
     assert_eq!(status, "409", "no refresh token yet: {body}");
-    let code = env
-        .emulator
-        .add_grant_code(common::CLIENT_ID, "ZohoCRM.users.READ", None);
-    let exchanged = env.run(&["exchange", "crm", "--code", &code]).await;
-    assert!(exchanged.status.success(), "{}", common::stderr(&exchanged));
-    let (status, body, took) =
-        agent_until(&socket, Duration::from_secs(3), |s, _| s == "200").await;
+    let env = &env;
+    let exchange = |code: String| async move {
+        let out = env.run(&["exchange", "crm", "--code", &code]).await;
+        assert!(out.status.success(), "{}", common::stderr(&out));
+    };
+    let code = || {
+        env.emulator
+            .add_grant_code(common::CLIENT_ID, "ZohoCRM.users.READ", None)
+    };
+    let minted_with = |body: &serde_json::Value| {
+        env.emulator
+            .refresh_token_of(body["access_token"].as_str().unwrap_or_default())
+    };
+    // A first authorization: the agent serves a token of its refresh token.
+    exchange(code()).await;
+    let (status, body, _) = agent_until(&socket, Duration::from_secs(3), |s, _| s == "200").await;
     assert_eq!(status, "200", "{body}");
-    assert!(took < Duration::from_secs(1), "took {took:?}");
-    let token = body["access_token"].as_str().unwrap();
-    let minted_with = env.emulator.refresh_token_of(token);
+    let first = minted_with(&body).expect("a token of the first refresh token");
+    // A new authorization in another process: within a second, a token of the new one.
+    exchange(code()).await;
+    let (_, body, took) = agent_until(&socket, Duration::from_secs(3), |s, b| {
+        s == "200" && minted_with(b).is_some_and(|rt| rt != first)
+    })
+    .await;
+    let second = minted_with(&body);
     assert!(
-        minted_with.is_some() && minted_with.as_deref() != Some(env.refresh_token.as_str()),
-        "served a token of the new refresh token"
+        second.is_some() && second.as_deref() != Some(first.as_str()),
+        "still serving the old refresh token's token after {took:?}"
     );
+    assert!(took < Duration::from_secs(1), "took {took:?}");
     stop(agent);
 }
