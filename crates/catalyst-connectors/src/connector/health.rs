@@ -89,15 +89,20 @@ impl Acquisition {
             .await;
     }
 
-    /// The last failure recorded in the store by any process, if any.
-    pub(crate) async fn recorded_failure(&self) -> Option<FailureRecord> {
+    /// The health record of the credentials in use, if one is stored and readable.
+    async fn health_record(&self) -> Option<HealthRecord> {
         let stored = self
             .runtime
             .store
             .get(&self.creds().health_key())
             .await
             .ok()??;
-        let r = HealthRecord::parse(&stored.data)?;
+        HealthRecord::parse(&stored.data)
+    }
+
+    /// The last failure recorded in the store by any process, if any.
+    pub(crate) async fn recorded_failure(&self) -> Option<FailureRecord> {
+        let r = self.health_record().await?;
         Some(FailureRecord {
             kind: r.kind,
             code: r.kind.code().to_owned(),
@@ -113,13 +118,7 @@ impl Acquisition {
     /// rejected, or Zoho throttles it. Typed as the original refusal, marked `recorded`. The
     /// record is keyed by the credentials' fingerprint, so new credentials start clean.
     pub(crate) async fn refused_by_others(&self, now: EpochMillis) -> Option<Error> {
-        let stored = self
-            .runtime
-            .store
-            .get(&self.creds().health_key())
-            .await
-            .ok()??;
-        let r = HealthRecord::parse(&stored.data)?;
+        let r = self.health_record().await?;
         let next = r.next_attempt_at.filter(|n| *n > now)?;
         let connector = self.name.clone();
         let code = r.zoho_code.unwrap_or_else(|| r.kind.code().to_owned());
