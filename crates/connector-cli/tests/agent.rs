@@ -699,7 +699,7 @@ async fn only_the_agents_own_files_are_touched() {
     let _ = agent.wait();
     assert_eq!(mode, 0o1777, "the directory is not ours: never chmodded");
     // A relative --socket works (in the current directory).
-    let mut relative = env
+    let relative = env
         .command(&["serve", "--socket", "relative.sock"])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
