@@ -1,72 +1,16 @@
 //! `connector serve` and `connector exec` with real clients (curl, Python's standard library,
 //! Node's `http`) against the emulator.
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
+mod agent_support;
 mod common;
 
+use agent_support::{agent_until, curl, curl_post, output, stop};
+
 use common::Env;
-
-impl Env {
-    fn socket(&self) -> PathBuf {
-        self.dir.path().join("run").join("agent.sock")
-    }
-
-    /// Starts `connector serve --socket … extra…` and waits until the socket answers.
-    async fn serve(&self, extra: &[&str]) -> Child {
-        let socket = self.socket();
-        let mut args = vec!["serve", "--socket", socket.to_str().unwrap()];
-        args.extend_from_slice(extra);
-        let mut child = self
-            .command(&args)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        for _ in 0..200 {
-            if tokio::net::UnixStream::connect(&socket).await.is_ok() {
-                return child;
-            }
-            tokio::time::sleep(Duration::from_millis(25)).await;
-        }
-        let _ = child.kill();
-        let _ = child.wait();
-        panic!("the agent did not start");
-    }
-}
-
-/// Runs a program off the async runtime; returns (exit code, stdout, stderr).
-async fn output(mut cmd: Command) -> (Option<i32>, String, String) {
-    let out = tokio::task::spawn_blocking(move || cmd.output().unwrap())
-        .await
-        .unwrap();
-    (
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
-fn curl(socket: &Path, headers: &[&str], path: &str) -> Command {
-    let mut cmd = Command::new("curl");
-    cmd.args(["-s", "-w", "\n%{http_code}", "--unix-socket"])
-        .arg(socket);
-    for h in headers {
-        cmd.args(["-H", h]);
-    }
-    cmd.arg(format!("http://agent{path}"));
-    cmd
-}
-
-fn stop(mut child: Child) -> std::process::ExitStatus {
-    Command::new("kill")
-        .arg(child.id().to_string())
-        .status()
-        .unwrap();
-    child.wait().unwrap()
-}
 
 const PYTHON_CLIENT: &str = r#"
 import http.client, json, socket, sys
@@ -397,17 +341,6 @@ async fn exec_passes_tokens_and_exit_codes_and_refuses_without_a_token() {
         output(env.command(&["exec", "-c", "crm", "--", "touch", marker.to_str().unwrap()])).await;
     assert!(!marker.exists(), "not run without a token");
     assert!(matches!(code, Some(4)), "{code:?} {err}");
-}
-
-/// `curl -X POST` with a JSON body to the agent.
-fn curl_post(socket: &Path, path: &str, body: &str) -> Command {
-    let mut cmd = curl(
-        socket,
-        &["X-Connector-Agent: 1", "Content-Type: application/json"],
-        path,
-    );
-    cmd.args(["-X", "POST", "--data", body]);
-    cmd
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -797,30 +730,6 @@ async fn programs_of_other_users_in_the_socket_group_get_tokens_and_others_canno
 fn unsafe_geteuid() -> u32 {
     // SAFETY: geteuid(2) takes no arguments and cannot fail.
     unsafe { libc::geteuid() }
-}
-
-/// Asks the agent for crm's token until `done(status, body)` holds or `within` passes; returns
-/// the last answer and how long it took.
-async fn agent_until(
-    socket: &Path,
-    within: Duration,
-    done: impl Fn(&str, &serde_json::Value) -> bool,
-) -> (String, serde_json::Value, Duration) {
-    let started = std::time::Instant::now();
-    loop {
-        let (_, out, _) = output(curl(
-            socket,
-            &["X-Connector-Agent: 1"],
-            "/v1/connectors/crm/token",
-        ))
-        .await;
-        let (body, status) = out.rsplit_once('\n').unwrap();
-        let body: serde_json::Value = serde_json::from_str(body).unwrap_or_default();
-        if done(status, &body) || started.elapsed() > within {
-            return (status.to_owned(), body, started.elapsed());
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

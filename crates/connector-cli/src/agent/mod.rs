@@ -14,6 +14,7 @@
 //! HTTP status.
 
 pub mod client;
+pub mod listen;
 pub mod security;
 pub mod server;
 

@@ -5,7 +5,7 @@ use crate::commands::status;
 use crate::exit::{Exit, Failure};
 use crate::output::epoch_secs;
 use axum::Router;
-use axum::extract::connect_info::{ConnectInfo, Connected};
+use axum::extract::connect_info::ConnectInfo;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -19,9 +19,18 @@ use std::time::Duration;
 
 /// What every request handler shares.
 pub struct Agent {
-    pub connection: Connection,
+    /// The connectors; replaced whole when SIGHUP reloads the config (requests in flight keep
+    /// the one they started with).
+    pub connection: arc_swap::ArcSwap<Connection>,
     pub policy: Policy,
     pub metrics: Option<PrometheusHandle>,
+}
+
+impl Agent {
+    /// The connectors as configured now.
+    pub fn connection(&self) -> Arc<Connection> {
+        self.connection.load_full()
+    }
 }
 
 type Shared = State<Arc<Agent>>;
@@ -29,29 +38,6 @@ type Shared = State<Arc<Agent>>;
 /// The transport's view of a client, for both listeners.
 #[derive(Debug, Clone, Copy)]
 pub struct PeerInfo(pub Peer);
-
-impl Connected<axum::serve::IncomingStream<'_, tokio::net::UnixListener>> for PeerInfo {
-    fn connect_info(stream: axum::serve::IncomingStream<'_, tokio::net::UnixListener>) -> Self {
-        let cred = stream.io().peer_cred().ok();
-        PeerInfo(Peer {
-            uid: cred.map(|c| c.uid()),
-            gid: cred.map(|c| c.gid()),
-            tcp: false,
-            local_port: None,
-        })
-    }
-}
-
-impl Connected<axum::serve::IncomingStream<'_, tokio::net::TcpListener>> for PeerInfo {
-    fn connect_info(stream: axum::serve::IncomingStream<'_, tokio::net::TcpListener>) -> Self {
-        PeerInfo(Peer {
-            uid: None,
-            gid: None,
-            tcp: true,
-            local_port: stream.io().local_addr().ok().map(|a| a.port()),
-        })
-    }
-}
 
 pub fn router(agent: Arc<Agent>) -> Router {
     Router::new()
@@ -242,7 +228,7 @@ async fn report(
         )
             .into_response();
     };
-    let connector = match agent.connection.connector(name).and_then(|c| match user {
+    let connector = match agent.connection().connector(name).and_then(|c| match user {
         Some(u) => c.for_user(u),
         None => Ok(c),
     }) {
@@ -269,7 +255,7 @@ async fn token(
         Ok(m) => m,
         Err(r) => return *r,
     };
-    let connector = match agent.connection.connector(&name) {
+    let connector = match agent.connection().connector(&name) {
         Ok(c) => c,
         Err(e) => return error_response(e),
     };
@@ -294,7 +280,7 @@ async fn user_token(
         Err(r) => return *r,
     };
     let connector = match agent
-        .connection
+        .connection()
         .connector(&name)
         .and_then(|c| c.for_user(&user))
     {
@@ -308,22 +294,23 @@ async fn user_token(
 }
 
 async fn connectors(State(agent): Shared) -> Response {
+    let connection = agent.connection();
     let mut out = Vec::new();
-    for name in agent.connection.connector_names() {
-        let state = match agent.connection.connector(name) {
+    for name in connection.connector_names() {
+        let state = match connection.connector(name) {
             Ok(c) => format!("{:?}", c.status().await.state).to_lowercase(),
             Err(_) => "invalid".into(),
         };
         out.push(json!({"name": name, "state": state}));
     }
-    for (name, _) in agent.connection.skipped() {
+    for (name, _) in connection.skipped() {
         out.push(json!({"name": name, "state": "invalid"}));
     }
     axum::Json(out).into_response()
 }
 
 async fn status_report(State(agent): Shared) -> Response {
-    let (report, worst) = status::report(&agent.connection).await;
+    let (report, worst) = status::report(&agent.connection()).await;
     let code = if worst == Exit::Success {
         StatusCode::OK
     } else {

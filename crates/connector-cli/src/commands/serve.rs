@@ -1,9 +1,11 @@
 //! `connector serve`: the token agent (see [`crate::agent`]).
 
 use super::Context;
+use crate::agent::listen::{self, Serving};
 use crate::agent::security::{Allowed, Policy};
-use crate::agent::server::{Agent, PeerInfo, router};
+use crate::agent::server::{Agent, router};
 use crate::exit::{Exit, Failure};
+use catalyst_connectors::Connection;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -15,7 +17,7 @@ use std::sync::Arc;
 /// language asks with one HTTP request: `GET /v1/connectors/NAME/token` with the header
 /// `X-Connector-Agent: 1` (others: /v1/connectors, /v1/status, /healthz, /metrics). Requests
 /// with `Origin` or proxy headers are refused; TCP needs a bearer token. SIGTERM or Ctrl-C
-/// lets requests in flight finish and removes the socket.
+/// lets requests in flight finish and removes the socket; SIGHUP reloads the configuration.
 #[derive(clap::Args, Debug)]
 #[command(after_help = super::with_examples(&[
     "connector serve",
@@ -45,6 +47,10 @@ pub struct Args {
     /// limit connectors to some of them.
     #[arg(long, value_name = "GROUP")]
     socket_group: Option<String>,
+    /// Log one line per request on stderr: the peer's uid and gid (or `tcp`), method, path,
+    /// status and time. Never a token.
+    #[arg(long)]
+    access_log: bool,
     #[command(flatten)]
     pub(super) place: super::Place,
 }
@@ -275,8 +281,9 @@ async fn follow_the_store(agent: Arc<Agent>) {
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
-        for name in agent.connection.connector_names() {
-            if let Ok(connector) = agent.connection.connector(name) {
+        let connection = agent.connection();
+        for name in connection.connector_names() {
+            if let Ok(connector) = connection.connector(name) {
                 connector.follow_store().await;
             }
         }
@@ -286,44 +293,126 @@ async fn follow_the_store(agent: Arc<Agent>) {
 /// How long requests in flight may take to finish after SIGTERM.
 const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
 
-/// Resolves when SIGTERM or SIGINT arrives.
-async fn shutdown_signal() {
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
+/// The signals the agent acts on, registered before it says it listens.
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    hangup: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn new() -> Result<Self, Failure> {
+        use tokio::signal::unix::{SignalKind, signal};
+        let register = |kind: SignalKind| {
+            signal(kind)
+                .map_err(|e| Failure::new(Exit::Unexpected, format!("cannot handle signals: {e}")))
+        };
+        Ok(Self {
+            term: register(SignalKind::terminate())?,
+            hangup: register(SignalKind::hangup())?,
+        })
+    }
+
+    /// Serves until SIGTERM or SIGINT; each SIGHUP reloads the configuration.
+    async fn run_until_stopped(&mut self, ctx: &Context, agent: &Agent) {
+        loop {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => return,
+                _ = self.term.recv() => return,
+                _ = self.hangup.recv() => reload(ctx, agent),
             }
-            Err(_) => std::future::pending::<()>().await,
+        }
+    }
+}
+
+/// SIGHUP: reads the configuration again and serves it — connectors added, removed or changed —
+/// while requests in flight finish with the connectors they started with. A configuration that
+/// cannot be read, or that would drop a connector being served because its entry is now
+/// invalid, is not loaded: the old one keeps serving, and the log says why.
+fn reload(ctx: &Context, agent: &Agent) {
+    let old = agent.connection();
+    let new = match ctx.connection_with(|b| b.keep_warm(true)) {
+        Ok(new) => new,
+        Err(f) => {
+            eprintln!(
+                "connector agent: configuration not reloaded, the previous one keeps serving: {}",
+                f.message
+            );
+            return;
         }
     };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term => {}
+    let before: Vec<&str> = old.connector_names().collect();
+    if let Some((name, issues)) = new.skipped().find(|(n, _)| before.contains(n)) {
+        let why: Vec<String> = issues.iter().map(ToString::to_string).collect();
+        eprintln!(
+            "connector agent: configuration not reloaded, the previous one keeps serving: connector `{name}` is now invalid: {}",
+            why.join("; ")
+        );
+        return;
+    }
+    let after: Vec<&str> = new.connector_names().collect();
+    let added: Vec<&str> = after
+        .iter()
+        .copied()
+        .filter(|n| !before.contains(n))
+        .collect();
+    let removed: Vec<&str> = before
+        .iter()
+        .copied()
+        .filter(|n| !after.contains(n))
+        .collect();
+    for name in agent.policy.allow.keys() {
+        if !after.contains(&name.as_str()) {
+            eprintln!(
+                "connector agent: warning: --allow names connector `{name}`, which the configuration no longer has"
+            );
+        }
+    }
+    eprintln!(
+        "connector agent: configuration reloaded: {} connector(s){}{}",
+        after.len(),
+        if added.is_empty() {
+            String::new()
+        } else {
+            format!("; added: {}", added.join(", "))
+        },
+        if removed.is_empty() {
+            String::new()
+        } else {
+            format!("; removed: {}", removed.join(", "))
+        },
+    );
+    agent.connection.store(Arc::new(new));
+}
+
+/// An allow list for a name that is not configured would leave the real one open.
+fn check_allow_lists(policy: &Policy, connection: &Connection) -> Result<(), Failure> {
+    let known: Vec<&str> = connection.connector_names().collect();
+    match policy.allow.keys().find(|n| !known.contains(&n.as_str())) {
+        Some(unknown) => Err(Failure::new(
+            Exit::Usage,
+            format!(
+                "--allow names connector `{unknown}`, which is not configured (configured: {})",
+                known.join(", ")
+            ),
+        )),
+        None => Ok(()),
     }
 }
 
 pub async fn run(ctx: &Context, options: Args) -> Result<(), Failure> {
+    let mut signals = Signals::new()?;
     // The recorder must be in place before the connectors register their counters.
     let metrics = metrics_exporter_prometheus::PrometheusBuilder::new()
         .install_recorder()
         .ok();
+    listen::raise_open_files();
     let connection = ctx.connection_with(|b| b.keep_warm(true))?;
     let socket = options.socket.unwrap_or_else(crate::agent::default_socket);
     let mut policy = Policy {
         allow: allow_lists(&options.allow)?,
         ..Policy::default()
     };
-    // An allow list for a name that is not configured would leave the real one open.
-    let known: Vec<&str> = connection.connector_names().collect();
-    if let Some(unknown) = policy.allow.keys().find(|n| !known.contains(&n.as_str())) {
-        return Err(Failure::new(
-            Exit::Usage,
-            format!(
-                "--allow names connector `{unknown}`, which is not configured (configured: {})",
-                known.join(", ")
-            ),
-        ));
-    }
+    check_allow_lists(&policy, &connection)?;
     let group = options.socket_group.as_deref().map(group_id).transpose()?;
     let tcp = match options.tcp {
         Some(addr) => Some(bind_tcp(addr, options.token_file, &socket, &mut policy).await?),
@@ -331,20 +420,21 @@ pub async fn run(ctx: &Context, options: Args) -> Result<(), Failure> {
     };
     let unix = bind_socket(&socket, group).await?;
     let agent = Arc::new(Agent {
-        connection,
+        connection: arc_swap::ArcSwap::from_pointee(connection),
         policy,
         metrics,
     });
-    let app = router(agent.clone());
+    let serving = Serving {
+        app: router(agent.clone()),
+        slots: Arc::new(tokio::sync::Semaphore::new(listen::MAX_CONNECTIONS)),
+        access_log: options.access_log,
+    };
     // What other processes change — `connector revoke`, `exchange`, `authorize`, another host
     // through Redis — is served within a second.
     let follower = tokio::spawn(follow_the_store(agent.clone()));
     println!("{}", socket.display());
     eprintln!("connector agent listening on {}", socket.display());
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let wait_stop = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
-        let _ = rx.wait_for(|s| *s).await;
-    };
     let mut servers = tokio::task::JoinSet::new();
     if let Some((listener, token_file)) = tcp {
         let url = listener
@@ -356,34 +446,16 @@ pub async fn run(ctx: &Context, options: Args) -> Result<(), Failure> {
             "connector agent listening on {url} (bearer token in {})",
             token_file.display()
         );
-        let app = app.clone();
-        let stop = wait_stop(stop_rx.clone());
-        servers.spawn(async move {
-            axum::serve(
-                listener,
-                app.into_make_service_with_connect_info::<PeerInfo>(),
-            )
-            .with_graceful_shutdown(stop)
-            .await
-        });
+        servers.spawn(listen::serve(listener, serving.clone(), stop_rx.clone()));
     }
-    let stop = wait_stop(stop_rx);
-    servers.spawn(async move {
-        axum::serve(unix, app.into_make_service_with_connect_info::<PeerInfo>())
-            .with_graceful_shutdown(stop)
-            .await
-    });
-    shutdown_signal().await;
+    servers.spawn(listen::serve(unix, serving, stop_rx));
+    signals.run_until_stopped(ctx, &agent).await;
     eprintln!("connector agent stopping: finishing requests in flight");
     let _ = stop_tx.send(true);
     // Requests in flight finish; a client that keeps a connection open (or has sent half a
     // request) does not hold the agent past the grace period.
     let drained = tokio::time::timeout(SHUTDOWN_GRACE, async {
-        while let Some(done) = servers.join_next().await {
-            if let Ok(Err(e)) = done {
-                eprintln!("connector agent: {e}");
-            }
-        }
+        while servers.join_next().await.is_some() {}
     })
     .await;
     if drained.is_err() {
@@ -397,7 +469,7 @@ pub async fn run(ctx: &Context, options: Args) -> Result<(), Failure> {
     let _ = std::fs::remove_file(&socket);
     // A refresh still running may finish (and store its token), within the 10 s after SIGTERM.
     agent
-        .connection
+        .connection()
         .settle(std::time::Duration::from_secs(3))
         .await;
     Ok(())
