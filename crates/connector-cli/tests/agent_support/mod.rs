@@ -49,8 +49,15 @@ pub async fn output(mut cmd: Command) -> (Option<i32>, String, String) {
 
 pub fn curl(socket: &Path, headers: &[&str], path: &str) -> Command {
     let mut cmd = Command::new("curl");
-    cmd.args(["-s", "-w", "\n%{http_code}", "--unix-socket"])
-        .arg(socket);
+    cmd.args([
+        "-s",
+        "--max-time",
+        "10",
+        "-w",
+        "\n%{http_code}",
+        "--unix-socket",
+    ])
+    .arg(socket);
     for h in headers {
         cmd.args(["-H", h]);
     }

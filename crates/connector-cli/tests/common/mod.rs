@@ -62,7 +62,10 @@ impl Env {
 
     /// `connector args…` in the temp dir, on its own SQLite store and data directory.
     pub fn command(&self, args: &[&str]) -> Command {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_connector"));
+        // CONNECTOR_TEST_BIN runs the tests against another build (e.g. the previous commit's).
+        let bin = std::env::var_os("CONNECTOR_TEST_BIN")
+            .unwrap_or_else(|| env!("CARGO_BIN_EXE_connector").into());
+        let mut cmd = Command::new(bin);
         cmd.current_dir(self.dir.path())
             .env_remove("CONNECTOR_CONFIG")
             .env_remove("CONNECTOR_AGENT")
