@@ -53,6 +53,12 @@ impl StateKey {
     }
 }
 
+impl Clone for StateKey {
+    fn clone(&self) -> Self {
+        Self::from_bytes(*self.0.expose_secret())
+    }
+}
+
 impl fmt::Debug for StateKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("StateKey([redacted])")
@@ -209,18 +215,7 @@ impl ConsentFlow {
         accounts_server: Option<&str>,
     ) -> Result<(String, Connector)> {
         let user = self.verify(state).await?;
-        let mut with = CodeExchange::default().redirect_uri(self.redirect_uri.clone());
-        if let Some(server) = accounts_server {
-            with = with.token_url(self.token_url_for(server)?);
-        }
-        let connector = self.template.for_user(&user)?;
-        let generated = connector.exchange_code(code, with).await?;
-        if generated.refresh_token.is_none() {
-            return Err(Error::InvalidUser {
-                connector: connector.name().to_owned(),
-                reason: "Zoho returned no refresh token: the consent needs access_type=offline and prompt=consent".into(),
-            });
-        }
+        let connector = self.exchange_for(&user, code, accounts_server).await?;
         Ok((user, connector))
     }
 
@@ -235,11 +230,46 @@ impl ConsentFlow {
         })
     }
 
+    /// [`complete`](Self::complete) for a user the caller already knows (e.g. from the URL it
+    /// was called at): a state issued for another user is refused before the code is
+    /// exchanged.
+    pub async fn complete_for_user(
+        &self,
+        user_id: &str,
+        state: &str,
+        code: &GrantCode,
+        accounts_server: Option<&str>,
+    ) -> Result<Connector> {
+        let user = self.verify(state).await?;
+        if user != user_id {
+            return Err(self.refused("issued for another user"));
+        }
+        self.exchange_for(&user, code, accounts_server).await
+    }
+
+    async fn exchange_for(
+        &self,
+        user: &str,
+        code: &GrantCode,
+        accounts_server: Option<&str>,
+    ) -> Result<Connector> {
+        let mut with = CodeExchange::default().redirect_uri(self.redirect_uri.clone());
+        if let Some(server) = accounts_server {
+            with = with.token_url(self.token_url_for(server)?);
+        }
+        let connector = self.template.for_user(user)?;
+        let generated = connector.exchange_code(code, with).await?;
+        if generated.refresh_token.is_none() {
+            return Err(Error::InvalidUser {
+                connector: connector.name().to_owned(),
+                reason: "Zoho returned no refresh token: the consent needs access_type=offline and prompt=consent".into(),
+            });
+        }
+        Ok(connector)
+    }
+
     /// Revokes `user_id`'s refresh token at Zoho and deletes their records locally.
     pub async fn disconnect(&self, user_id: &str) -> Result<()> {
-        let connector = self.template.for_user(user_id)?;
-        connector.revoke().await?;
-        self.template.evict_user(user_id);
-        Ok(())
+        self.template.disconnect_user(user_id).await
     }
 }

@@ -379,6 +379,52 @@ async fn keep_warm_refreshes_before_the_token_turns_stale_and_stops_with_the_con
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keep_warm_refreshes_a_per_user_connector_used_within_the_hour_and_not_after() {
+    let s = Setup::new().await;
+    let connection = s
+        .builder()
+        .keep_warm(true)
+        .keep_warm_interval(Duration::from_millis(10))
+        .build()
+        .unwrap();
+    let alice = connection
+        .connector("crm")
+        .unwrap()
+        .for_user("alice")
+        .unwrap();
+    let code = catalyst_connectors::GrantCode::new(s.emulator.add_grant_code(
+        common::CLIENT_ID,
+        "ZohoCRM.users.READ",
+        None,
+    ));
+    alice.generate_access_token(&code).await.unwrap();
+    alice.access_token().await.unwrap();
+    let before = s.token_requests();
+    s.advance(Duration::from_secs(45 * 60 - 5));
+    alice.access_token().await.unwrap(); // still fresh: no caller triggers anything
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while s.token_requests() == before {
+        assert!(
+            Instant::now() < deadline,
+            "keep-warm did not refresh the user's token"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    common::settle(&alice).await;
+    assert_eq!(alice.status().await.state, TokenState::Fresh);
+
+    // Not asked for in over an hour: left to go stale.
+    let before = s.token_requests();
+    s.advance(Duration::from_secs(61 * 60));
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(
+        s.token_requests(),
+        before,
+        "an unused user's token was refreshed"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn status_reports_source_schedule_errors_and_waiters() {
     let s = Setup::new().await;
     let crm = s.connection().connector("crm").unwrap();

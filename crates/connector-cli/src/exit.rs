@@ -136,9 +136,7 @@ impl From<Error> for Failure {
             )),
             Error::LifetimeTooShort { .. } => Some("ask for less with --min-ttl".to_owned()),
             Error::ReauthorizationRequired { connector, .. }
-            | Error::MissingRefreshToken { connector } => Some(format!(
-                "run `connector authorize {connector} --scope …` (server-based client) or `connector exchange {connector} --code …` (Self Client)"
-            )),
+            | Error::MissingRefreshToken { connector } => Some(reauthorize_hint(connector)),
             e if e.retry_class() == RetryClass::Window => Some(
                 "wait, then retry; `connector status` shows the mints used in the window".to_owned(),
             ),
@@ -150,6 +148,19 @@ impl From<Error> for Failure {
             message: e.to_string(),
             hint,
         }
+    }
+}
+
+/// The commands that give `connector` a refresh token; a per-user connector (`crm.alice`) is
+/// named by its template and `--user`.
+fn reauthorize_hint(connector: &str) -> String {
+    match connector.split_once('.') {
+        Some((template, user)) => format!(
+            "run `connector authorize {template} --user {user} --scope …` (server-based client) or `connector exchange {template} --user {user} --code …` (Self Client)"
+        ),
+        None => format!(
+            "run `connector authorize {connector} --scope …` (server-based client) or `connector exchange {connector} --code …` (Self Client)"
+        ),
     }
 }
 

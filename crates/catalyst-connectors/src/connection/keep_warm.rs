@@ -1,4 +1,4 @@
-//! Keep-warm: a task that refreshes recently used connectors shortly before their refresh point,
+//! Keep-warm: a task that refreshes recently used connectors (per-user ones too) shortly before their refresh point,
 //! so callers never meet a stale token. It holds a `Weak` to the connector map and ends when the
 //! connection is dropped (and is aborted by the connection's drop guard).
 
@@ -31,7 +31,11 @@ pub(crate) async fn keep_warm(
             return;
         };
         let now = clock.now_millis();
-        for connector in map.values() {
+        let users = map
+            .values()
+            .flat_map(|c| c.users_used_within(Duration::from_millis(RECENT_MS as u64)));
+        let all: Vec<Connector> = map.values().cloned().chain(users).collect();
+        for connector in &all {
             let used = connector.last_used();
             if used == 0 || now - used > RECENT_MS {
                 continue;

@@ -451,6 +451,32 @@ impl Connector {
         }
     }
 
+    /// Revokes `user_id`'s refresh token at Zoho, deletes that user's records and forgets the
+    /// user's resident connector: what "disconnect my Zoho account" does.
+    pub async fn disconnect_user(&self, user_id: &str) -> Result<()> {
+        self.for_user(user_id)?.revoke().await?;
+        self.evict_user(user_id);
+        Ok(())
+    }
+
+    /// The resident per-user connectors whose token was asked for within `within` (to the
+    /// second): what keep-warm refreshes and a host agent keeps in step with the store.
+    pub fn users_used_within(&self, within: Duration) -> Vec<Connector> {
+        let Some(users) = self.inner.users.get() else {
+            return Vec::new();
+        };
+        let now = self.inner.acq.runtime.clock.now_millis();
+        let within = crate::clock::duration_millis(within);
+        users
+            .iter()
+            .map(|(_, user)| user)
+            .filter(|user| {
+                let used = user.last_used();
+                used != 0 && now - used <= within
+            })
+            .collect()
+    }
+
     /// How many per-user connectors are resident.
     pub fn resident_users(&self) -> usize {
         self.inner.users.get().map_or(0, |u| u.len())

@@ -14,6 +14,45 @@ pub fn agent_from_env() -> Option<String> {
         .filter(|v| !v.is_empty())
 }
 
+/// `/v1/connectors/{name}[/users/{user}]`, each part percent-encoded.
+fn connector_path(name: &str, user: Option<&str>) -> String {
+    let enc = |s: &str| url::form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>();
+    match user {
+        Some(u) => format!("/v1/connectors/{}/users/{}", enc(name), enc(u)),
+        None => format!("/v1/connectors/{}", enc(name)),
+    }
+}
+
+/// Tells a running agent — `CONNECTOR_AGENT`'s, else one on the default socket — that this
+/// process changed connector `name` (`user`'s), so that it serves the new state now rather than
+/// at its next look at the store (within a second). Best effort: no agent, or one that does not
+/// answer within a second, is not an error.
+pub async fn notify_agent(name: &str, user: Option<&str>) {
+    let target = agent_from_env().or_else(|| {
+        let socket = super::default_socket();
+        socket
+            .exists()
+            .then(|| socket.to_string_lossy().into_owned())
+    });
+    let Some(target) = target else { return };
+    let Ok(client) = AgentClient::new(&target) else {
+        return;
+    };
+    let mut request = client
+        .http
+        .post(format!(
+            "{}{}/sync",
+            client.base,
+            connector_path(name, user)
+        ))
+        .header(AGENT_HEADER, AGENT_HEADER_VALUE)
+        .timeout(Duration::from_secs(1));
+    if let Some(t) = &client.bearer {
+        request = request.bearer_auth(t);
+    }
+    let _ = request.send().await;
+}
+
 /// A client for the agent named by `CONNECTOR_AGENT`.
 pub struct AgentClient {
     http: reqwest::Client,
@@ -117,11 +156,16 @@ impl AgentClient {
         failure
     }
 
-    /// `GET /v1/connectors/{name}/token?min_ttl=…`.
-    pub async fn token(&self, name: &str, min_ttl: Duration) -> Result<Value, Failure> {
+    /// `GET /v1/connectors/{name}[/users/{user}]/token?min_ttl=…`.
+    pub async fn token(
+        &self,
+        name: &str,
+        user: Option<&str>,
+        min_ttl: Duration,
+    ) -> Result<Value, Failure> {
         let path = format!(
-            "/v1/connectors/{}/token?min_ttl={}",
-            url::form_urlencoded::byte_serialize(name.as_bytes()).collect::<String>(),
+            "{}/token?min_ttl={}",
+            connector_path(name, user),
             min_ttl.as_secs()
         );
         match self.get(&path).await? {

@@ -17,6 +17,7 @@ pub mod client;
 pub mod listen;
 pub mod security;
 pub mod server;
+pub mod users;
 
 /// The header every request must carry (like GCE's `Metadata-Flavor: Google`): a browser or a
 /// server-side request forgery cannot add it to a request it makes someone send.

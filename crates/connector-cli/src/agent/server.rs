@@ -24,6 +24,8 @@ pub struct Agent {
     pub connection: arc_swap::ArcSwap<Connection>,
     pub policy: Policy,
     pub metrics: Option<PrometheusHandle>,
+    /// Signs the consent states this agent issues (made at start; kept across reloads).
+    pub state_key: catalyst_connectors::users::StateKey,
 }
 
 impl Agent {
@@ -48,6 +50,20 @@ pub fn router(agent: Arc<Agent>) -> Router {
             "/v1/connectors/{name}/users/{user}/invalidate",
             post(user_invalidate),
         )
+        .route(
+            "/v1/connectors/{name}/users/{user}/consent",
+            post(super::users::consent),
+        )
+        .route(
+            "/v1/connectors/{name}/users/{user}/code",
+            post(super::users::code),
+        )
+        .route(
+            "/v1/connectors/{name}/users/{user}",
+            axum::routing::delete(super::users::disconnect),
+        )
+        .route("/v1/connectors/{name}/sync", post(sync))
+        .route("/v1/connectors/{name}/users/{user}/sync", post(user_sync))
         .route("/v1/connectors", get(connectors))
         .route("/v1/status", get(status_report))
         .route("/healthz", get(healthz))
@@ -73,7 +89,7 @@ async fn guard(
     next.run(request).await
 }
 
-fn refusal(status: StatusCode, reason: &str) -> Response {
+pub(super) fn refusal(status: StatusCode, reason: &str) -> Response {
     (
         status,
         axum::Json(json!({"error": "refused", "message": reason})),
@@ -96,18 +112,35 @@ fn http_status(kind: ErrorKind) -> StatusCode {
     }
 }
 
-/// A hint in the HTTP API's terms where the CLI's would name a flag.
-fn http_hint(kind: ErrorKind, cli_hint: Option<String>) -> Option<String> {
-    match kind {
-        ErrorKind::LifetimeTooShort => {
+/// A hint in the HTTP API's terms where the CLI's would name a flag; for a connector that needs
+/// a person, the routes and commands that exist for it (`user`: the per-user connector's user).
+fn http_hint(
+    kind: ErrorKind,
+    connector: Option<&str>,
+    user: Option<&str>,
+    cli_hint: Option<String>,
+) -> Option<String> {
+    let template = connector.map(|c| c.split_once('.').map_or(c, |(t, _)| t));
+    match (kind, template, user) {
+        (ErrorKind::LifetimeTooShort, ..) => {
             Some("ask for less with ?min_ttl=SECONDS (tokens of this endpoint live shorter)".into())
+        }
+        (ErrorKind::ReauthorizationRequired | ErrorKind::MissingRefreshToken, Some(t), Some(u)) => {
+            Some(format!(
+                "connect the user: POST /v1/connectors/{t}/users/{u}/consent, send the browser to its url, then POST the redirect's code to /v1/connectors/{t}/users/{u}/code (or run `connector authorize {t} --user {u} --scope …` on the agent's host)"
+            ))
+        }
+        (ErrorKind::ReauthorizationRequired | ErrorKind::MissingRefreshToken, Some(t), None) => {
+            Some(format!(
+                "on the agent's host, run `connector authorize {t} --scope …` (server-based client) or `connector exchange {t} --code …` (Self Client); the agent serves the new refresh token at once"
+            ))
         }
         _ => cli_hint,
     }
 }
 
-/// The body and status for a library error.
-fn error_response(e: Error) -> Response {
+/// The body and status for a library error (`user`: the per-user route's user).
+pub(super) fn error_response(e: Error, user: Option<&str>) -> Response {
     let status = http_status(e.kind());
     let retry_after = match &e {
         Error::Throttled {
@@ -126,7 +159,7 @@ fn error_response(e: Error) -> Response {
             "error": code,
             "connector": connector,
             "message": failure.message,
-            "hint": http_hint(kind, failure.hint),
+            "hint": http_hint(kind, connector.as_deref(), user, failure.hint),
             "exit_code": failure.exit.code(),
         })),
     )
@@ -233,11 +266,11 @@ async fn report(
         None => Ok(c),
     }) {
         Ok(c) => c,
-        Err(e) => return error_response(e),
+        Err(e) => return error_response(e, user),
     };
     match connector.invalidate_token_value(&report.access_token).await {
         Ok(replaced) => axum::Json(json!({"replaced": replaced})).into_response(),
-        Err(e) => error_response(e),
+        Err(e) => error_response(e, user),
     }
 }
 
@@ -257,11 +290,11 @@ async fn token(
     };
     let connector = match agent.connection().connector(&name) {
         Ok(c) => c,
-        Err(e) => return error_response(e),
+        Err(e) => return error_response(e, None),
     };
     match connector.access_token_valid_for(min).await {
         Ok(t) => token_body(&t),
-        Err(e) => error_response(e),
+        Err(e) => error_response(e, None),
     }
 }
 
@@ -285,11 +318,52 @@ async fn user_token(
         .and_then(|c| c.for_user(&user))
     {
         Ok(c) => c,
-        Err(e) => return error_response(e),
+        Err(e) => return error_response(e, Some(&user)),
     };
     match connector.access_token_valid_for(min).await {
         Ok(t) => token_body(&t),
-        Err(e) => error_response(e),
+        Err(e) => error_response(e, Some(&user)),
+    }
+}
+
+/// `POST /v1/connectors/{name}/sync`: another process changed the connector (`connector
+/// exchange`, `revoke`, …): serve the store's state now. Answers `{"changed": bool}`.
+async fn sync(
+    State(agent): Shared,
+    ConnectInfo(PeerInfo(peer)): ConnectInfo<PeerInfo>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+) -> Response {
+    follow(&agent, peer, &headers, &name, None).await
+}
+
+/// `POST /v1/connectors/{name}/users/{user}/sync`: the same for a user's connector.
+async fn user_sync(
+    State(agent): Shared,
+    ConnectInfo(PeerInfo(peer)): ConnectInfo<PeerInfo>,
+    headers: HeaderMap,
+    Path((name, user)): Path<(String, String)>,
+) -> Response {
+    follow(&agent, peer, &headers, &name, Some(&user)).await
+}
+
+async fn follow(
+    agent: &Agent,
+    peer: super::security::Peer,
+    headers: &HeaderMap,
+    name: &str,
+    user: Option<&str>,
+) -> Response {
+    if let Err((status, reason)) = agent.policy.check_connector(name, headers, peer) {
+        return refusal(status, reason);
+    }
+    let connector = agent.connection().connector(name).and_then(|c| match user {
+        Some(u) => c.for_user(u),
+        None => Ok(c),
+    });
+    match connector {
+        Ok(c) => axum::Json(json!({"changed": c.follow_store().await})).into_response(),
+        Err(e) => error_response(e, user),
     }
 }
 

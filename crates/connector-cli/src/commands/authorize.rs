@@ -26,6 +26,7 @@ struct Redirect {
 #[command(after_help = super::with_examples(&[
     "connector authorize crm --scope ZohoCRM.modules.ALL,ZohoCRM.users.READ",
     "connector authorize crm --scope ZohoCRM.users.READ --no-browser --port 0",
+    "connector authorize crm --user alice --scope ZohoCRM.users.READ",
 ]))]
 pub struct Args {
     #[arg(help = super::NAME_HELP, add = super::name_candidates())]
@@ -44,6 +45,10 @@ pub struct Args {
     /// Give up after this many seconds.
     #[arg(long, default_value_t = 300, value_name = "SECONDS")]
     timeout: u64,
+    /// A per-user connector: USER's (their own refresh token, kept apart from every other
+    /// user's; the agent serves it at /v1/connectors/NAME/users/USER/token).
+    #[arg(long, value_name = "USER")]
+    user: Option<String>,
     #[command(flatten)]
     pub(super) place: super::Place,
 }
@@ -137,9 +142,11 @@ pub async fn command(ctx: &Context, args: Args) -> Result<(), Failure> {
         timeout: Duration::from_secs(args.timeout),
     };
     let connection = ctx.connection()?;
-    let connector = connection.connector(&args.name)?;
+    let connector = super::connector_for(&connection, &args.name, args.user.as_deref())?;
     let generated = run(connector.clone(), options).await?;
-    super::exchange::report_stored(ctx, &connector, &generated, connection.store_is_shared())
+    super::exchange::report_stored(ctx, &connector, &generated, connection.store_is_shared())?;
+    crate::agent::client::notify_agent(&args.name, args.user.as_deref()).await;
+    Ok(())
 }
 
 /// The server-based flow with a loopback redirect; returns what the code exchange gave.

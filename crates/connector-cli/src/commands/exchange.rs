@@ -7,22 +7,31 @@ use catalyst_connectors::{Connector, ExposeSecret, GeneratedTokens, GrantCode};
 /// Exchange a Self Client grant code (pasted from Zoho's API console) and store the refresh
 /// token.
 #[derive(clap::Args, Debug)]
-#[command(after_help = super::with_examples(&["connector exchange books --code 1000.4a5b…"]))]
+#[command(after_help = super::with_examples(&[
+    "connector exchange books --code 1000.4a5b…",
+    "connector exchange crm --user alice --code 1000.4a5b…",
+]))]
 pub struct Args {
     #[arg(help = super::NAME_HELP, add = super::name_candidates())]
     name: String,
     /// The grant code from Zoho's API console (Self Client → Generate Code; valid minutes).
     #[arg(long, value_parser = |s: &str| Ok::<_, std::convert::Infallible>(GrantCode::new(s)))]
     code: GrantCode,
+    /// A per-user connector: USER's (their own refresh token, kept apart from every other
+    /// user's; the agent serves it at /v1/connectors/NAME/users/USER/token).
+    #[arg(long, value_name = "USER")]
+    user: Option<String>,
     #[command(flatten)]
     pub(super) place: super::Place,
 }
 
 pub async fn run(ctx: &Context, args: Args) -> Result<(), Failure> {
     let connection = ctx.connection()?;
-    let connector = connection.connector(&args.name)?;
+    let connector = super::connector_for(&connection, &args.name, args.user.as_deref())?;
     let generated = connector.generate_access_token(&args.code).await?;
-    report_stored(ctx, &connector, &generated, connection.store_is_shared())
+    report_stored(ctx, &connector, &generated, connection.store_is_shared())?;
+    crate::agent::client::notify_agent(&args.name, args.user.as_deref()).await;
+    Ok(())
 }
 
 /// After a code exchange: says where the refresh token went, and fails (printing the refresh

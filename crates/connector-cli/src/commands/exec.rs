@@ -65,7 +65,7 @@ async fn tokens(
                 names.to_vec()
             };
             for name in names {
-                let body = agent.token(&name, min_ttl).await?;
+                let body = agent.token(&name, None, min_ttl).await?;
                 let token = body["access_token"].as_str().unwrap_or_default().to_owned();
                 let domain = body["api_domain"].as_str().map(str::to_owned);
                 out.insert(name, (token, domain));

@@ -126,6 +126,19 @@ impl Command {
 }
 
 /// The connector's name in the config.
+/// Connector `name`, or its per-user connector for `user`.
+pub fn connector_for(
+    connection: &catalyst_connectors::Connection,
+    name: &str,
+    user: Option<&str>,
+) -> Result<catalyst_connectors::Connector, crate::exit::Failure> {
+    let template = connection.connector(name)?;
+    Ok(match user {
+        Some(u) => template.for_user(u)?,
+        None => template,
+    })
+}
+
 pub const NAME_HELP: &str = "The connector's name in the config (see `connector list`)";
 
 /// A subcommand's help footer: its examples, then the exit codes.

@@ -13,17 +13,23 @@ pub struct Args {
     /// Print JSON: access_token, expires_at and refresh_at (Unix seconds), api_domain.
     #[arg(long)]
     json: bool,
+    /// A per-user connector: USER's (their own refresh token, kept apart from every other
+    /// user's; the agent serves it at /v1/connectors/NAME/users/USER/token).
+    #[arg(long, value_name = "USER")]
+    user: Option<String>,
     #[command(flatten)]
     pub(super) place: super::Place,
 }
 
 pub async fn run(ctx: &Context, args: Args) -> Result<(), Failure> {
-    let (name, json) = (args.name.as_str(), args.json);
-    let connector = ctx.connection()?.connector(name)?;
+    let json = args.json;
+    let connector = super::connector_for(&ctx.connection()?, &args.name, args.user.as_deref())?;
+    let name = connector.name();
     let token = match connector.force_refresh().await {
         Ok(t) => t,
         Err(e) => return Err(ctx.explain(&connector, e).await),
     };
+    crate::agent::client::notify_agent(&args.name, args.user.as_deref()).await;
     if json {
         print_json(&token_json(&token));
     } else {

@@ -275,6 +275,9 @@ async fn bind_tcp(
 /// How often the agent looks in the store for what other processes changed.
 const FOLLOW_EVERY: std::time::Duration = std::time::Duration::from_millis(250);
 
+/// Per-user connectors asked for within this long are kept in step with the store.
+const RECENT: std::time::Duration = std::time::Duration::from_secs(3600);
+
 /// Keeps every connector in step with the store (see `Connector::follow_store`).
 async fn follow_the_store(agent: Arc<Agent>) {
     let mut tick = tokio::time::interval(FOLLOW_EVERY);
@@ -285,6 +288,10 @@ async fn follow_the_store(agent: Arc<Agent>) {
         for name in connection.connector_names() {
             if let Ok(connector) = connection.connector(name) {
                 connector.follow_store().await;
+                // Per-user connectors in use: the last hour's, as keep-warm.
+                for user in connector.users_used_within(RECENT) {
+                    user.follow_store().await;
+                }
             }
         }
     }
@@ -423,6 +430,7 @@ pub async fn run(ctx: &Context, options: Args) -> Result<(), Failure> {
         connection: arc_swap::ArcSwap::from_pointee(connection),
         policy,
         metrics,
+        state_key: catalyst_connectors::users::StateKey::generate(),
     });
     let serving = Serving {
         app: router(agent.clone()),

@@ -19,6 +19,7 @@ use std::time::{Duration, SystemTime};
     "connector token crm",
     "curl -H \"$(connector token crm --header)\" https://www.zohoapis.com/crm/v8/users",
     "connector token crm --min-ttl 30m --json",
+    "connector token crm --user alice",
 ]))]
 pub struct Args {
     #[arg(help = NAME_HELP, add = name_candidates())]
@@ -33,6 +34,10 @@ pub struct Args {
     /// it would not.
     #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration, default_value = "0s")]
     min_ttl: Duration,
+    /// A per-user connector: USER's (their own refresh token, kept apart from every other
+    /// user's; the agent serves it at /v1/connectors/NAME/users/USER/token).
+    #[arg(long, value_name = "USER")]
+    user: Option<String>,
     #[command(flatten)]
     pub(super) place: Place,
 }
@@ -49,7 +54,9 @@ struct Printed {
 pub async fn run(ctx: &Context, args: Args) -> Result<(), Failure> {
     let printed = match ctx.tokens()? {
         Tokens::Agent(agent) => {
-            let body = agent.token(&args.name, args.min_ttl).await?;
+            let body = agent
+                .token(&args.name, args.user.as_deref(), args.min_ttl)
+                .await?;
             let json = serde_json::json!({
                 "access_token": body["access_token"],
                 "expires_at": body["expires_at"],
@@ -64,7 +71,14 @@ pub async fn run(ctx: &Context, args: Args) -> Result<(), Failure> {
             }
         }
         Tokens::Stores(connection) => {
-            from_stores(ctx, &connection, &args.name, args.min_ttl).await?
+            from_stores(
+                ctx,
+                &connection,
+                &args.name,
+                args.user.as_deref(),
+                args.min_ttl,
+            )
+            .await?
         }
     };
     if args.json {
@@ -83,9 +97,11 @@ async fn from_stores(
     ctx: &Context,
     connection: &Connection,
     name: &str,
+    user: Option<&str>,
     min_ttl: Duration,
 ) -> Result<Printed, Failure> {
-    let connector = connection.connector(name)?;
+    let connector = super::connector_for(connection, name, user)?;
+    let name = connector.name();
     let token = connector.access_token_valid_for(min_ttl).await;
     // A refresh this process started must not die with it.
     connection.settle(SETTLE).await;
