@@ -107,7 +107,9 @@ fn http_status(kind: ErrorKind) -> StatusCode {
         ErrorKind::Transient | ErrorKind::Store | ErrorKind::DeadlineExceeded => {
             StatusCode::SERVICE_UNAVAILABLE
         }
-        ErrorKind::LifetimeTooShort | ErrorKind::InvalidUser => StatusCode::BAD_REQUEST,
+        ErrorKind::LifetimeTooShort | ErrorKind::InvalidUser | ErrorKind::InvalidState => {
+            StatusCode::BAD_REQUEST
+        }
         _ => StatusCode::INTERNAL_SERVER_ERROR,
     }
 }

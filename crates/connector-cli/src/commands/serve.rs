@@ -51,6 +51,13 @@ pub struct Args {
     /// status and time. Never a token.
     #[arg(long)]
     access_log: bool,
+    /// How often to look in the token store for what other processes changed (revokes, new
+    /// refresh tokens, other hosts' tokens). Each look reads the store once or twice per
+    /// connector in use: on a `catalyst://` store (a REST call per read) choose seconds. The
+    /// CLI's own commands (`exchange`, `authorize`, `revoke`, `refresh`) tell the agent at once
+    /// whatever this is.
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration, default_value = "250ms")]
+    follow_every: std::time::Duration,
     #[command(flatten)]
     pub(super) place: super::Place,
 }
@@ -272,15 +279,12 @@ async fn bind_tcp(
     Ok((listener, token_file))
 }
 
-/// How often the agent looks in the store for what other processes changed.
-const FOLLOW_EVERY: std::time::Duration = std::time::Duration::from_millis(250);
-
 /// Per-user connectors asked for within this long are kept in step with the store.
 const RECENT: std::time::Duration = std::time::Duration::from_secs(3600);
 
 /// Keeps every connector in step with the store (see `Connector::follow_store`).
-async fn follow_the_store(agent: Arc<Agent>) {
-    let mut tick = tokio::time::interval(FOLLOW_EVERY);
+async fn follow_the_store(agent: Arc<Agent>, every: std::time::Duration) {
+    let mut tick = tokio::time::interval(every.max(std::time::Duration::from_millis(10)));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
@@ -439,7 +443,7 @@ pub async fn run(ctx: &Context, options: Args) -> Result<(), Failure> {
     };
     // What other processes change — `connector revoke`, `exchange`, `authorize`, another host
     // through Redis — is served within a second.
-    let follower = tokio::spawn(follow_the_store(agent.clone()));
+    let follower = tokio::spawn(follow_the_store(agent.clone(), options.follow_every));
     println!("{}", socket.display());
     eprintln!("connector agent listening on {}", socket.display());
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
