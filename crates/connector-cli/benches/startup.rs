@@ -1,5 +1,6 @@
-//! Issue 13's goal, side by side in one run: a warm `connector token` (the token already in the
-//! SQLite store) against `/bin/true`, as whole processes (goal: at most 3× `/bin/true`).
+//! Side by side in one run, as whole processes: a warm `connector token` (the token already in
+//! the SQLite store; issue 13's goal: at most 3× `/bin/true`), `connector token` asking a running
+//! agent (`CONNECTOR_AGENT`, no config; issue 21's goal: at most 2× `/bin/true`), and `/bin/true`.
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use std::process::{Command, Stdio};
@@ -30,8 +31,37 @@ fn startup(c: &mut Criterion) {
         assert!(status.success());
     };
     token(); // mint once; every measured run reads the store
+    let socket = dir.path().join("agent.sock");
+    let mut agent = Command::new(env!("CARGO_BIN_EXE_connector"))
+        .args(["serve", "--socket"])
+        .arg(&socket)
+        .env("CONNECTOR_CONFIG", &config_path)
+        .env("CONNECTOR_STORE", &store)
+        .env_remove("CONNECTOR_ENCRYPTION_KEY")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("agent");
+    while std::os::unix::net::UnixStream::connect(&socket).is_err() {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let empty = tempfile::tempdir().expect("tempdir");
+    let via_agent = || {
+        let status = Command::new(env!("CARGO_BIN_EXE_connector"))
+            .args(["token", "crm"])
+            .current_dir(empty.path())
+            .env("CONNECTOR_AGENT", &socket)
+            .env_remove("CONNECTOR_CONFIG")
+            .env("CONNECTOR_STORE", "sqlite:/dev/null/unusable.db")
+            .stdout(Stdio::null())
+            .status()
+            .expect("connector");
+        assert!(status.success());
+    };
+    via_agent();
     let mut group = c.benchmark_group("startup");
     group.bench_function("connector_token_warm", |b| b.iter(token));
+    group.bench_function("connector_token_via_agent", |b| b.iter(via_agent));
     group.bench_function("bin_true", |b| {
         b.iter(|| {
             let status = Command::new("/bin/true").status().expect("true");
@@ -39,6 +69,8 @@ fn startup(c: &mut Criterion) {
         })
     });
     group.finish();
+    let _ = agent.kill();
+    let _ = agent.wait();
     assert_eq!(
         emulator.stats().token_requests,
         1,
