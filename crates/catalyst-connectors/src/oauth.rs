@@ -52,9 +52,13 @@ pub(crate) struct TokenClient {
     http: Arc<OnceLock<Result<reqwest::Client, String>>>,
 }
 
-/// The longest token lifetime believed: a week (Zoho issues one-hour tokens; other providers a
-/// few hours). Beyond it an answer is not believed and the lifetime is clamped.
-const MAX_LIFETIME_SECS: u64 = 7 * 24 * 3600;
+/// The longest token lifetime believed: a day. Zoho documents one-hour access tokens; an answer
+/// that claims more than a day is not believed, and the token is taken to live Zoho's hour (so a
+/// token handed out never outlives what Zoho honours by more than that hour's error).
+const MAX_LIFETIME_SECS: u64 = 24 * 3600;
+
+/// Zoho's documented access-token lifetime, assumed for an answer that is not believed.
+const ZOHO_LIFETIME_SECS: u64 = 3600;
 
 /// The largest token response body we read.
 const MAX_BODY: usize = 64 * 1024;
@@ -353,14 +357,14 @@ fn read_success(
     if seconds == 0 {
         return Err(malformed("`expires_in` is zero"));
     }
-    // Zoho's tokens live an hour; anything beyond a week is not believed.
+    // Zoho's tokens live an hour; anything beyond a day is not believed.
     let seconds = if seconds > MAX_LIFETIME_SECS {
         tracing::warn!(
             connector = %connector,
             announced_secs = seconds,
-            "the token endpoint announced an implausible lifetime; treating it as one week"
+            "the token endpoint announced a lifetime of over a day; treating it as Zoho's documented hour"
         );
-        MAX_LIFETIME_SECS
+        ZOHO_LIFETIME_SECS
     } else {
         seconds
     };

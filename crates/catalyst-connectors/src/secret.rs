@@ -111,3 +111,60 @@ mod tests {
         assert_ne!(ClientSecret::new("a"), ClientSecret::new("ab"));
     }
 }
+
+/// `text` with every value shaped like a Zoho token or grant code (`1000.` and at least 16 more
+/// lower-case hex digits or dots) replaced by a placeholder: for messages that echo what a user
+/// typed, where a refresh token pasted into the wrong field (a data centre, a connector name)
+/// must not be shown back.
+pub(crate) fn scrub_tokens(text: &str) -> std::borrow::Cow<'_, str> {
+    const PREFIX: &str = "1000.";
+    const PLACEHOLDER: &str = "1000.[a value shaped like a Zoho token, not shown]";
+    let tail_len = |rest: &str| {
+        rest.bytes()
+            .take_while(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(b) || *b == b'.')
+            .count()
+    };
+    if !text
+        .match_indices(PREFIX)
+        .any(|(i, _)| tail_len(&text[i + PREFIX.len()..]) >= 16)
+    {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(i) = rest.find(PREFIX) {
+        let tail = tail_len(&rest[i + PREFIX.len()..]);
+        out.push_str(&rest[..i]);
+        if tail >= 16 {
+            out.push_str(PLACEHOLDER);
+        } else {
+            out.push_str(&rest[i..i + PREFIX.len() + tail]);
+        }
+        rest = &rest[i + PREFIX.len() + tail..];
+    }
+    out.push_str(rest);
+    std::borrow::Cow::Owned(out)
+}
+
+#[cfg(test)]
+mod scrub_tests {
+    use super::scrub_tokens;
+
+    #[test]
+    fn token_shaped_values_are_not_echoed_and_the_rest_is() {
+        let rt = "1000.0123456789abcdef0123456789abcdef.0123456789abcdef0123456789abcdef";
+        let shown = scrub_tokens(&format!("unknown data centre `{rt}`: expected us"));
+        assert!(!shown.contains("0123456789abcdef"), "{shown}");
+        assert!(
+            shown.starts_with("unknown data centre `1000.[a value"),
+            "{shown}"
+        );
+        assert!(shown.ends_with("`: expected us"));
+        // Client ids (upper case) and short values are not secrets.
+        assert_eq!(
+            scrub_tokens("client 1000.ABCDEF1234567890XYZ"),
+            "client 1000.ABCDEF1234567890XYZ"
+        );
+        assert_eq!(scrub_tokens("version 1000.5"), "version 1000.5");
+    }
+}

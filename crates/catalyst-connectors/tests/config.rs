@@ -239,3 +239,74 @@ fn connector_settings_select_the_store_and_reserved_names_are_checked() {
     );
     assert!(has(&p, "encryption key file"), "{p:?}");
 }
+
+#[test]
+fn config_files_are_bounded_regular_files_and_fail_fast() {
+    let dir = tempfile::tempdir().unwrap();
+    // A device that never ends, a FIFO without a writer, a directory: refused without reading.
+    let fifo = dir.path().join("fifo.json");
+    assert!(
+        std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap()
+            .success()
+    );
+    for path in [std::path::Path::new("/dev/zero"), &fifo, dir.path()] {
+        let started = std::time::Instant::now();
+        let p = problems(Connection::builder().file(path).ignore_env().build());
+        assert!(has(&p, "not a regular file"), "{path:?}: {p:?}");
+        assert!(started.elapsed() < std::time::Duration::from_secs(2));
+    }
+    // Over 1 MiB: refused by its size.
+    let big = dir.path().join("big.json");
+    std::fs::write(&big, vec![b' '; 1024 * 1024 + 1]).unwrap();
+    let p = problems(Connection::builder().file(&big).ignore_env().build());
+    assert!(has(&p, "larger than the 1 MiB"), "{p:?}");
+}
+
+#[test]
+fn a_config_holding_secrets_readable_by_others_draws_a_warning_and_is_left_as_it_is() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("connectors.json");
+    let config = json!({"crm": {"client_id": "1000.A", "client_secret": "s",
+        "refresh_token": "1000.r", "dc": "us"}});
+    std::fs::write(&path, config.to_string()).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let connection = Connection::builder()
+        .file(&path)
+        .ignore_env()
+        .store(catalyst_connectors::MemoryStore::new())
+        .build()
+        .unwrap();
+    let warnings: Vec<String> = connection
+        .warnings()
+        .iter()
+        .map(|w| w.to_string())
+        .collect();
+    assert!(has(&warnings, "readable by other users"), "{warnings:?}");
+    let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o644, "not ours to change");
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let connection = Connection::builder()
+        .file(&path)
+        .ignore_env()
+        .store(catalyst_connectors::MemoryStore::new())
+        .build()
+        .unwrap();
+    assert!(connection.warnings().is_empty());
+}
+
+#[test]
+fn a_token_pasted_into_the_wrong_field_is_not_echoed() {
+    let rt = "1000.0123456789abcdef0123456789abcdef.0123456789abcdef0123456789abcdef";
+    let p = problems(common::from_json(&json!({
+        "crm": {"client_id": "1000.A", "client_secret": "s", "dc": rt},
+        rt: {"client_id": "1000.A", "client_secret": "s"},
+    })));
+    assert!(has(&p, "unknown data centre"), "{p:?}");
+    for problem in &p {
+        assert!(!problem.contains("0123456789abcdef"), "echoed: {problem}");
+    }
+}

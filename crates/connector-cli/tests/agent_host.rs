@@ -209,3 +209,40 @@ async fn the_access_log_names_the_peer_and_never_a_token() {
     assert!(logged.contains(&line), "no `{line}` in: {logged}");
     assert!(!logged.contains(&token), "the token is in the log");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn systemd_hears_ready_reloading_and_stopping() {
+    let env = Env::new().await;
+    let notify = env.dir.path().join("notify.sock");
+    let listener = std::os::unix::net::UnixDatagram::bind(&notify).unwrap();
+    listener
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let socket = env.socket();
+    let mut agent = env
+        .command(&["serve", "--socket", socket.to_str().unwrap()])
+        .env("NOTIFY_SOCKET", &notify)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let next = || {
+        let mut buf = [0u8; 512];
+        let n = listener.recv(&mut buf).expect("a notification");
+        String::from_utf8_lossy(&buf[..n]).into_owned()
+    };
+    let ready = next();
+    assert!(ready.contains("READY=1"), "{ready}");
+    // Ready means the socket answers.
+    assert!(std::os::unix::net::UnixStream::connect(&socket).is_ok());
+    hangup(&agent);
+    let reloading = next();
+    assert!(reloading.contains("RELOADING=1"), "{reloading}");
+    assert!(next().contains("READY=1"));
+    Command::new("kill")
+        .arg(agent.id().to_string())
+        .status()
+        .unwrap();
+    assert!(next().contains("STOPPING=1"));
+    assert!(agent.wait().unwrap().success());
+}

@@ -93,9 +93,15 @@ fn the_system_unit_runs_the_agent_for_every_user_of_the_clients_group() {
         prevent.split(' ').any(|c| c == "3"),
         "configuration errors are not restarted: {prevent}"
     );
-    assert!(
-        !unit.contains_key("Service.ExecReload"),
-        "the agent does not reload on SIGHUP yet"
+    assert_eq!(
+        one(&unit, "Service.ExecReload"),
+        "/bin/kill -HUP $MAINPID",
+        "SIGHUP reloads the config"
+    );
+    assert_eq!(
+        one(&unit, "Service.Type"),
+        "notify",
+        "ready through sd_notify"
     );
     assert_eq!(one(&unit, "Install.WantedBy"), "multi-user.target");
     let sysusers =

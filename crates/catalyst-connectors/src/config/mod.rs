@@ -6,7 +6,9 @@ mod parse;
 mod validate;
 
 use parse::{Number, RawConnector};
-pub(crate) use parse::{Settings, parse_settings, parse_toml_text, parse_value, read_file};
+pub(crate) use parse::{
+    Settings, open_to_others, parse_settings, parse_toml_text, parse_value, read_file,
+};
 pub(crate) use validate::check_url;
 
 use crate::dc::DataCenter;
@@ -255,15 +257,33 @@ impl fmt::Display for ConfigIssue {
             write!(f, "{s}")?;
             wrote = true;
         }
+        // What a user typed is echoed, except values shaped like tokens (a refresh token pasted
+        // as a connector name or a data centre).
+        let scrub = crate::secret::scrub_tokens;
         if let Some(c) = &self.connector {
-            write!(f, "{}connector `{c}`", if wrote { ": " } else { "" })?;
+            write!(
+                f,
+                "{}connector `{}`",
+                if wrote { ": " } else { "" },
+                scrub(c)
+            )?;
             wrote = true;
         }
         if let Some(field) = &self.field {
-            write!(f, "{}field `{field}`", if wrote { ", " } else { "" })?;
+            write!(
+                f,
+                "{}field `{}`",
+                if wrote { ", " } else { "" },
+                scrub(field)
+            )?;
             wrote = true;
         }
-        write!(f, "{}{}", if wrote { ": " } else { "" }, self.problem)
+        write!(
+            f,
+            "{}{}",
+            if wrote { ": " } else { "" },
+            scrub(&self.problem)
+        )
     }
 }
 

@@ -184,6 +184,64 @@ fn kind_of(v: &Value) -> &'static str {
     }
 }
 
+/// The largest config file read: far beyond any real one, small enough to fail fast.
+const MAX_CONFIG_BYTES: u64 = 1024 * 1024;
+
+/// Reads a config file: a regular file (a FIFO or a device such as `/dev/zero` is refused
+/// without blocking or reading it) of at most [`MAX_CONFIG_BYTES`], in UTF-8.
+fn read_bounded(path: &Path) -> Result<String, String> {
+    use std::io::Read as _;
+    let not_regular = || "not a regular file (a config is a .json or .toml file)".to_owned();
+    // Looked at before opening: opening a FIFO with no writer would wait forever.
+    let before = std::fs::metadata(path).map_err(|e| format!("cannot read the file ({e})"))?;
+    if !before.is_file() {
+        return Err(not_regular());
+    }
+    let file = std::fs::File::open(path).map_err(|e| format!("cannot read the file ({e})"))?;
+    let meta = file
+        .metadata()
+        .map_err(|e| format!("cannot read the file ({e})"))?;
+    if !meta.is_file() {
+        return Err(not_regular());
+    }
+    if meta.len() > MAX_CONFIG_BYTES {
+        return Err(format!(
+            "{} bytes: larger than the {} MiB a config may be",
+            meta.len(),
+            MAX_CONFIG_BYTES / (1024 * 1024)
+        ));
+    }
+    let mut bytes = Vec::new();
+    file.take(MAX_CONFIG_BYTES + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| format!("cannot read the file ({e})"))?;
+    if bytes.len() as u64 > MAX_CONFIG_BYTES {
+        return Err(format!(
+            "larger than the {} MiB a config may be",
+            MAX_CONFIG_BYTES / (1024 * 1024)
+        ));
+    }
+    String::from_utf8(bytes)
+        .map_err(|e| format!("not UTF-8 text (at byte {})", e.utf8_error().valid_up_to()))
+}
+
+/// A warning when `path` (which holds secrets) can be read by users other than its owner. The
+/// file is not ours to change: it is left as it is.
+pub(crate) fn open_to_others(path: &Path) -> Option<ConfigIssue> {
+    use std::os::unix::fs::PermissionsExt as _;
+    let mode = std::fs::metadata(path).ok()?.permissions().mode();
+    (mode & 0o044 != 0).then(|| ConfigIssue {
+        source: Some(path.display().to_string()),
+        connector: None,
+        field: None,
+        problem: format!(
+            "holds a client secret or refresh token and is readable by other users (mode {:o}); `chmod 600 {}`",
+            mode & 0o777,
+            path.display()
+        ),
+    })
+}
+
 /// Reads a `.json` or `.toml` file (by extension) into the JSON value model.
 pub(crate) fn read_file(path: &Path, issues: &mut Vec<ConfigIssue>) -> Option<Value> {
     let source_issue = |problem: String| ConfigIssue {
@@ -192,10 +250,10 @@ pub(crate) fn read_file(path: &Path, issues: &mut Vec<ConfigIssue>) -> Option<Va
         field: None,
         problem,
     };
-    let text = match std::fs::read_to_string(path) {
+    let text = match read_bounded(path) {
         Ok(t) => t,
-        Err(e) => {
-            issues.push(source_issue(format!("cannot read the file ({e})")));
+        Err(problem) => {
+            issues.push(source_issue(problem));
             return None;
         }
     };

@@ -102,6 +102,15 @@ fn issue(field: Option<&str>, problem: impl Into<String>) -> ConfigIssue {
     }
 }
 
+/// Whether a config holds a client secret or a refresh token.
+fn holds_a_secret(config: &serde_json::Value) -> bool {
+    config.as_object().is_some_and(|connectors| {
+        connectors
+            .values()
+            .any(|c| c.get("client_secret").is_some() || c.get("refresh_token").is_some())
+    })
+}
+
 /// Step 1: parses every source; a connector defined twice is an issue.
 fn read_sources(
     sources: Vec<Source>,
@@ -116,7 +125,11 @@ fn read_sources(
             Source::Json(v) => (Some(v), numbered, None),
             Source::File(p) => {
                 let shown = p.display().to_string();
-                (config::read_file(&p, issues), shown.clone(), Some(shown))
+                let value = config::read_file(&p, issues);
+                if value.as_ref().is_some_and(holds_a_secret) {
+                    warnings.extend(config::open_to_others(&p));
+                }
+                (value, shown.clone(), Some(shown))
             }
             Source::Toml(t) => {
                 let v = config::parse_toml_text(&t)

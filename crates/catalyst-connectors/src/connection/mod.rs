@@ -80,7 +80,8 @@ impl Connection {
             .get(name)
             .cloned()
             .ok_or_else(|| Error::UnknownConnector {
-                name: name.to_owned(),
+                // A token pasted as a name is not echoed back.
+                name: crate::secret::scrub_tokens(name).into_owned(),
                 known: self
                     .connectors
                     .keys()

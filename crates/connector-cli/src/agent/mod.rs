@@ -7,6 +7,10 @@
 //! - `GET /v1/connectors/{name}/token[?min_ttl=SECONDS]` and
 //!   `GET /v1/connectors/{name}/users/{user}/token` → `access_token`, `token_type`,
 //!   `expires_at`, `refresh_at` (Unix seconds), `api_domain`;
+//! - `POST /v1/connectors/{name}[/users/{user}]/invalidate` (a token an API refused) and
+//!   `…/sync` (another process changed the connector: look in the store now);
+//! - per-user: `POST …/users/{user}/consent`, `POST …/users/{user}/code`, `DELETE …/users/{user}`
+//!   (see [`users`]);
 //! - `GET /v1/connectors` (names and states), `GET /v1/status` (as `connector status --json`),
 //!   `GET /healthz`, `GET /metrics` (Prometheus text).
 //!

@@ -329,7 +329,13 @@ impl Signals {
             tokio::select! {
                 _ = tokio::signal::ctrl_c() => return,
                 _ = self.term.recv() => return,
-                _ = self.hangup.recv() => reload(ctx, agent),
+                _ = self.hangup.recv() => {
+                    let mut reloading = vec![sd_notify::NotifyState::Reloading];
+                    reloading.extend(sd_notify::NotifyState::monotonic_usec_now().ok());
+                    let _ = sd_notify::notify(&reloading);
+                    reload(ctx, agent);
+                    let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
+                }
             }
         }
     }
@@ -461,7 +467,11 @@ pub async fn run(ctx: &Context, options: Args) -> Result<(), Failure> {
         servers.spawn(listen::serve(listener, serving.clone(), stop_rx.clone()));
     }
     servers.spawn(listen::serve(unix, serving, stop_rx));
+    // Under systemd (Type=notify): ready once the listeners are bound. Without NOTIFY_SOCKET
+    // this does nothing.
+    let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
     signals.run_until_stopped(ctx, &agent).await;
+    let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
     eprintln!("connector agent stopping: finishing requests in flight");
     let _ = stop_tx.send(true);
     // Requests in flight finish; a client that keeps a connection open (or has sent half a
