@@ -449,19 +449,47 @@ async fn hostile_server(body: &'static str) -> Hostile {
     Hostile { url, hits }
 }
 
+/// Opening a store touches only what it creates: a shared directory keeps its mode and sticky
+/// bit, an existing file keeps its mode (a warning instead), and a symbolic link — to a file or to
+/// nothing — is refused before anything is changed or created.
 #[cfg(unix)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_existing_store_open_to_others_is_tightened() {
+async fn only_the_stores_own_files_are_touched() {
     use std::os::unix::fs::PermissionsExt as _;
     let dir = tempfile::tempdir().unwrap();
-    let store_dir = dir.path().join("store");
-    std::fs::create_dir(&store_dir).unwrap();
-    let path = store_dir.join("t.db");
+    let mode =
+        |p: &std::path::Path| std::fs::symlink_metadata(p).unwrap().permissions().mode() & 0o7777;
+    // A directory like /tmp: 1777, opened twice.
+    let shared = dir.path().join("shared");
+    std::fs::create_dir(&shared).unwrap();
+    std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o1777)).unwrap();
+    let path = shared.join("tokens.db");
     drop(SqliteStore::open(&path).unwrap());
-    std::fs::set_permissions(&store_dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    drop(SqliteStore::open(&path).unwrap());
+    assert_eq!(mode(&shared), 0o1777, "the shared directory was changed");
+    assert_eq!(
+        mode(&path),
+        0o600,
+        "a new store file is 0600 from the start"
+    );
+    // An existing file open to others: warned about, left as it is.
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
     drop(SqliteStore::open(&path).unwrap());
-    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
-    assert_eq!(mode(&store_dir), 0o700);
-    assert_eq!(mode(&path), 0o600);
+    assert_eq!(mode(&path), 0o644);
+    // A link standing in for a system file: refused, its target untouched.
+    let target = dir.path().join("passwd");
+    std::fs::write(&target, "root:x:0:0\n").unwrap();
+    std::fs::set_permissions(&target, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let link = dir.path().join("link.db");
+    std::os::unix::fs::symlink(&target, &link).unwrap();
+    let err = SqliteStore::open(&link).unwrap_err();
+    assert!(err.to_string().contains("symbolic link"), "{err}");
+    assert_eq!(mode(&target), 0o644, "the link's target was chmodded");
+    assert_eq!(std::fs::read_to_string(&target).unwrap(), "root:x:0:0\n");
+    // A dangling link: refused, and nothing is created where it points.
+    let nowhere = dir.path().join("created-by-sqlite.db");
+    let dangling = dir.path().join("dangling.db");
+    std::os::unix::fs::symlink(&nowhere, &dangling).unwrap();
+    assert!(SqliteStore::open(&dangling).is_err());
+    assert!(!nowhere.exists(), "the dangling link's target was created");
 }

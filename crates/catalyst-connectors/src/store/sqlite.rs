@@ -119,41 +119,49 @@ fn io_error(label: &str, what: String, e: std::io::Error) -> StoreError {
     StoreError::new(label, StoreErrorKind::Unavailable, format!("{what}: {e}"))
 }
 
-/// Warns about a store file or directory other users can read, and restricts it to `mode` when it
-/// is ours.
+/// Warns about an existing store file, or its directory, that others can read or write. Neither
+/// is changed: they are not (provably) ours — a directory may be shared (`/tmp`, mode 1777) and a
+/// file may have been made that way on purpose.
 #[cfg(unix)]
-fn tighten(path: &Path, mode: u32) {
-    use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
-    let Ok(meta) = std::fs::metadata(path) else {
+fn warn_if_open(path: &Path, is_dir: bool) {
+    use std::os::unix::fs::PermissionsExt as _;
+    let Ok(meta) = std::fs::symlink_metadata(path) else {
         return;
     };
-    let current = meta.permissions().mode() & 0o777;
-    if current & 0o077 == 0 {
-        return;
-    }
-    let ours = std::fs::metadata("/proc/self").is_ok_and(|me| me.uid() == meta.uid());
-    if ours && std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).is_ok() {
-        tracing::warn!(path = %path.display(), was = format!("{current:o}"), now = format!("{mode:o}"), "the token store was readable by other users; restricted it");
-    } else {
-        tracing::warn!(path = %path.display(), mode = format!("{current:o}"), "the token store is readable by other users: restrict it (chmod)");
+    let mode = meta.permissions().mode() & 0o7777;
+    if is_dir {
+        // Others may write in it without the sticky bit: they could replace the store file.
+        if mode & 0o022 != 0 && mode & 0o1000 == 0 {
+            tracing::warn!(directory = %path.display(), mode = format!("{mode:o}"), "the token store's directory is writable by other users, who could replace the store; use a directory of your own");
+        }
+    } else if mode & 0o077 != 0 {
+        tracing::warn!(path = %path.display(), mode = format!("{mode:o}"), "the token store file is readable by other users: `chmod 600` it");
     }
 }
 
 fn prepare_file(path: &Path, label: &str) -> Result<(), StoreError> {
-    if path.is_dir() {
-        return Err(StoreError::new(
-            label,
-            StoreErrorKind::Rejected,
-            format!(
+    let rejected = |message: String| StoreError::new(label, StoreErrorKind::Rejected, message);
+    match std::fs::symlink_metadata(path) {
+        Ok(meta) if meta.file_type().is_symlink() => {
+            // Never followed (its target would be opened, created or changed): refused untouched.
+            return Err(rejected(format!(
+                "{} is a symbolic link; give the path of the database file itself",
+                path.display()
+            )));
+        }
+        Ok(meta) if meta.is_dir() => {
+            return Err(rejected(format!(
                 "{} is a directory: give the path of a database file, e.g. sqlite:{}",
                 path.display(),
                 path.join("tokens.db").display()
-            ),
-        ));
+            )));
+        }
+        _ => {}
     }
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty())
         && !dir.exists()
     {
+        // Ours: created 0700 (the umask can only take bits away).
         let mut builder = std::fs::DirBuilder::new();
         builder.recursive(true);
         #[cfg(unix)]
@@ -166,6 +174,7 @@ fn prepare_file(path: &Path, label: &str) -> Result<(), StoreError> {
             )
         })?;
     }
+    // Ours when this creates it: 0600 from the start. O_EXCL never follows a link.
     let mut options = std::fs::OpenOptions::new();
     options.write(true).create_new(true);
     #[cfg(unix)]
@@ -176,9 +185,9 @@ fn prepare_file(path: &Path, label: &str) -> Result<(), StoreError> {
             #[cfg(unix)]
             {
                 if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-                    tighten(dir, 0o700);
+                    warn_if_open(dir, true);
                 }
-                tighten(path, 0o600);
+                warn_if_open(path, false);
             }
             Ok(())
         }
@@ -254,7 +263,9 @@ fn retry_busy<T>(
 }
 
 fn open_connection(path: &Path, label: &str) -> Result<Connection, StoreError> {
-    let conn = Connection::open(path).map_err(|e| classify(path, label, e))?;
+    // SQLITE_OPEN_NOFOLLOW: a link put at the path after it was checked is refused, not opened.
+    let flags = rusqlite::OpenFlags::default() | rusqlite::OpenFlags::SQLITE_OPEN_NOFOLLOW;
+    let conn = Connection::open_with_flags(path, flags).map_err(|e| classify(path, label, e))?;
     conn.busy_timeout(BUSY_TIMEOUT)
         .map_err(|e| classify(path, label, e))?;
     // journal_mode returns a row; pragma_update_and_check reads it.
