@@ -13,7 +13,21 @@ use crate::clock::{EpochMillis, duration_millis, until};
 use crate::error::Error;
 use crate::record::mint_log;
 use crate::store::{CasOutcome, TokenStore, TokenWrite, generation_of};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
+
+/// Mints this process made but could not write to their log (a full disk, a store outage), by
+/// log key. They are counted as if written, and no further mint is allowed until they are written
+/// (or have left the window): a store that cannot take the log never lets the governor undercount.
+#[derive(Debug, Default)]
+pub(crate) struct Unrecorded(Mutex<HashMap<String, Vec<EpochMillis>>>);
+
+impl Unrecorded {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Vec<EpochMillis>>> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
 
 /// How far in the future a mint-log entry may be (clock skew between hosts) before it is treated
 /// as damage and ignored.
@@ -29,15 +43,36 @@ pub(crate) enum Decision {
 }
 
 /// The mint governor of one connection. A limit of 0 turns it off.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub(crate) struct Governor {
     limit: u32,
     window: Duration,
+    unrecorded: Arc<Unrecorded>,
 }
 
 impl Governor {
-    pub(crate) fn new(limit: u32, window: Duration) -> Self {
-        Self { limit, window }
+    /// A governor whose unwritten mints are kept in `unrecorded` (one per connection, so that every
+    /// connector sharing a refresh token sees them).
+    pub(crate) fn new(limit: u32, window: Duration, unrecorded: Arc<Unrecorded>) -> Self {
+        Self {
+            limit,
+            window,
+            unrecorded,
+        }
+    }
+
+    /// This process's mints of `key` not yet in the log, within the window at `now`.
+    fn unwritten(&self, key: &str, now: EpochMillis) -> Vec<EpochMillis> {
+        let mut map = self.unrecorded.lock();
+        let Some(times) = map.get_mut(key) else {
+            return Vec::new();
+        };
+        *times = self.within(std::mem::take(times), now);
+        let kept = times.clone();
+        if kept.is_empty() {
+            map.remove(key);
+        }
+        kept
     }
 
     /// The limit per window.
@@ -59,6 +94,7 @@ impl Governor {
         match store.get(key).await {
             Ok(v) => {
                 let all = v.map(|v| mint_log::parse(&v.data)).unwrap_or_default();
+                let all = mint_log::union(&all, &self.unwritten(key, now));
                 if all.iter().any(|t| *t > now.saturating_add(SKEW_MS)) {
                     tracing::warn!(
                         key,
@@ -84,6 +120,18 @@ impl Governor {
     ) -> Decision {
         if self.limit == 0 {
             return Decision::Allow;
+        }
+        // A mint not yet in the log: write it first; until that works, no further mint.
+        let unwritten = self.unwritten(key, now);
+        if !unwritten.is_empty() {
+            if self.write(store, key, &unwritten).await {
+                self.unrecorded.lock().remove(key);
+            } else {
+                return Decision::Refuse {
+                    mints: self.limit as usize,
+                    frees_at: unwritten[0].saturating_add(duration_millis(self.window)),
+                };
+            }
         }
         let (times, readable) = self.mints(store, key, now).await;
         let times = if readable {
@@ -133,6 +181,21 @@ impl Governor {
         if self.limit == 0 {
             return;
         }
+        if !self.write(store, key, &[at]).await {
+            // Counted anyway, in memory, until it can be written.
+            self.unrecorded
+                .lock()
+                .entry(key.to_owned())
+                .or_default()
+                .push(at);
+        }
+    }
+
+    /// Adds `new` to the log (compare-and-set, retried on conflicts); whether it was written.
+    async fn write(&self, store: &dyn TokenStore, key: &str, new: &[EpochMillis]) -> bool {
+        let Some(&latest) = new.iter().max() else {
+            return true;
+        };
         for _ in 0..8 {
             let read = store.get(key).await;
             let times = match &read {
@@ -146,28 +209,26 @@ impl Governor {
                 Ok(g) => g,
                 Err(e) => {
                     tracing::warn!(key, error = %e, "mint governor: cannot read the mint log");
-                    return;
+                    return false;
                 }
             };
-            let mut times = self.within(times, at);
-            times.push(at);
+            let times = self.within(mint_log::union(&times, new), latest);
             let data = mint_log::to_json(&times);
             match store
                 .compare_and_set(TokenWrite::new(key, expected, &data, self.window))
                 .await
             {
-                Ok(CasOutcome::Written { .. }) => return,
+                Ok(CasOutcome::Written { .. }) => return true,
                 Ok(CasOutcome::Conflict { .. }) => continue,
                 Err(e) => {
-                    tracing::warn!(key, error = %e, "mint governor: cannot record a mint");
-                    return;
+                    tracing::warn!(key, error = %e, "mint governor: cannot record a mint; counting it in memory");
+                    return false;
                 }
             }
         }
+        false
     }
 
-    /// The entries of `times` within the window before `now` (and not in the far future),
-    /// oldest first.
     fn within(&self, times: Vec<EpochMillis>, now: EpochMillis) -> Vec<EpochMillis> {
         let since = now.saturating_sub(duration_millis(self.window));
         let latest = now.saturating_add(SKEW_MS);
@@ -192,7 +253,7 @@ mod tests {
     #[tokio::test]
     async fn the_limit_refuses_until_the_oldest_mint_leaves_the_window() {
         let store = MemoryStore::new();
-        let governor = Governor::new(3, WINDOW);
+        let governor = Governor::new(3, WINDOW, Arc::default());
         for at in [1_000, 2_000, 3_000] {
             assert_eq!(governor.decide(&store, KEY, at).await, Decision::Allow);
             governor.record(&store, KEY, at).await;
@@ -215,10 +276,10 @@ mod tests {
     #[tokio::test]
     async fn a_log_in_the_far_future_is_ignored_and_a_limit_of_zero_is_off() {
         let store = MemoryStore::new();
-        let governor = Governor::new(1, WINDOW);
+        let governor = Governor::new(1, WINDOW, Arc::default());
         governor.record(&store, KEY, 10_000_000).await;
         assert_eq!(governor.decide(&store, KEY, 1_000).await, Decision::Allow);
-        let off = Governor::new(0, WINDOW);
+        let off = Governor::new(0, WINDOW, Arc::default());
         off.record(&store, KEY, 1_000).await;
         assert_eq!(off.decide(&store, KEY, 1_000).await, Decision::Allow);
     }
@@ -239,10 +300,92 @@ mod tests {
             .await
             .unwrap();
         let reader = EncryptedStore::new(Arc::clone(&memory), &EncryptionKey::generate());
-        let governor = Governor::new(10, WINDOW);
+        let governor = Governor::new(10, WINDOW, Arc::default());
         assert!(matches!(
             governor.decide(&reader, KEY, 5_000).await,
             Decision::Refuse { mints: 10, .. }
         ));
+    }
+
+    /// A store that reads but cannot write while `full` (a full disk).
+    #[derive(Debug, Default)]
+    struct FullDisk {
+        inner: MemoryStore,
+        full: std::sync::atomic::AtomicBool,
+    }
+
+    #[async_trait::async_trait]
+    impl TokenStore for FullDisk {
+        async fn get(
+            &self,
+            key: &str,
+        ) -> Result<Option<crate::store::StoredValue>, crate::store::StoreError> {
+            self.inner.get(key).await
+        }
+        async fn compare_and_set(
+            &self,
+            write: TokenWrite<'_>,
+        ) -> Result<CasOutcome, crate::store::StoreError> {
+            if self.full.load(std::sync::atomic::Ordering::SeqCst) {
+                return Err(crate::store::StoreError::new(
+                    "test",
+                    crate::store::StoreErrorKind::Unavailable,
+                    "database or disk is full",
+                ));
+            }
+            self.inner.compare_and_set(write).await
+        }
+        async fn delete(
+            &self,
+            key: &str,
+            expected: Option<u64>,
+        ) -> Result<bool, crate::store::StoreError> {
+            self.inner.delete(key, expected).await
+        }
+        async fn try_acquire_lease(
+            &self,
+            key: &str,
+            owner: &str,
+            ttl: Duration,
+        ) -> Result<bool, crate::store::StoreError> {
+            self.inner.try_acquire_lease(key, owner, ttl).await
+        }
+        async fn release_lease(
+            &self,
+            key: &str,
+            owner: &str,
+        ) -> Result<(), crate::store::StoreError> {
+            self.inner.release_lease(key, owner).await
+        }
+    }
+
+    #[tokio::test]
+    async fn a_mint_that_could_not_be_logged_is_counted_and_blocks_until_written() {
+        let store = FullDisk::default();
+        let governor = Governor::new(10, WINDOW, Arc::default());
+        governor.record(&store, KEY, 1_000).await;
+        store.full.store(true, std::sync::atomic::Ordering::SeqCst);
+        // Two mints on a full disk: neither reaches the log, both are counted.
+        governor.record(&store, KEY, 2_000).await;
+        let (times, _) = governor.mints(&store, KEY, 2_500).await;
+        assert_eq!(times, vec![1_000, 2_000], "the unwritten mint is counted");
+        assert!(
+            matches!(
+                governor.decide(&store, KEY, 3_000).await,
+                Decision::Refuse {
+                    frees_at: 602_000,
+                    ..
+                }
+            ),
+            "no further mint while one is unrecorded"
+        );
+        // The disk has room again: the unrecorded mint is written first, then minting resumes.
+        store.full.store(false, std::sync::atomic::Ordering::SeqCst);
+        assert_eq!(governor.decide(&store, KEY, 4_000).await, Decision::Allow);
+        let logged = mint_log::parse(&store.inner.get(KEY).await.unwrap().unwrap().data);
+        assert_eq!(logged, vec![1_000, 2_000]);
+        // Another process (an empty memory of its own) sees both.
+        let other = Governor::new(10, WINDOW, Arc::default());
+        assert_eq!(other.mints(&store, KEY, 4_000).await.0.len(), 2);
     }
 }

@@ -153,7 +153,8 @@ mod scrub_tests {
     #[test]
     fn token_shaped_values_are_not_echoed_and_the_rest_is() {
         let rt = "1000.0123456789abcdef0123456789abcdef.0123456789abcdef0123456789abcdef";
-        let shown = scrub_tokens(&format!("unknown data centre `{rt}`: expected us"));
+        let message = format!("unknown data centre `{rt}`: expected us");
+        let shown = scrub_tokens(&message);
         assert!(!shown.contains("0123456789abcdef"), "{shown}");
         assert!(
             shown.starts_with("unknown data centre `1000.[a value"),

@@ -76,6 +76,7 @@ pub(super) fn build(b: ConnectionBuilder) -> Result<Connection> {
         clock: b.clock,
         client,
         options: b.options,
+        unrecorded: Arc::default(),
     });
     // 4. Make the connectors; refuse names whose keys the store cannot hold.
     let connectors = make_connectors(by_name, &runtime, catalyst_admin)?;

@@ -71,6 +71,7 @@ pub(super) fn open(
         clock: Arc::clone(clock),
         client: client.clone(),
         options: options.clone(),
+        unrecorded: Arc::default(),
     });
     let admin = Connector::new(config.clone(), admin_runtime);
     let mut builder = CatalystCacheStore::builder(project.clone()).token_from(admin.clone());

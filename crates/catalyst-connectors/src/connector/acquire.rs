@@ -141,7 +141,11 @@ impl Acquisition {
     /// The governor of this connection.
     pub(crate) fn governor(&self) -> Governor {
         let options = &self.runtime.options;
-        Governor::new(options.mint_limit, options.mint_window)
+        Governor::new(
+            options.mint_limit,
+            options.mint_window,
+            Arc::clone(&self.runtime.unrecorded),
+        )
     }
 
     fn now(&self) -> EpochMillis {

@@ -31,6 +31,7 @@ async fn setup(limit: u32) -> (Emulator, Acquisition, Arc<dyn TokenStore>) {
             mint_limit: limit,
             ..Default::default()
         },
+        unrecorded: Arc::default(),
     });
     let creds = Credentials::new("crm", &config, config.refresh_token.clone());
     let acq = Acquisition::new(

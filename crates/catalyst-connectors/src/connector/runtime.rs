@@ -62,4 +62,6 @@ pub(crate) struct Runtime {
     pub clock: Arc<dyn Clock>,
     pub client: TokenClient,
     pub options: Options,
+    /// Mints the governor could not write to their log, counted in memory.
+    pub unrecorded: Arc<crate::governor::Unrecorded>,
 }
