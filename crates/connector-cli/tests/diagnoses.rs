@@ -276,3 +276,44 @@ async fn exchange_fails_when_nothing_could_be_kept() {
     assert!(stdout(&out).trim().starts_with("1000."), "{}", stdout(&out));
     assert!(stderr(&out).contains("not kept"), "{}", stderr(&out));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_empty_key_variable_an_all_zero_key_and_an_open_key_file_are_not_taken_silently() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let env = Env::new().await;
+    // `export CONNECTOR_ENCRYPTION_KEY=$(cat missing-file)`: an error, not "unencrypted".
+    for var in ["CONNECTOR_ENCRYPTION_KEY", "CONNECTOR_ENCRYPTION_KEY_FILE"] {
+        let out = env.run_with(&[(var, "")], &["token", "crm"]).await;
+        assert_eq!(out.status.code(), Some(3), "{var}: {}", stderr(&out));
+        assert!(stderr(&out).contains("set but empty"), "{}", stderr(&out));
+    }
+    let zeros = "0".repeat(64);
+    let out = env
+        .run_with(&[("CONNECTOR_ENCRYPTION_KEY", &zeros)], &["token", "crm"])
+        .await;
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    assert!(stderr(&out).contains("not a secret"), "{}", stderr(&out));
+    assert_eq!(
+        env.requests(),
+        0,
+        "nothing minted under a key that is no key"
+    );
+    // A key file others can read works, with a warning, and keeps its mode.
+    let file = env.dir.path().join("key");
+    std::fs::write(&file, KEY_A).unwrap();
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let out = env
+        .run_with(
+            &[("CONNECTOR_ENCRYPTION_KEY_FILE", file.to_str().unwrap())],
+            &["token", "crm"],
+        )
+        .await;
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("readable by other users"),
+        "{}",
+        stderr(&out)
+    );
+    let mode = std::fs::metadata(&file).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o644);
+}

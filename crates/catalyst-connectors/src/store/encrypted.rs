@@ -100,6 +100,14 @@ impl EncryptionKey {
         let bytes: [u8; 32] = bytes
             .try_into()
             .map_err(|v: Vec<u8>| format!("must be 32 bytes, found {}", v.len()))?;
+        // A key of one repeated byte (all zeros: what a placeholder or an unset buffer gives) is
+        // no secret.
+        if bytes.iter().all(|b| *b == bytes[0]) {
+            return Err(
+                "is one byte repeated 32 times (e.g. all zeros), not a secret: generate one with `openssl rand -base64 32`"
+                    .to_owned(),
+            );
+        }
         Ok(Self::from_bytes(bytes))
     }
 
@@ -111,20 +119,47 @@ impl EncryptionKey {
             origin: origin.clone(),
             problem: format!("cannot read it ({e})"),
         })?;
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt as _;
+            if let Ok(meta) = std::fs::metadata(path)
+                && meta.permissions().mode() & 0o077 != 0
+            {
+                // Not ours to change: said, not fixed.
+                tracing::warn!(
+                    path = %path.display(),
+                    mode = format!("{:o}", meta.permissions().mode() & 0o777),
+                    "the encryption key file is readable by other users: `chmod 600` it"
+                );
+            }
+        }
         Self::parse(&text).map_err(|problem| KeyError { origin, problem })
     }
 
     /// The key from `CONNECTOR_ENCRYPTION_KEY` or the file named by
     /// `CONNECTOR_ENCRYPTION_KEY_FILE`; `None` when neither is set.
+    ///
+    /// A variable that is set but empty — what `export K=$(cat missing-file)` gives — is an error,
+    /// not "no encryption".
     pub fn from_env() -> Result<Option<Self>, KeyError> {
-        if let Some(v) = std::env::var_os(KEY_ENV).filter(|v| !v.is_empty()) {
+        for var in [KEY_ENV, KEY_FILE_ENV] {
+            if std::env::var_os(var).is_some_and(|v| v.to_string_lossy().trim().is_empty()) {
+                return Err(KeyError {
+                    origin: format!("in ${var}"),
+                    problem:
+                        "is set but empty; unset it to store tokens unencrypted, or give the key"
+                            .to_owned(),
+                });
+            }
+        }
+        if let Some(v) = std::env::var_os(KEY_ENV) {
             let text = v.to_string_lossy();
             return Self::parse(&text).map(Some).map_err(|problem| KeyError {
                 origin: format!("in ${KEY_ENV}"),
                 problem,
             });
         }
-        match std::env::var_os(KEY_FILE_ENV).filter(|v| !v.is_empty()) {
+        match std::env::var_os(KEY_FILE_ENV) {
             Some(path) => Self::from_file(Path::new(&path)).map(Some),
             None => Ok(None),
         }
