@@ -22,7 +22,6 @@ use crate::secret::{AccessTokenSecret, ExposeSecret, RefreshToken};
 use crate::store::{CasOutcome, StoreError, StoreErrorKind, TokenWrite, generation_of};
 use arc_swap::ArcSwap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 /// What token an acquisition may take from the store instead of minting.
@@ -75,9 +74,6 @@ pub(crate) struct Acquisition {
     pub(crate) runtime: Arc<Runtime>,
     pub(crate) metrics: Arc<Metrics>,
     creds: ArcSwap<Credentials>,
-    /// A token request is on the wire: a waiter past its deadline waits for its answer rather
-    /// than throw away a token Zoho minted (the request has its own timeout).
-    minting: AtomicBool,
     /// With `catalyst_sdk = "js"` and a `secret_key`: seals the access token in records.
     sealer: Option<TokenSealer>,
 }
@@ -99,7 +95,6 @@ impl Acquisition {
             runtime,
             metrics,
             creds: ArcSwap::from_pointee(creds),
-            minting: AtomicBool::new(false),
         }
     }
 
@@ -131,11 +126,6 @@ impl Acquisition {
     /// Whether `creds` are still the ones in use.
     pub(crate) fn is_current(&self, creds: &Arc<Credentials>) -> bool {
         Arc::ptr_eq(&self.creds.load(), creds)
-    }
-
-    /// Whether a token request is on the wire now.
-    pub(crate) fn is_minting(&self) -> bool {
-        self.minting.load(Ordering::Acquire)
     }
 
     /// The governor of this connection.
@@ -278,7 +268,6 @@ impl Acquisition {
             return Err(governor.refusal(&self.name, mints, frees_at, now));
         }
         tracing::debug!(connector = %self.name, "minting a token");
-        self.minting.store(true, Ordering::Release);
         let response = self
             .runtime
             .client
@@ -294,7 +283,6 @@ impl Acquisition {
                 self.metrics.mints_failed.increment(1);
                 tracing::debug!(connector = %self.name, error = %e, "token mint failed");
             });
-        self.minting.store(false, Ordering::Release);
         // A malformed answer counts too: Zoho may well have minted (and counted) a token we
         // cannot use.
         if matches!(&response, Ok(_) | Err(Error::MalformedResponse { .. })) {

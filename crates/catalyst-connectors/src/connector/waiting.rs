@@ -116,13 +116,14 @@ impl Connector {
         Ok(token)
     }
 
-    /// Awaits `flight` at most the connection's wait deadline — longer only for a mint already
-    /// on the wire (its token would be thrown away; the request has its own timeout).
+    /// Awaits `flight` at most the connection's wait deadline. A flight that outlasts it — a
+    /// mint on the wire included — is not thrown away: it goes on on its driver task, installs and
+    /// stores its token, and the next caller gets it without another request (a one-shot process
+    /// settles running flights before it exits, see [`Connection::settle`](crate::Connection)).
     async fn bounded(&self, flight: Flight<Result<AccessToken>>) -> Result<AccessToken> {
         let deadline = self.inner.acq.runtime.options.wait_deadline;
-        match tokio::time::timeout(deadline, flight.clone()).await {
+        match tokio::time::timeout(deadline, flight).await {
             Ok(r) => r,
-            Err(_) if self.inner.acq.is_minting() => flight.await,
             Err(_) => Err(Error::DeadlineExceeded {
                 connector: self.name().to_owned(),
                 deadline,
