@@ -317,3 +317,36 @@ async fn an_empty_key_variable_an_all_zero_key_and_an_open_key_file_are_not_take
     let mode = std::fs::metadata(&file).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o644);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_one_shot_command_never_hands_out_a_token_under_the_floor() {
+    let env = Env::new().await;
+    // Twenty-second tokens: their refresh point is 5 s before they expire.
+    env.emulator.set_token_lifetime(Duration::from_secs(20));
+    let out = env.run(&["token", "crm", "--json"]).await;
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let json: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
+    let refresh_at = json["refresh_at"].as_u64().unwrap();
+    // The token endpoint fails from now on; wait until the token is past its refresh point.
+    env.emulator.set_fault(Some(zoho_emulator::Fault::Http500));
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    // (refresh_at is in whole seconds: up to one more.)
+    tokio::time::sleep(Duration::from_secs_f64(
+        (refresh_at as f64 - now + 1.2).max(0.0),
+    ))
+    .await;
+    // A program that can use a token within a second may ask for that.
+    let out = env.run(&["token", "crm", "--floor", "1s"]).await;
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(stdout(&out).trim(), json["access_token"]);
+    // Under a minute left and the refresh failing: not printed, exit 6, saying when to retry.
+    let out = env.run(&["token", "crm"]).await;
+    assert_eq!(out.status.code(), Some(6), "{}", stderr(&out));
+    assert!(stdout(&out).is_empty(), "a token was printed");
+    assert!(stderr(&out).contains("under the 60 s"), "{}", stderr(&out));
+    let out = env.run(&["exec", "-c", "crm", "--", "true"]).await;
+    assert_eq!(out.status.code(), Some(6), "exec: {}", stderr(&out));
+}

@@ -25,6 +25,10 @@ pub struct Args {
     /// The tokens must stay valid at least this long (e.g. 10m).
     #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration, default_value = "0s")]
     min_ttl: Duration,
+    /// A token past its refresh point (its refresh failed) is passed only with at least this
+    /// much life left; less exits 5 (throttled) or 6 (transient) without running the command.
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration, default_value = super::DEFAULT_FLOOR)]
+    floor: Duration,
     /// Also set VAR to NAME's access token (repeat).
     #[arg(long, value_name = "VAR=NAME")]
     env: Vec<String>,
@@ -53,8 +57,11 @@ pub fn env_name(connector: &str) -> String {
 async fn tokens(
     ctx: &Context,
     names: &[String],
-    min_ttl: Duration,
+    (min_ttl, floor): (Duration, Duration),
 ) -> Result<BTreeMap<String, (String, Option<String>)>, Failure> {
+    let secs = |v: &serde_json::Value| {
+        std::time::SystemTime::UNIX_EPOCH + Duration::from_secs(v.as_u64().unwrap_or(0))
+    };
     let mut out = BTreeMap::new();
     let connection = match ctx.tokens()? {
         Tokens::Stores(connection) => connection,
@@ -66,6 +73,9 @@ async fn tokens(
             };
             for name in names {
                 let body = agent.token(&name, None, min_ttl).await?;
+                let (refresh_at, expires_at) =
+                    (secs(&body["refresh_at"]), secs(&body["expires_at"]));
+                super::check_floor(&name, refresh_at, expires_at, floor, None)?;
                 let token = body["access_token"].as_str().unwrap_or_default().to_owned();
                 let domain = body["api_domain"].as_str().map(str::to_owned);
                 out.insert(name, (token, domain));
@@ -84,6 +94,11 @@ async fn tokens(
             Ok(t) => t,
             Err(e) => return Err(ctx.explain(&connector, e).await),
         };
+        if token.refresh_at() <= std::time::SystemTime::now() {
+            let failed = connector.status().await.last_error.map(|(e, _)| e);
+            let (refresh_at, expires_at) = (token.refresh_at(), token.expires_at());
+            super::check_floor(&name, refresh_at, expires_at, floor, failed.as_ref())?;
+        }
         out.insert(
             name,
             (
@@ -101,7 +116,7 @@ pub async fn run(ctx: &Context, options: Args) -> Result<ExitCode, Failure> {
     let Some((program, args)) = options.command.split_first() else {
         return Err(Failure::new(Exit::Usage, "no command to run after `--`"));
     };
-    let tokens = tokens(ctx, &options.connectors, options.min_ttl).await?;
+    let tokens = tokens(ctx, &options.connectors, (options.min_ttl, options.floor)).await?;
     let mut command = tokio::process::Command::new(program);
     command.args(args);
     for (name, (token, domain)) in &tokens {

@@ -335,6 +335,47 @@ impl Context {
     }
 }
 
+/// The least life a token past its refresh point (its refresh failed) must have left to be
+/// handed to another program by a one-shot command (`token`, `exec`): that program needs time to
+/// use it. A token before its refresh point is always handed out.
+pub const DEFAULT_FLOOR: &str = "60s";
+
+/// Refuses a token past its refresh point with less than `floor` left (`failed`: why its refresh
+/// failed, if known): exit 5 when the refresh was throttled, else 6, saying when to retry.
+pub fn check_floor(
+    name: &str,
+    refresh_at: std::time::SystemTime,
+    expires_at: std::time::SystemTime,
+    floor: std::time::Duration,
+    failed: Option<&Error>,
+) -> Result<(), Failure> {
+    let now = std::time::SystemTime::now();
+    let left = expires_at.duration_since(now).unwrap_or_default();
+    if now < refresh_at || left >= floor {
+        return Ok(());
+    }
+    let (exit, retry) = match failed {
+        Some(Error::Throttled { retry_after, .. }) => (
+            Exit::Throttled,
+            retry_after.map_or_else(
+                || "later".to_owned(),
+                |d| format!("in {} s", d.as_secs().max(1)),
+            ),
+        ),
+        _ => (Exit::Transient, "shortly".to_owned()),
+    };
+    let why = failed.map_or_else(String::new, |e| format!(" (the refresh failed: {e})"));
+    Err(Failure::new(
+        exit,
+        format!(
+            "connector `{name}`: the only token at hand expires in {} s, under the {} s a program is handed{why}",
+            left.as_secs(),
+            floor.as_secs()
+        ),
+    )
+    .hint(format!("retry {retry}; --floor sets the least life a token must have left")))
+}
+
 pub fn print_json(v: &serde_json::Value) {
     println!(
         "{}",

@@ -34,6 +34,10 @@ pub struct Args {
     /// it would not.
     #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration, default_value = "0s")]
     min_ttl: Duration,
+    /// A token past its refresh point (its refresh failed) is printed only with at least this
+    /// much life left; less exits 5 (throttled) or 6 (transient), saying when to retry.
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration, default_value = super::DEFAULT_FLOOR)]
+    floor: Duration,
     /// A per-user connector: USER's (their own refresh token, kept apart from every other
     /// user's; the agent serves it at /v1/connectors/NAME/users/USER/token).
     #[arg(long, value_name = "USER")]
@@ -57,6 +61,16 @@ pub async fn run(ctx: &Context, args: Args) -> Result<(), Failure> {
             let body = agent
                 .token(&args.name, args.user.as_deref(), args.min_ttl)
                 .await?;
+            let at = |k: &str| {
+                SystemTime::UNIX_EPOCH + Duration::from_secs(body[k].as_u64().unwrap_or(0))
+            };
+            super::check_floor(
+                &args.name,
+                at("refresh_at"),
+                at("expires_at"),
+                args.floor,
+                None,
+            )?;
             let json = serde_json::json!({
                 "access_token": body["access_token"],
                 "expires_at": body["expires_at"],
@@ -71,14 +85,8 @@ pub async fn run(ctx: &Context, args: Args) -> Result<(), Failure> {
             }
         }
         Tokens::Stores(connection) => {
-            from_stores(
-                ctx,
-                &connection,
-                &args.name,
-                args.user.as_deref(),
-                args.min_ttl,
-            )
-            .await?
+            let asked = (args.user.as_deref(), args.min_ttl, args.floor);
+            from_stores(ctx, &connection, &args.name, asked).await?
         }
     };
     if args.json {
@@ -97,8 +105,7 @@ async fn from_stores(
     ctx: &Context,
     connection: &Connection,
     name: &str,
-    user: Option<&str>,
-    min_ttl: Duration,
+    (user, min_ttl, floor): (Option<&str>, Duration, Duration),
 ) -> Result<Printed, Failure> {
     let connector = super::connector_for(connection, name, user)?;
     let name = connector.name();
@@ -110,11 +117,16 @@ async fn from_stores(
         Err(e) => return Err(ctx.explain(&connector, e).await),
     };
     if token.refresh_at() <= SystemTime::now() {
-        let why = connector
-            .status()
-            .await
-            .last_error
-            .map(|(e, _)| e.to_string())
+        let failed = connector.status().await.last_error.map(|(e, _)| e);
+        super::check_floor(
+            name,
+            token.refresh_at(),
+            token.expires_at(),
+            floor,
+            failed.as_ref(),
+        )?;
+        let why = failed
+            .map(|e| e.to_string())
             .unwrap_or_else(|| "the refresh did not complete".into());
         ctx.warn(format!(
             "connector `{name}`: this token is past its refresh point (it expires {}); refreshing failed: {why}",

@@ -54,6 +54,12 @@ impl Env {
             serde_json::Value::Object(config).to_string(),
         )
         .unwrap();
+        // A config with secrets, as a user keeps it (others' read access draws a warning).
+        std::fs::set_permissions(
+            self.config_path(),
+            std::os::unix::fs::PermissionsExt::from_mode(0o600),
+        )
+        .unwrap();
     }
 
     pub fn config_path(&self) -> PathBuf {
