@@ -350,3 +350,40 @@ async fn a_one_shot_command_never_hands_out_a_token_under_the_floor() {
     let out = env.run(&["exec", "-c", "crm", "--", "true"]).await;
     assert_eq!(out.status.code(), Some(6), "exec: {}", stderr(&out));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoke_in_one_project_leaves_anothers_stored_refresh_token_alone() {
+    let env = Env::new().await;
+    // Project A: no refresh token in its config; it got one by `exchange` (in the shared store).
+    env.write_config(&[("crm", None)]);
+    let code = env
+        .emulator
+        .add_grant_code(CLIENT_ID, "ZohoCRM.users.READ", None);
+    let out = env.run(&["exchange", "crm", "--code", &code]).await;
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    // Project B: the same client and connector name, its own refresh token in its config.
+    let b = env.dir.path().join("b.json");
+    let config = serde_json::json!({"crm": env.connector_json(Some(&env.refresh_token))});
+    std::fs::write(&b, config.to_string()).unwrap();
+    std::fs::set_permissions(&b, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    let out = env
+        .run(&["revoke", "crm", "--config", b.to_str().unwrap()])
+        .await;
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    // A still works, with its own refresh token (still live at Zoho).
+    let out = env.run(&["token", "crm"]).await;
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "A lost its credential: {}",
+        stderr(&out)
+    );
+    let token = stdout(&out);
+    let used = env.emulator.refresh_token_of(token.trim());
+    assert!(used.is_some() && used.as_deref() != Some(env.refresh_token.as_str()));
+    // A's own revoke removes it.
+    let out = env.run(&["revoke", "crm"]).await;
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let out = env.run(&["token", "crm"]).await;
+    assert_eq!(out.status.code(), Some(4), "{}", stderr(&out));
+}

@@ -6,6 +6,7 @@ use super::credentials::{CodeExchange, Credentials};
 use crate::error::{Error, Result};
 use crate::oauth::Grant;
 use crate::record::RefreshRecord;
+use crate::secret::ExposeSecret as _;
 use crate::secret::{GrantCode, RefreshToken};
 use crate::store::StoreErrorKind;
 use std::sync::Arc;
@@ -100,8 +101,25 @@ impl Acquisition {
         };
         let url = format!("{}/revoke", self.config.refresh_url.trim_end_matches('/'));
         self.runtime.client.revoke(&self.name, &url, &rt).await?;
-        for key in [&creds.key, &creds.refresh_key] {
-            if let Err(e) = self.runtime.store.delete(key, None).await {
+        // Only what belongs to the refresh token just revoked is deleted, each record at the
+        // generation read (another process's newer write stays): a stored refresh token that is
+        // another one — another project's `exchange`, still live at Zoho — is left alone.
+        let same_refresh_token = |data: &str| {
+            RefreshRecord::parse(data, &self.config, self.subject.as_deref())
+                .is_some_and(|stored| stored.expose_secret() == rt.expose_secret())
+        };
+        let minted_with_it = |data: &str| {
+            crate::record::TokenRecord::from_json(data).is_ok_and(|r| {
+                r.fingerprint
+                    .as_deref()
+                    .is_none_or(|f| f == creds.fingerprint)
+            })
+        };
+        for deleted in [
+            self.delete_if(&creds.refresh_key, same_refresh_token).await,
+            self.delete_if(&creds.key, minted_with_it).await,
+        ] {
+            if let Err(e) = deleted {
                 self.metrics.store_errors.increment(1);
                 tracing::warn!(connector = %self.name, error = %e, "revoked at Zoho, but could not delete the local record");
             }
@@ -109,6 +127,18 @@ impl Acquisition {
         self.set_creds(Arc::new(Credentials::new(&self.name, &self.config, None)));
         tracing::info!(connector = %self.name, "refresh token revoked");
         Ok(())
+    }
+
+    /// Deletes the record at `key` if `is_mine` says its data is ours, at the generation read.
+    async fn delete_if(
+        &self,
+        key: &str,
+        is_mine: impl Fn(&str) -> bool,
+    ) -> std::result::Result<bool, crate::store::StoreError> {
+        match self.runtime.store.get(key).await? {
+            Some(v) if is_mine(&v.data) => self.runtime.store.delete(key, Some(v.generation)).await,
+            _ => Ok(false),
+        }
     }
 
     /// The credentials to mint with: the configured refresh token, else one kept in the store
