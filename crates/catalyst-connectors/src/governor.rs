@@ -94,7 +94,10 @@ impl Governor {
         match store.get(key).await {
             Ok(v) => {
                 let all = v.map(|v| mint_log::parse(&v.data)).unwrap_or_default();
-                let all = mint_log::union(&all, &self.unwritten(key, now));
+                // Unwritten mints are in no log: added, not merged (two mints may share a
+                // millisecond).
+                let mut all = all;
+                all.extend(self.unwritten(key, now));
                 if all.iter().any(|t| *t > now.saturating_add(SKEW_MS)) {
                     tracing::warn!(
                         key,
@@ -212,7 +215,9 @@ impl Governor {
                     return false;
                 }
             };
-            let times = self.within(mint_log::union(&times, new), latest);
+            let mut times = times;
+            times.extend_from_slice(new);
+            let times = self.within(times, latest);
             let data = mint_log::to_json(&times);
             match store
                 .compare_and_set(TokenWrite::new(key, expected, &data, self.window))

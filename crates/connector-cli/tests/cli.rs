@@ -494,3 +494,60 @@ async fn authorize_denied_and_timed_out() {
         stderr(&out)
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_headless_authorize_takes_the_pasted_redirect_url_and_checks_its_state() {
+    use std::io::Write as _;
+    let env = Env::new().await;
+    config_without_refresh_token(&env, None);
+    // The browser runs on another machine: stdin is where the user pastes.
+    let mut cmd = std::process::Command::new(assert_cmd::cargo::cargo_bin("connector"));
+    cmd.current_dir(env.dir.path())
+        .env_remove("CONNECTOR_CONFIG")
+        .env_remove("CONNECTOR_ENCRYPTION_KEY")
+        .env_remove("CONNECTOR_ENCRYPTION_KEY_FILE")
+        .env(
+            "CONNECTOR_STORE",
+            format!("sqlite:{}", env.dir.path().join("tokens.db").display()),
+        )
+        .args([
+            "authorize",
+            "crm",
+            "--scope",
+            "ZohoCRM.users.READ",
+            "--no-browser",
+            "--port",
+            "0",
+            "--timeout",
+            "60",
+        ])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let mut child = cmd.spawn().unwrap();
+    let mut consent = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(child.stdout.take().unwrap()),
+        &mut consent,
+    )
+    .unwrap();
+    let url = url::Url::parse(consent.trim()).unwrap();
+    let q: std::collections::HashMap<_, _> = url.query_pairs().into_owned().collect();
+    let redirect_uri = q["redirect_uri"].clone();
+    // The browser accepted; what it was sent to (it could not load it, on this other host):
+    let code =
+        env.emulator
+            .add_grant_code(common::CLIENT_ID, "ZohoCRM.users.READ", Some(&redirect_uri));
+    let mut stdin = child.stdin.take().unwrap();
+    // Another authorization's URL first (its state differs): refused, the prompt goes on.
+    writeln!(stdin, "{redirect_uri}?code={code}&state=not-this-one").unwrap();
+    writeln!(stdin, "{redirect_uri}?code={code}&state={}", q["state"]).unwrap();
+    let out = tokio::task::spawn_blocking(move || child.wait_with_output().unwrap())
+        .await
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    assert!(err.contains("its state differs"), "{err}");
+    let out = env.run(&["token", "crm"]).await;
+    assert_eq!(out.status.code(), Some(0), "{}", common::stderr(&out));
+}

@@ -37,6 +37,11 @@ struct Args {
     /// written when they change).
     #[arg(long, value_name = "FILE")]
     state: Option<PathBuf>,
+    /// A Catalyst project whose cache exists (`ID` or `ID/SEGMENT`; repeat). Once one is given,
+    /// Catalyst Cache requests for any other project or segment answer 404, as Catalyst does;
+    /// without any, every project exists.
+    #[arg(long, value_name = "ID[/SEGMENT]")]
+    catalyst_project: Vec<String>,
 }
 
 const AFTER_HELP: &str = "\
@@ -129,6 +134,18 @@ async fn main() -> std::io::Result<()> {
     let args = Args::parse();
     let emulator = zoho_emulator::start_on(SocketAddr::new(args.bind, args.port)).await?;
     emulator.set_token_lifetime(Duration::from_secs(args.token_lifetime));
+    let mut projects = std::collections::BTreeMap::<&str, Vec<&str>>::new();
+    for project in &args.catalyst_project {
+        match project.split_once('/') {
+            Some((id, segment)) => projects.entry(id).or_default().push(segment),
+            None => {
+                projects.entry(project).or_default();
+            }
+        }
+    }
+    for (id, segments) in projects {
+        emulator.add_catalyst_project(id, &segments);
+    }
     emulator.set_latency(Duration::from_millis(args.latency_ms));
     if let Some(saved) = args.state.as_deref().map(read_state).transpose()?.flatten() {
         emulator.restore_state(&saved);

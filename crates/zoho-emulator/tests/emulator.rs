@@ -271,9 +271,14 @@ async fn admin_routes_register_over_http() {
 
 /// Starts the binary with `--state FILE`; returns it and its URL.
 fn start_binary(state: &std::path::Path) -> (std::process::Child, String) {
+    start_binary_with(&["--state", state.to_str().unwrap()])
+}
+
+/// Starts the binary with `args`; returns it and its URL.
+fn start_binary_with(args: &[&str]) -> (std::process::Child, String) {
     use std::io::BufRead as _;
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_zoho-emulator"))
-        .args(["--state", state.to_str().unwrap()])
+        .args(args)
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::null())
         .spawn()
@@ -396,4 +401,40 @@ async fn catalyst_cache_requires_catalysts_headers() {
         200,
         "a miss is 200 with cache_value null"
     );
+}
+
+#[tokio::test]
+async fn the_binary_answers_404_for_catalyst_projects_it_was_not_given() {
+    let (mut child, url) = start_binary_with(&[
+        "--catalyst-project",
+        "4000",
+        "--catalyst-project",
+        "4000/777",
+    ]);
+    let http = reqwest::Client::new();
+    let status = |project: &'static str, segment: Option<&'static str>| {
+        let http = http.clone();
+        let url = url.clone();
+        async move {
+            let path = match segment {
+                Some(s) => format!("{url}/baas/v1/project/{project}/segment/{s}/cache"),
+                None => format!("{url}/baas/v1/project/{project}/cache"),
+            };
+            http.get(path)
+                .query(&[("cacheKey", "k")])
+                .header("project_id", project)
+                .header("Authorization", "Zoho-oauthtoken 1000.x")
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        }
+    };
+    assert_eq!(status("4001", None).await, 404, "an unknown project");
+    assert_eq!(status("4000", Some("778")).await, 404, "an unknown segment");
+    assert_ne!(status("4000", None).await, 404);
+    assert_ne!(status("4000", Some("777")).await, 404);
+    let _ = child.kill();
+    let _ = child.wait();
 }

@@ -198,7 +198,9 @@ pub async fn run(connector: Connector, options: Options) -> Result<GeneratedToke
         connector: name.clone(),
         tx: Mutex::new(Some(tx)),
     });
-    let app = Router::new().route(&path, get(callback)).with_state(shared);
+    let app = Router::new()
+        .route(&path, get(callback))
+        .with_state(shared.clone());
     let server = tokio::spawn(async move {
         let _ = axum::serve(listener, app).await;
     });
@@ -207,6 +209,16 @@ pub async fn run(connector: Connector, options: Options) -> Result<GeneratedToke
     println!("{consent}");
     if options.open_browser {
         open_browser(consent.as_str());
+    } else {
+        // Headless (a server, over ssh): the browser runs elsewhere, so its redirect to this
+        // host's loopback fails to load — the user pastes the URL it tried to open instead.
+        eprintln!(
+            "Then paste here the URL the browser was sent to (it may fail to load: that is fine) and press Enter:"
+        );
+        let (tx, state) = (shared.tx_clone(), state.clone());
+        // A thread of its own, not the runtime's blocking pool: a read of stdin cannot be
+        // cancelled, and the runtime would wait for it at exit.
+        std::thread::spawn(move || read_pasted(tx, &state));
     }
     let redirect = wait_for_redirect(rx, &redirect_uri, options.timeout).await;
     server.abort();
@@ -219,6 +231,64 @@ struct CallbackState {
     state: String,
     connector: String,
     tx: Mutex<Option<mpsc::Sender<Result<Redirect, String>>>>,
+}
+
+impl CallbackState {
+    fn tx_clone(&self) -> Option<mpsc::Sender<Result<Redirect, String>>> {
+        self.tx.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+}
+
+/// Reads pasted lines from stdin until one is the redirect URL (its `state` must be ours) or a
+/// bare grant code; sends it on as if the browser had brought it. Stdin at its end (not a
+/// terminal, nothing piped) just leaves the loopback listener waiting.
+fn read_pasted(tx: Option<mpsc::Sender<Result<Redirect, String>>>, state: &str) {
+    use std::io::BufRead as _;
+    let Some(tx) = tx else { return };
+    for line in std::io::stdin().lock().lines() {
+        let Ok(line) = line else { return };
+        match pasted(line.trim(), state) {
+            Ok(None) => continue,
+            Ok(Some(redirect)) => {
+                let _ = tx.blocking_send(Ok(redirect));
+                return;
+            }
+            Err(problem) => eprintln!("{problem}; paste the whole URL again, or press Ctrl-C"),
+        }
+    }
+}
+
+/// What a pasted line holds: the redirect URL (with `code`, our `state`, maybe
+/// `accounts-server`), or a bare code; `None` for an empty line.
+fn pasted(line: &str, state: &str) -> Result<Option<Redirect>, String> {
+    if line.is_empty() {
+        return Ok(None);
+    }
+    let Ok(url) = Url::parse(line) else {
+        if line.chars().any(char::is_whitespace) {
+            return Err("that is neither the redirect URL nor a code".into());
+        }
+        return Ok(Some(Redirect {
+            code: line.to_owned(),
+            accounts_server: None,
+        }));
+    };
+    let query: HashMap<String, String> = url.query_pairs().into_owned().collect();
+    if query.get("state").map(String::as_str) != Some(state) {
+        return Err(
+            "that URL does not belong to this `connector authorize` (its state differs)".into(),
+        );
+    }
+    if let Some(error) = query.get("error") {
+        return Err(format!("the consent was not granted ({error})"));
+    }
+    match query.get("code").filter(|c| !c.is_empty()) {
+        Some(code) => Ok(Some(Redirect {
+            code: code.clone(),
+            accounts_server: query.get("accounts-server").cloned(),
+        })),
+        None => Err("that URL carries no code".into()),
+    }
 }
 
 fn page(title: &str, body: &str) -> Html<String> {
