@@ -58,6 +58,7 @@ async fn serve_limited(
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
     let _ = child.kill();
+    let _ = child.wait();
     panic!(
         "the agent did not start: {}",
         std::fs::read_to_string(&log).unwrap()

@@ -53,25 +53,25 @@ fn template(
     peer: super::security::Peer,
     headers: &HeaderMap,
     name: &str,
-) -> Result<Connector, Response> {
+) -> Result<Connector, Box<Response>> {
     if let Err((status, reason)) = agent.policy.check_connector(name, headers, peer) {
-        return Err(refusal(status, reason));
+        return Err(Box::new(refusal(status, reason)));
     }
     agent
         .connection()
         .connector(name)
-        .map_err(|e| error_response(e, None))
+        .map_err(|e| Box::new(error_response(e, None)))
 }
 
 /// The redirect URI: the request's, else the connector's `redirect_url`.
-fn redirect_uri(template: &Connector, asked: Option<String>) -> Result<String, Response> {
+fn redirect_uri(template: &Connector, asked: Option<String>) -> Result<String, Box<Response>> {
     asked
         .or_else(|| template.config().redirect_url().map(str::to_owned))
         .ok_or_else(|| {
-            bad_request(
+            Box::new(bad_request(
                 "no_redirect_uri",
                 "give \"redirect_uri\" (registered for the client), or set redirect_url in the connector's config",
-            )
+            ))
         })
 }
 
@@ -88,7 +88,7 @@ pub async fn consent(
 ) -> Response {
     let template = match template(&agent, peer, &headers, &name) {
         Ok(t) => t,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let Ok(axum::Json(request)) = body else {
         return bad_request(
@@ -98,7 +98,7 @@ pub async fn consent(
     };
     let redirect = match redirect_uri(&template, request.redirect_uri) {
         Ok(r) => r,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let scopes: Vec<&str> = request.scope.split(',').map(str::trim).collect();
     match flow(&agent, template, redirect).start(&user, &scopes) {
@@ -116,7 +116,7 @@ pub async fn code(
 ) -> Response {
     let template = match template(&agent, peer, &headers, &name) {
         Ok(t) => t,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let Ok(axum::Json(request)) = body else {
         return bad_request(
@@ -130,7 +130,7 @@ pub async fn code(
         Some(state) => {
             let redirect = match redirect_uri(&template, request.redirect_uri) {
                 Ok(r) => r,
-                Err(r) => return r,
+                Err(r) => return *r,
             };
             flow(&agent, template, redirect)
                 .complete_for_user(&user, &state, &code, server)
@@ -187,7 +187,7 @@ pub async fn disconnect(
 ) -> Response {
     let template = match template(&agent, peer, &headers, &name) {
         Ok(t) => t,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     match template.disconnect_user(&user).await {
         Ok(()) => axum::Json(json!({"revoked": true})).into_response(),
