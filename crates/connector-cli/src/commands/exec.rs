@@ -10,9 +10,15 @@ use std::time::Duration;
 /// Run a command with access tokens in its environment.
 ///
 /// For each connector NAME: ZOHO_<NAME>_ACCESS_TOKEN and ZOHO_<NAME>_API_DOMAIN (NAME in
-/// upper case, other characters as `_`). Signals are passed on to the command, and its exit
-/// code is returned. When a token cannot be had the command is not run, and the exit code
-/// says why (3–6). Uses the agent when CONNECTOR_AGENT is set.
+/// upper case, other characters as `_`; two names that give one variable are refused). With
+/// -c, every named connector must give a token; without, every configured connector that has a
+/// refresh token does (those never authorized are skipped with a warning). Signals are passed
+/// on to the command, and its exit code is returned as a shell does (127 not found, 126 not
+/// executable, 128+N killed by signal N). When a token cannot be had the command is not run,
+/// and the exit code says why (3–6). The command does not inherit what could decrypt or mint
+/// (CONNECTOR_ENCRYPTION_KEY, CONNECTOR_ENCRYPTION_KEY_FILE, CONNECTOR_CONFIG, CONNECTOR_STORE,
+/// CONNECTOR_AGENT_TOKEN_FILE) unless --pass-connector-env. Uses the agent when CONNECTOR_AGENT
+/// is set.
 #[derive(clap::Args, Debug)]
 #[command(after_help = super::with_examples(&[
     "connector exec -c crm -- python3 sync.py",
@@ -32,6 +38,11 @@ pub struct Args {
     /// Also set VAR to NAME's access token (repeat).
     #[arg(long, value_name = "VAR=NAME")]
     env: Vec<String>,
+    /// Let the command inherit CONNECTOR_ENCRYPTION_KEY(_FILE), CONNECTOR_CONFIG,
+    /// CONNECTOR_STORE and CONNECTOR_AGENT_TOKEN_FILE (by default it gets access tokens only,
+    /// and cannot read the stored refresh tokens through them).
+    #[arg(long)]
+    pass_connector_env: bool,
     /// The command and its arguments, after `--`.
     #[arg(last = true, required = true, value_name = "COMMAND")]
     command: Vec<String>,
@@ -53,6 +64,33 @@ pub fn env_name(connector: &str) -> String {
         .collect()
 }
 
+/// What lets a process decrypt the store, find it, or ask a TCP agent: not for the command.
+const WITHHELD: [&str; 5] = [
+    "CONNECTOR_ENCRYPTION_KEY",
+    "CONNECTOR_ENCRYPTION_KEY_FILE",
+    "CONNECTOR_CONFIG",
+    "CONNECTOR_STORE",
+    "CONNECTOR_AGENT_TOKEN_FILE",
+];
+
+/// Refuses names that give one variable (`crm-eu`, `crm.eu`, `crm_eu` → `ZOHO_CRM_EU_…`).
+fn check_env_names<'a>(names: impl IntoIterator<Item = &'a String>) -> Result<(), Failure> {
+    let mut seen: BTreeMap<String, &str> = BTreeMap::new();
+    for name in names {
+        let var = env_name(name);
+        if let Some(other) = seen.insert(var.clone(), name) {
+            return Err(Failure::new(
+                Exit::Usage,
+                format!(
+                    "connectors `{other}` and `{name}` would both set ZOHO_{var}_ACCESS_TOKEN"
+                ),
+            )
+            .hint("choose connectors with -c, and give one of them another variable with --env VAR=NAME"));
+        }
+    }
+    Ok(())
+}
+
 /// (access token, api domain) per connector, from the agent or the library.
 async fn tokens(
     ctx: &Context,
@@ -66,13 +104,22 @@ async fn tokens(
     let connection = match ctx.tokens()? {
         Tokens::Stores(connection) => connection,
         Tokens::Agent(agent) => {
-            let names = if names.is_empty() {
-                agent.names().await?
-            } else {
+            let chosen = !names.is_empty();
+            let names = if chosen {
                 names.to_vec()
+            } else {
+                agent.names().await?
             };
+            check_env_names(&names)?;
             for name in names {
-                let body = agent.token(&name, None, min_ttl).await?;
+                let body = match agent.token(&name, None, min_ttl).await {
+                    Ok(body) => body,
+                    Err(f) if !chosen && f.exit == Exit::Reauthorize => {
+                        ctx.warn(format!("connector `{name}` is skipped: {}", f.message));
+                        continue;
+                    }
+                    Err(f) => return Err(f),
+                };
                 let (refresh_at, expires_at) =
                     (secs(&body["refresh_at"]), secs(&body["expires_at"]));
                 super::check_floor(&name, refresh_at, expires_at, floor, None)?;
@@ -83,15 +130,22 @@ async fn tokens(
             return Ok(out);
         }
     };
-    let names: Vec<String> = if names.is_empty() {
-        connection.connector_names().map(str::to_owned).collect()
-    } else {
+    let chosen = !names.is_empty();
+    let names: Vec<String> = if chosen {
         names.to_vec()
+    } else {
+        connection.connector_names().map(str::to_owned).collect()
     };
+    check_env_names(&names)?;
     for name in names {
         let connector = connection.connector(&name)?;
         let token = match connector.access_token_valid_for(min_ttl).await {
             Ok(t) => t,
+            // Without -c: a connector never authorized does not stop the others.
+            Err(e) if !chosen && e.needs_reauthorization() => {
+                ctx.warn(format!("connector `{name}` is skipped: {e}"));
+                continue;
+            }
             Err(e) => return Err(ctx.explain(&connector, e).await),
         };
         if token.refresh_at() <= std::time::SystemTime::now() {
@@ -119,6 +173,11 @@ pub async fn run(ctx: &Context, options: Args) -> Result<ExitCode, Failure> {
     let tokens = tokens(ctx, &options.connectors, (options.min_ttl, options.floor)).await?;
     let mut command = tokio::process::Command::new(program);
     command.args(args);
+    if !options.pass_connector_env {
+        for var in WITHHELD {
+            command.env_remove(var);
+        }
+    }
     for (name, (token, domain)) in &tokens {
         let var = env_name(name);
         command.env(format!("ZOHO_{var}_ACCESS_TOKEN"), token);
@@ -141,9 +200,19 @@ pub async fn run(ctx: &Context, options: Args) -> Result<ExitCode, Failure> {
         };
         command.env(var, token);
     }
-    let mut child = command
-        .spawn()
-        .map_err(|e| Failure::new(Exit::Usage, format!("cannot run {program:?}: {e}")))?;
+    let mut child = match command.spawn() {
+        Ok(child) => child,
+        // As a shell says it: 127 for a command not found, 126 for one that cannot run.
+        Err(e) => {
+            let code = if e.kind() == std::io::ErrorKind::NotFound {
+                127
+            } else {
+                126
+            };
+            eprintln!("connector exec: cannot run {program:?}: {e}");
+            return Ok(ExitCode::from(code));
+        }
+    };
     let status = forward_signals(&mut child).await?;
     use std::os::unix::process::ExitStatusExt as _;
     let code = match (status.code(), status.signal()) {
