@@ -94,3 +94,48 @@ async fn the_child_gets_tokens_but_nothing_that_decrypts_or_mints() {
     .await;
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_of_three_token_lifetimes_always_reads_a_valid_token_from_its_file() {
+    let env = Env::new().await;
+    // Four-second tokens; the job runs 12 s and calls the API with the file's token every 200 ms.
+    env.emulator
+        .set_token_lifetime(std::time::Duration::from_secs(4));
+    let api = format!("{}/crm/v8/users", env.emulator.url());
+    let log = env.dir.path().join("calls.log");
+    let script = format!(
+        r#"end=$(($(date +%s) + 12)); while [ $(date +%s) -lt $end ]; do
+             code=$(curl -s -o /dev/null -w '%{{http_code}}' -H "Authorization: Zoho-oauthtoken $(cat "$ZOHO_CRM_TOKEN_FILE")" {api})
+             echo "$code" >> {log}; sleep 0.2; done
+           echo "$ZOHO_CRM_TOKEN_FILE" > {log}.path"#,
+        log = log.display()
+    );
+    let out = exec(
+        &env,
+        &[],
+        &["-c", "crm", "--floor", "0s", "--", "sh", "-c", &script],
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let calls = std::fs::read_to_string(&log).unwrap();
+    let codes: Vec<&str> = calls.lines().collect();
+    assert!(codes.len() > 30, "{} calls", codes.len());
+    let refused = codes.iter().filter(|c| **c != "200").count();
+    assert_eq!(
+        refused,
+        0,
+        "{refused} of {} calls had an expired token",
+        codes.len()
+    );
+    assert!(
+        env.requests() >= 3,
+        "the file was refreshed: {} mints",
+        env.requests()
+    );
+    // The file is removed with its directory after the job.
+    let path = std::fs::read_to_string(format!("{}.path", log.display())).unwrap();
+    assert!(
+        !std::path::Path::new(path.trim()).exists(),
+        "{path} is left behind"
+    );
+}

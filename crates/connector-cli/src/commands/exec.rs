@@ -4,8 +4,9 @@ use super::{Context, Tokens};
 use crate::exit::{Exit, Failure};
 use catalyst_connectors::ExposeSecret;
 use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 /// Run a command with access tokens in its environment.
 ///
@@ -91,78 +92,195 @@ fn check_env_names<'a>(names: impl IntoIterator<Item = &'a String>) -> Result<()
     Ok(())
 }
 
-/// (access token, api domain) per connector, from the agent or the library.
-async fn tokens(
-    ctx: &Context,
-    names: &[String],
-    (min_ttl, floor): (Duration, Duration),
-) -> Result<BTreeMap<String, (String, Option<String>)>, Failure> {
-    let secs = |v: &serde_json::Value| {
-        std::time::SystemTime::UNIX_EPOCH + Duration::from_secs(v.as_u64().unwrap_or(0))
-    };
-    let mut out = BTreeMap::new();
-    let connection = match ctx.tokens()? {
-        Tokens::Stores(connection) => connection,
-        Tokens::Agent(agent) => {
-            let chosen = !names.is_empty();
-            let names = if chosen {
-                names.to_vec()
-            } else {
-                agent.names().await?
-            };
-            check_env_names(&names)?;
-            for name in names {
-                let body = match agent.token(&name, None, min_ttl).await {
+/// One connector's token as fetched for the command.
+#[derive(Clone)]
+struct Fetched {
+    token: String,
+    domain: Option<String>,
+    refresh_at: SystemTime,
+    expires_at: SystemTime,
+}
+
+/// Where the command's tokens come from, kept while it runs (its token files are refreshed from
+/// it).
+enum Source {
+    Agent(crate::agent::client::AgentClient),
+    Stores(catalyst_connectors::Connection),
+}
+
+impl Source {
+    /// The connectors to fetch: those named with -c, else every configured one.
+    async fn names(&self, chosen: &[String]) -> Result<Vec<String>, Failure> {
+        if !chosen.is_empty() {
+            return Ok(chosen.to_vec());
+        }
+        match self {
+            Self::Agent(agent) => agent.names().await,
+            Self::Stores(c) => Ok(c.connector_names().map(str::to_owned).collect()),
+        }
+    }
+
+    /// NAME's token, valid at least `min_ttl` (and `floor`, past its refresh point); `Ok(None)`
+    /// when `optional` and the connector was never authorized.
+    async fn fetch(
+        &self,
+        ctx: &Context,
+        name: &str,
+        (min_ttl, floor): (Duration, Duration),
+        optional: bool,
+    ) -> Result<Option<Fetched>, Failure> {
+        let secs = |v: &serde_json::Value| {
+            SystemTime::UNIX_EPOCH + Duration::from_secs(v.as_u64().unwrap_or(0))
+        };
+        let fetched = match self {
+            Self::Agent(agent) => {
+                let body = match agent.token(name, None, min_ttl).await {
                     Ok(body) => body,
-                    Err(f) if !chosen && f.exit == Exit::Reauthorize => {
+                    Err(f) if optional && f.exit == Exit::Reauthorize => {
                         ctx.warn(format!("connector `{name}` is skipped: {}", f.message));
-                        continue;
+                        return Ok(None);
                     }
                     Err(f) => return Err(f),
                 };
-                let (refresh_at, expires_at) =
-                    (secs(&body["refresh_at"]), secs(&body["expires_at"]));
-                super::check_floor(&name, refresh_at, expires_at, floor, None)?;
-                let token = body["access_token"].as_str().unwrap_or_default().to_owned();
-                let domain = body["api_domain"].as_str().map(str::to_owned);
-                out.insert(name, (token, domain));
+                Fetched {
+                    token: body["access_token"].as_str().unwrap_or_default().to_owned(),
+                    domain: body["api_domain"].as_str().map(str::to_owned),
+                    refresh_at: secs(&body["refresh_at"]),
+                    expires_at: secs(&body["expires_at"]),
+                }
             }
-            return Ok(out);
-        }
-    };
-    let chosen = !names.is_empty();
-    let names: Vec<String> = if chosen {
-        names.to_vec()
-    } else {
-        connection.connector_names().map(str::to_owned).collect()
-    };
-    check_env_names(&names)?;
-    for name in names {
-        let connector = connection.connector(&name)?;
-        let token = match connector.access_token_valid_for(min_ttl).await {
-            Ok(t) => t,
-            // Without -c: a connector never authorized does not stop the others.
-            Err(e) if !chosen && e.needs_reauthorization() => {
-                ctx.warn(format!("connector `{name}` is skipped: {e}"));
-                continue;
+            Self::Stores(connection) => {
+                let connector = connection.connector(name)?;
+                let token = match connector.access_token_valid_for(min_ttl).await {
+                    Ok(t) => t,
+                    // Without -c: a connector never authorized does not stop the others.
+                    Err(e) if optional && e.needs_reauthorization() => {
+                        ctx.warn(format!("connector `{name}` is skipped: {e}"));
+                        return Ok(None);
+                    }
+                    Err(e) => return Err(ctx.explain(&connector, e).await),
+                };
+                if token.refresh_at() <= SystemTime::now() {
+                    let failed = connector.status().await.last_error.map(|(e, _)| e);
+                    let (refresh_at, expires_at) = (token.refresh_at(), token.expires_at());
+                    super::check_floor(name, refresh_at, expires_at, floor, failed.as_ref())?;
+                }
+                Fetched {
+                    token: token.expose_secret().to_owned(),
+                    domain: token.api_domain().map(str::to_owned),
+                    refresh_at: token.refresh_at(),
+                    expires_at: token.expires_at(),
+                }
             }
-            Err(e) => return Err(ctx.explain(&connector, e).await),
         };
-        if token.refresh_at() <= std::time::SystemTime::now() {
-            let failed = connector.status().await.last_error.map(|(e, _)| e);
-            let (refresh_at, expires_at) = (token.refresh_at(), token.expires_at());
-            super::check_floor(&name, refresh_at, expires_at, floor, failed.as_ref())?;
+        if let Self::Agent(_) = self {
+            super::check_floor(name, fetched.refresh_at, fetched.expires_at, floor, None)?;
         }
-        out.insert(
-            name,
-            (
-                token.expose_secret().to_owned(),
-                token.api_domain().map(str::to_owned),
-            ),
-        );
+        Ok(Some(fetched))
     }
-    connection.settle(Duration::from_secs(5)).await;
+}
+
+/// The token per connector, from the agent or the library.
+async fn tokens(
+    ctx: &Context,
+    source: &Source,
+    chosen: &[String],
+    limits: (Duration, Duration),
+) -> Result<BTreeMap<String, Fetched>, Failure> {
+    let names = source.names(chosen).await?;
+    check_env_names(&names)?;
+    let mut out = BTreeMap::new();
+    for name in names {
+        if let Some(f) = source.fetch(ctx, &name, limits, chosen.is_empty()).await? {
+            out.insert(name, f);
+        }
+    }
+    if let Source::Stores(connection) = source {
+        connection.settle(Duration::from_secs(5)).await;
+    }
     Ok(out)
+}
+
+/// A directory of our own (0700) for the command's token files: under `$XDG_RUNTIME_DIR` when
+/// set, else the temporary directory. Created here, so removed here.
+fn token_dir() -> Result<PathBuf, Failure> {
+    use std::os::unix::fs::DirBuilderExt as _;
+    let base = std::env::var_os("XDG_RUNTIME_DIR")
+        .filter(|d| !d.is_empty())
+        .map(PathBuf::from)
+        .unwrap_or_else(std::env::temp_dir);
+    let dir = base.join(format!(
+        "connector-exec-{}-{:016x}",
+        std::process::id(),
+        rand::random::<u64>()
+    ));
+    // mkdir never follows a link and fails if anything is there: the directory is ours.
+    std::fs::DirBuilder::new()
+        .mode(0o700)
+        .create(&dir)
+        .map_err(|e| {
+            Failure::new(
+                Exit::Unexpected,
+                format!(
+                    "cannot create a directory for the token files in {}: {e}",
+                    base.display()
+                ),
+            )
+        })?;
+    Ok(dir)
+}
+
+/// Writes `token` to `path` atomically: a temporary file (0600) in the same directory, synced,
+/// then renamed over the old one — a reader sees the old token or the new, never a mix.
+fn write_token_file(path: &Path, token: &str) -> std::io::Result<()> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let tmp = path.with_extension("tmp");
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)?;
+    file.write_all(token.as_bytes())?;
+    file.sync_all()?;
+    std::fs::rename(&tmp, path)
+}
+
+/// Keeps NAME's token file fresh while the command runs: a new token is fetched at the current
+/// one's refresh point and written in its place; a failed refresh is retried every few seconds
+/// while the current token, still valid, stays in the file.
+async fn keep_fresh(
+    ctx: &Context,
+    source: &Source,
+    name: String,
+    path: PathBuf,
+    mut current: Fetched,
+) {
+    let (min_ttl, floor) = (Duration::ZERO, Duration::ZERO);
+    let mut retry = false;
+    loop {
+        let until = |t: SystemTime| t.duration_since(SystemTime::now()).unwrap_or_default();
+        let wait = if retry {
+            until(current.expires_at)
+                .min(Duration::from_secs(2))
+                .max(Duration::from_millis(200))
+        } else {
+            until(current.refresh_at)
+        };
+        tokio::time::sleep(wait).await;
+        match source.fetch(ctx, &name, (min_ttl, floor), false).await {
+            Ok(Some(next)) if next.token != current.token => {
+                if let Err(e) = write_token_file(&path, &next.token) {
+                    eprintln!("connector exec: cannot write {}: {e}", path.display());
+                }
+                current = next;
+                retry = false;
+            }
+            // The same token (its refresh failed, it is still valid), or an error: soon again.
+            _ => retry = true,
+        }
+    }
 }
 
 /// Runs the command; its exit code becomes ours (128 + the signal if a signal ended it).
@@ -170,7 +288,13 @@ pub async fn run(ctx: &Context, options: Args) -> Result<ExitCode, Failure> {
     let Some((program, args)) = options.command.split_first() else {
         return Err(Failure::new(Exit::Usage, "no command to run after `--`"));
     };
-    let tokens = tokens(ctx, &options.connectors, (options.min_ttl, options.floor)).await?;
+    let source = match ctx.tokens()? {
+        Tokens::Agent(agent) => Source::Agent(agent),
+        Tokens::Stores(connection) => Source::Stores(connection),
+    };
+    let limits = (options.min_ttl, options.floor);
+    let tokens = tokens(ctx, &source, &options.connectors, limits).await?;
+    let dir = token_dir()?;
     let mut command = tokio::process::Command::new(program);
     command.args(args);
     if !options.pass_connector_env {
@@ -178,21 +302,59 @@ pub async fn run(ctx: &Context, options: Args) -> Result<ExitCode, Failure> {
             command.env_remove(var);
         }
     }
-    for (name, (token, domain)) in &tokens {
+    let mut refreshers = Vec::new();
+    for (name, fetched) in &tokens {
         let var = env_name(name);
-        command.env(format!("ZOHO_{var}_ACCESS_TOKEN"), token);
-        if let Some(d) = domain {
+        command.env(format!("ZOHO_{var}_ACCESS_TOKEN"), &fetched.token);
+        if let Some(d) = &fetched.domain {
             command.env(format!("ZOHO_{var}_API_DOMAIN"), d);
         }
+        let path = dir.join(format!("{var}.token"));
+        if let Err(e) = write_token_file(&path, &fetched.token) {
+            let _ = std::fs::remove_dir_all(&dir);
+            return Err(Failure::new(
+                Exit::Unexpected,
+                format!("cannot write {}: {e}", path.display()),
+            ));
+        }
+        command.env(format!("ZOHO_{var}_TOKEN_FILE"), &path);
+        refreshers.push(keep_fresh(
+            ctx,
+            &source,
+            name.clone(),
+            path,
+            fetched.clone(),
+        ));
     }
-    for pair in &options.env {
+    // The token files are kept fresh for as long as the command runs, then dropped.
+    let refresh = async {
+        futures::future::join_all(refreshers).await;
+        std::future::pending::<()>().await;
+    };
+    let code = tokio::select! {
+        code = run_child(command, program, &options.env, &tokens) => code,
+        () = refresh => Ok(ExitCode::FAILURE),
+    };
+    // Ours: created above.
+    let _ = std::fs::remove_dir_all(&dir);
+    code
+}
+
+/// Spawns the command with `--env` pairs added and waits for it; its exit code as a shell gives it.
+async fn run_child(
+    mut command: tokio::process::Command,
+    program: &str,
+    pairs: &[String],
+    tokens: &BTreeMap<String, Fetched>,
+) -> Result<ExitCode, Failure> {
+    for pair in pairs {
         let Some((var, name)) = pair.split_once('=') else {
             return Err(Failure::new(
                 Exit::Usage,
                 format!("--env {pair:?}: expected VAR=NAME"),
             ));
         };
-        let Some((token, _)) = tokens.get(name) else {
+        let Some(Fetched { token, .. }) = tokens.get(name) else {
             return Err(Failure::new(
                 Exit::Usage,
                 format!("--env {pair:?}: connector `{name}` is not among those exec fetched"),
