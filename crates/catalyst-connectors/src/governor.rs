@@ -38,8 +38,34 @@ const SKEW_MS: EpochMillis = 60_000;
 pub(crate) enum Decision {
     /// Mint.
     Allow,
-    /// Do not mint before `frees_at`: `mints` were recorded in the window.
-    Refuse { mints: usize, frees_at: EpochMillis },
+    /// Do not mint before `frees_at`: `mints` count against `cap`.
+    Refuse {
+        mints: usize,
+        frees_at: EpochMillis,
+        cap: Cap,
+    },
+}
+
+/// Which budget refused a mint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Cap {
+    /// `limit` mints per `window` (Zoho: 10 per 10 minutes).
+    Window,
+    /// Tokens minted within an access token's life (an hour) are still live: Zoho revokes the
+    /// oldest past its cap (15 for CRM, 10 in some services' documentation).
+    Live,
+    /// Mints that only a caller's `min_ttl` asked for (the token held was still before its
+    /// refresh point): at most half the window's budget, so one client cannot spend it all.
+    Forced,
+}
+
+/// How long a Zoho access token lives: a mint within this long is a live token.
+pub(crate) const LIVE_WINDOW: Duration = Duration::from_secs(3600);
+
+/// The times in `times` (sorted) after `now - within`.
+fn since(times: Vec<EpochMillis>, now: EpochMillis, within: Duration) -> Vec<EpochMillis> {
+    let from = now.saturating_sub(duration_millis(within));
+    times.into_iter().filter(|t| *t > from).collect()
 }
 
 /// The mint governor of one connection. A limit of 0 turns it off.
@@ -47,6 +73,10 @@ pub(crate) enum Decision {
 pub(crate) struct Governor {
     limit: u32,
     window: Duration,
+    /// At most this many live tokens per refresh token (0: no live budget).
+    live_limit: u32,
+    /// What a refusal of the window's budget is (`Forced` for the forced mints' governor).
+    cap: Cap,
     unrecorded: Arc<Unrecorded>,
 }
 
@@ -57,7 +87,36 @@ impl Governor {
         Self {
             limit,
             window,
+            live_limit: 0,
+            cap: Cap::Window,
             unrecorded,
+        }
+    }
+
+    /// With a budget of `live_limit` live tokens per refresh token (0: none).
+    pub(crate) fn with_live_limit(mut self, live_limit: u32) -> Self {
+        self.live_limit = live_limit;
+        self
+    }
+
+    /// The governor of mints that only a `min_ttl` forced: half the window's budget, counted in
+    /// a log of its own (beside the main one, which counts them too).
+    pub(crate) fn forced(&self) -> Self {
+        Self {
+            limit: (self.limit / 2).max(1),
+            window: self.window,
+            live_limit: 0,
+            cap: Cap::Forced,
+            unrecorded: Arc::clone(&self.unrecorded),
+        }
+    }
+
+    /// How long log entries are kept: the window, or an access token's life with a live budget.
+    fn retention(&self) -> Duration {
+        if self.live_limit > 0 {
+            self.window.max(LIVE_WINDOW)
+        } else {
+            self.window
         }
     }
 
@@ -86,6 +145,18 @@ impl Governor {
     /// key is `unreadable`; entries in the future beyond a minute of skew are ignored (a clock
     /// jump must not lock a refresh token out for years).
     pub(crate) async fn mints(
+        &self,
+        store: &dyn TokenStore,
+        key: &str,
+        now: EpochMillis,
+    ) -> (Vec<EpochMillis>, bool) {
+        let (kept, readable) = self.retained(store, key, now).await;
+        (since(kept, now, self.window), readable)
+    }
+
+    /// Every mint of `key` kept at `now` (the window's, or an hour's with a live budget), and
+    /// whether the log could be read.
+    async fn retained(
         &self,
         store: &dyn TokenStore,
         key: &str,
@@ -133,46 +204,81 @@ impl Governor {
                 return Decision::Refuse {
                     mints: self.limit as usize,
                     frees_at: unwritten[0].saturating_add(duration_millis(self.window)),
+                    cap: self.cap,
                 };
             }
         }
-        let (times, readable) = self.mints(store, key, now).await;
-        let times = if readable {
-            times
+        let (kept, readable) = self.retained(store, key, now).await;
+        let kept = if readable {
+            kept
         } else {
-            vec![now; self.limit as usize]
+            vec![now; self.limit.max(self.live_limit) as usize]
         };
-        if times.len() < self.limit as usize {
-            return Decision::Allow;
+        let over = |times: Vec<EpochMillis>, limit: u32, window: Duration, cap: Cap| {
+            (times.len() >= limit as usize).then(|| Decision::Refuse {
+                mints: times.len(),
+                frees_at: times
+                    .first()
+                    .copied()
+                    .unwrap_or(now)
+                    .saturating_add(duration_millis(window)),
+                cap,
+            })
+        };
+        let in_window = since(kept.clone(), now, self.window);
+        if let Some(refused) = over(in_window, self.limit, self.window, self.cap) {
+            return refused;
         }
-        Decision::Refuse {
-            mints: times.len(),
-            frees_at: times
-                .first()
-                .copied()
-                .unwrap_or(now)
-                .saturating_add(duration_millis(self.window)),
+        if self.live_limit > 0
+            && let Some(refused) = over(
+                since(kept, now, LIVE_WINDOW),
+                self.live_limit,
+                LIVE_WINDOW,
+                Cap::Live,
+            )
+        {
+            return refused;
         }
+        Decision::Allow
     }
 
-    /// The error a caller gets for a refusal.
     pub(crate) fn refusal(
         &self,
         connector: &str,
-        mints: usize,
-        frees_at: EpochMillis,
+        (mints, frees_at, cap): (usize, EpochMillis, Cap),
         now: EpochMillis,
     ) -> Error {
         let retry_after = until(now, frees_at, Duration::from_secs(1));
+        let secs = retry_after.as_secs();
+        let (code, description) = match cap {
+            Cap::Window => (
+                "mint limit",
+                format!(
+                    "{mints} tokens minted for this refresh token in the last {} s (limit {}); a slot frees in {secs} s",
+                    self.window.as_secs(),
+                    self.limit,
+                ),
+            ),
+            Cap::Live => (
+                "live token limit",
+                format!(
+                    "{mints} tokens of this refresh token are still live (limit {}; Zoho revokes the oldest past its cap); a slot frees in {secs} s",
+                    self.live_limit,
+                ),
+            ),
+            Cap::Forced => (
+                "min_ttl mint limit",
+                format!(
+                    "{mints} tokens minted in the last {} s only because a caller asked for a longer life (at most {}, half the mint budget); ask for less, or retry in {secs} s",
+                    self.window.as_secs(),
+                    self.limit,
+                ),
+            ),
+        };
         Error::Throttled {
             connector: connector.to_owned(),
-            code: "mint limit".into(),
-            description: Some(format!(
-                "{mints} tokens minted for this refresh token in the last {} s (limit {}); a slot frees in {} s",
-                self.window.as_secs(),
-                self.limit,
-                retry_after.as_secs()
-            )),
+            code: code.into(),
+            description: Some(description),
             retry_after: Some(retry_after),
             recorded: false,
         }
@@ -235,7 +341,7 @@ impl Governor {
     }
 
     fn within(&self, times: Vec<EpochMillis>, now: EpochMillis) -> Vec<EpochMillis> {
-        let since = now.saturating_sub(duration_millis(self.window));
+        let since = now.saturating_sub(duration_millis(self.retention()));
         let latest = now.saturating_add(SKEW_MS);
         let mut kept: Vec<_> = times
             .into_iter()
@@ -267,7 +373,8 @@ mod tests {
             governor.decide(&store, KEY, 4_000).await,
             Decision::Refuse {
                 mints: 3,
-                frees_at: 601_000
+                frees_at: 601_000,
+                cap: Cap::Window,
             }
         );
         // The first mint leaves the window.

@@ -485,3 +485,41 @@ async fn a_deadline_bounds_the_caller_and_the_late_token_is_kept() {
         "no second request for the next caller"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_min_ttl_loop_never_exceeds_zohos_live_token_cap_nor_half_the_mint_budget() {
+    let s = Setup::new().await;
+    // The lowest cap Zoho documents: 10 live tokens per refresh token.
+    let mut settings = s.emulator.settings();
+    settings.live_token_cap = 10;
+    s.emulator.set_settings(settings);
+    let crm = s.connection().connector("crm").unwrap();
+    // A client asking every 5 s for a token that lasts 3590 s (of 3600): for 30 minutes.
+    let mut throttled = 0;
+    let mut mints_per_window = Vec::new();
+    for step in 0..360 {
+        let before = s.token_requests();
+        match crm.access_token_valid_for(Duration::from_secs(3590)).await {
+            Ok(t) => assert!(
+                system_time_to_millis(t.expires_at()) > s.clock.now_millis(),
+                "an expired token was served"
+            ),
+            Err(Error::Throttled { .. }) => throttled += 1,
+            Err(e) => panic!("a refusal must say throttled (exit 5), got {e:?}"),
+        }
+        common::settle(&crm).await;
+        if step % 120 == 0 {
+            mints_per_window.push(0);
+        }
+        *mints_per_window.last_mut().unwrap() += s.token_requests() - before;
+        s.advance(Duration::from_secs(5));
+    }
+    let stats = s.emulator.stats();
+    assert_eq!(stats.evicted_by_cap, 0, "Zoho revoked tokens past its cap");
+    assert!(stats.live_tokens <= 10, "{} live tokens", stats.live_tokens);
+    assert!(throttled > 0, "the loop was never refused");
+    for (i, mints) in mints_per_window.iter().enumerate() {
+        // The first window has the one mint nothing forced, then at most half of ten.
+        assert!(*mints <= 6, "window {i}: {mints} mints");
+    }
+}

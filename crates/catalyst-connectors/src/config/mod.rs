@@ -30,6 +30,8 @@ pub struct ConnectorConfig {
     pub(crate) redirect_url: Option<String>,
     pub(crate) expires_in: Option<Duration>,
     pub(crate) refresh_in: Option<Duration>,
+    /// At most this many live tokens per refresh token (`None`: the connection's default).
+    pub(crate) live_token_limit: Option<u32>,
     pub(crate) api_domain: Option<String>,
     pub(crate) catalyst_sdk: CatalystSdk,
     pub(crate) secret_key: Option<SdkSecretKey>,
@@ -128,6 +130,12 @@ impl ConnectorConfig {
     /// The configured refresh interval, if any.
     pub fn refresh_in(&self) -> Option<Duration> {
         self.refresh_in
+    }
+
+    /// `live_token_limit`: at most this many tokens of one refresh token live at once
+    /// (`None`: the connection's default, 10).
+    pub fn live_token_limit(&self) -> Option<u32> {
+        self.live_token_limit
     }
 
     /// The API domain used when the token response names none.

@@ -23,6 +23,7 @@ pub(super) struct RawConnector {
     pub(super) redirect_url: Option<String>,
     pub(super) expires_in: Option<Number>,
     pub(super) refresh_in: Option<Number>,
+    pub(super) live_token_limit: Option<Number>,
     pub(super) dc: Option<String>,
     pub(super) api_domain: Option<String>,
     pub(super) catalyst_sdk: Option<String>,
@@ -40,6 +41,7 @@ const KNOWN_FIELDS: &[&str] = &[
     "redirect_url",
     "expires_in",
     "refresh_in",
+    "live_token_limit",
     "dc",
     "api_domain",
     "catalyst_sdk",
@@ -170,6 +172,7 @@ fn read_raw(
     };
     raw.expires_in = number("expires_in");
     raw.refresh_in = number("refresh_in");
+    raw.live_token_limit = number("live_token_limit");
     raw
 }
 

@@ -170,6 +170,29 @@ impl Checker<'_> {
         (sdk, key)
     }
 
+    /// How many live tokens per refresh token this connector may hold: 1–30 (Zoho's caps are 10
+    /// to 30 depending on the service).
+    fn live_token_limit(&mut self, v: Option<Number>) -> Option<u32> {
+        match v {
+            None => None,
+            Some(Number::Seconds(n @ 1..=30)) => u32::try_from(n).ok(),
+            Some(Number::Seconds(n)) => {
+                self.push(
+                    Some("live_token_limit"),
+                    format!("must be 1 to 30 (Zoho's caps per refresh token), found {n}"),
+                );
+                None
+            }
+            Some(Number::Invalid(found)) => {
+                self.push(
+                    Some("live_token_limit"),
+                    format!("must be a whole number, found {found}"),
+                );
+                None
+            }
+        }
+    }
+
     /// A positive whole number of seconds.
     fn seconds(&mut self, field: &str, v: Option<Number>) -> Option<Duration> {
         match v {
@@ -226,6 +249,7 @@ pub(super) fn validate(
     let api_domain = c.url("api_domain", raw.api_domain, false);
     let expires_in = c.seconds("expires_in", raw.expires_in);
     let refresh_in = c.seconds("refresh_in", raw.refresh_in);
+    let live_token_limit = c.live_token_limit(raw.live_token_limit);
     let (catalyst_sdk, secret_key) = c.catalyst_sdk(raw.catalyst_sdk, raw.secret_key);
     if c.issues.len() > start {
         return None;
@@ -251,6 +275,7 @@ pub(super) fn validate(
         redirect_url,
         expires_in,
         refresh_in,
+        live_token_limit,
         api_domain,
         catalyst_sdk,
         secret_key,

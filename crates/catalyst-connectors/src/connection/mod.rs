@@ -276,10 +276,20 @@ impl ConnectionBuilder {
         self
     }
 
+    /// At most `limit` tokens of one refresh token live at once (default 10, the lowest cap
+    /// Zoho documents; CRM allows 15, Creator 30 — a connector's `live_token_limit` overrides
+    /// it; leave room for SDKs that share the refresh token); 0 turns the live budget off.
+    /// A mint within an hour of another counts as live.
+    pub fn live_token_limit(mut self, limit: u32) -> Self {
+        self.options.live_token_limit = limit;
+        self
+    }
+
     /// The mint governor: at most `limit` mints per refresh token per `window`, counted in the
     /// store so processes sharing it count together (default 10 per 10 minutes, Zoho's limit;
     /// `0` disables it). At the limit, callers keep the current token if it is valid, else get
-    /// [`Error::Throttled`] saying when a slot frees.
+    /// [`Error::Throttled`] saying when a slot frees. Mints that only a `min_ttl` asks for (the
+    /// token held is still before its refresh point) may use at most half of it.
     pub fn mint_limit(mut self, limit: u32, window: Duration) -> Self {
         self.options.mint_limit = limit;
         self.options.mint_window = window;

@@ -136,6 +136,11 @@ impl Acquisition {
             options.mint_window,
             Arc::clone(&self.runtime.unrecorded),
         )
+        .with_live_limit(
+            self.config
+                .live_token_limit
+                .unwrap_or(options.live_token_limit),
+        )
     }
 
     fn now(&self) -> EpochMillis {
@@ -211,7 +216,12 @@ impl Acquisition {
                 LeaseWait::Failed(e) => return (Err(e.clone()), Outcome::Failed(e)),
             }
         }
-        let outcome = self.mint(&creds, &refresh_token, expected).await;
+        // A mint only the caller's min_ttl asks for: the token at hand is not due yet.
+        let forced = matches!(want, Want::Lasting(_))
+            && fallback
+                .as_ref()
+                .is_some_and(|t| self.now() < t.0.refresh_at);
+        let outcome = self.mint(&creds, &refresh_token, expected, forced).await;
         if leased {
             self.release_lease(&creds, &owner, outcome.as_ref().err())
                 .await;
@@ -252,6 +262,7 @@ impl Acquisition {
         creds: &Arc<Credentials>,
         refresh_token: &RefreshToken,
         expected: Option<u64>,
+        forced: bool,
     ) -> Result<Got> {
         let now = self.now();
         // What another process learnt: a revoked refresh token, or Zoho's throttle.
@@ -260,12 +271,23 @@ impl Acquisition {
         }
         let governor = self.governor();
         let log = creds.governor_key();
-        if let Decision::Refuse { mints, frees_at } =
-            governor.decide(&*self.runtime.store, &log, now).await
-        {
-            self.metrics.governor_refusals.increment(1);
-            tracing::debug!(connector = %self.name, mints, "mint governor: limit reached for this refresh token");
-            return Err(governor.refusal(&self.name, mints, frees_at, now));
+        // Mints a min_ttl forced are also counted apart: at most half the budget.
+        let forced = forced.then(|| (governor.forced(), format!("{log}:forced")));
+        let mut checks = vec![(&governor, log.as_str())];
+        if let Some((g, key)) = &forced {
+            checks.push((g, key.as_str()));
+        }
+        for (g, key) in checks {
+            if let Decision::Refuse {
+                mints,
+                frees_at,
+                cap,
+            } = g.decide(&*self.runtime.store, key, now).await
+            {
+                self.metrics.governor_refusals.increment(1);
+                tracing::debug!(connector = %self.name, mints, ?cap, "mint governor: a budget is spent for this refresh token");
+                return Err(g.refusal(&self.name, (mints, frees_at, cap), now));
+            }
         }
         tracing::debug!(connector = %self.name, "minting a token");
         let response = self
@@ -287,6 +309,9 @@ impl Acquisition {
         // cannot use.
         if matches!(&response, Ok(_) | Err(Error::MalformedResponse { .. })) {
             governor.record(&*self.runtime.store, &log, now).await;
+            if let Some((g, key)) = &forced {
+                g.record(&*self.runtime.store, key, now).await;
+            }
         }
         let response = response?;
         tracing::info!(connector = %self.name, lifetime_secs = response.lifetime.as_secs(), "token minted");

@@ -23,6 +23,9 @@ pub(crate) struct Options {
     /// Mint governor: at most `mint_limit` mints per refresh token per `mint_window`.
     pub mint_limit: u32,
     pub mint_window: Duration,
+    /// At most this many live tokens per refresh token (0: no live budget); a connector's
+    /// `live_token_limit` overrides it.
+    pub live_token_limit: u32,
     /// Per-user connectors kept resident per template.
     pub user_capacity: usize,
 }
@@ -38,6 +41,7 @@ impl Default for Options {
             wait_attempts: 3,
             mint_limit: 10,
             mint_window: Duration::from_secs(600),
+            live_token_limit: 10,
             user_capacity: 10_000,
         }
     }
