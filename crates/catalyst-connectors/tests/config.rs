@@ -310,3 +310,33 @@ fn a_token_pasted_into_the_wrong_field_is_not_echoed() {
         assert!(!problem.contains("0123456789abcdef"), "echoed: {problem}");
     }
 }
+
+#[test]
+fn live_token_limit_is_one_to_thirty() {
+    let p = problems(common::from_json(&json!({
+        "crm": {"client_id": "1000.A", "client_secret": "s", "dc": "us", "live_token_limit": 0},
+        "desk": {"client_id": "1000.A", "client_secret": "s", "dc": "us", "live_token_limit": "31"},
+    })));
+    assert!(
+        has(
+            &p,
+            "connector `crm`, field `live_token_limit`: must be 1 to 30"
+        ),
+        "{p:?}"
+    );
+    assert!(
+        has(
+            &p,
+            "connector `desk`, field `live_token_limit`: must be 1 to 30"
+        ),
+        "{p:?}"
+    );
+    let c = ConnectorConfig::builder("crm")
+        .client_id("1000.A")
+        .client_secret("s")
+        .data_center(DataCenter::Us)
+        .live_token_limit(15)
+        .build()
+        .unwrap();
+    assert_eq!(c.live_token_limit(), Some(15));
+}

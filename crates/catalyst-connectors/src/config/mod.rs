@@ -223,6 +223,11 @@ impl ConnectorConfigBuilder {
         self.raw.refresh_in = Some(Number::Seconds(v.as_secs()));
         self
     }
+    /// Sets `live_token_limit`: at most this many of its tokens live at once (1–30).
+    pub fn live_token_limit(mut self, n: u32) -> Self {
+        self.raw.live_token_limit = Some(Number::Seconds(u64::from(n)));
+        self
+    }
     /// Fills missing token URLs and the default API domain from a data centre.
     pub fn data_center(mut self, dc: DataCenter) -> Self {
         self.raw.dc = Some(dc.code().to_owned());
