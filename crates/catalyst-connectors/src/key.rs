@@ -63,6 +63,16 @@ pub(crate) fn mints_key(fingerprint: &str) -> String {
     )
 }
 
+/// Where the mint governor counts the mints of this refresh token that only a caller's
+/// `min_ttl` forced: a mint log of its own (`ZC_CONN_mints:<16 hex digits>`, digits derived from
+/// the fingerprint, so it is public like the other logs and never the same key).
+pub(crate) fn forced_mints_key(fingerprint: &str) -> String {
+    let mut hasher = Sha256::new();
+    hasher.update(b"catalyst-connectors/forced-mints/v1");
+    hasher.update(fingerprint.as_bytes());
+    mints_key(&to_hex(&hasher.finalize()))
+}
+
 /// Where the shared health of these credentials is kept: `ZC_CONN_health:<16 hex digits>`.
 pub(crate) fn health_key(fingerprint: &str) -> String {
     format!(
@@ -185,5 +195,18 @@ mod tests {
         assert_ne!(a, b);
         assert_eq!(a.len(), 64);
         assert_eq!(a, fingerprint("ab", "c", "u"));
+    }
+
+    #[test]
+    fn the_forced_mints_log_is_a_public_key_of_its_own() {
+        let f = fingerprint(
+            "1000.A",
+            "1000.rt",
+            "https://accounts.zoho.com/oauth/v2/token",
+        );
+        let (log, forced) = (mints_key(&f), forced_mints_key(&f));
+        assert_ne!(log, forced);
+        assert_eq!(public_kind(&forced), Some(Public::MintLog));
+        assert!(forced.len() <= 50, "fits Catalyst's keys");
     }
 }

@@ -272,7 +272,7 @@ impl Acquisition {
         let governor = self.governor();
         let log = creds.governor_key();
         // Mints a min_ttl forced are also counted apart: at most half the budget.
-        let forced = forced.then(|| (governor.forced(), format!("{log}:forced")));
+        let forced = forced.then(|| (governor.forced(), creds.forced_governor_key()));
         let mut checks = vec![(&governor, log.as_str())];
         if let Some((g, key)) = &forced {
             checks.push((g, key.as_str()));

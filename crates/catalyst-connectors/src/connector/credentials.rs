@@ -54,6 +54,11 @@ impl Credentials {
         key::mints_key(&self.fingerprint)
     }
 
+    /// Where the mints of this refresh token that only a `min_ttl` forced are counted.
+    pub(super) fn forced_governor_key(&self) -> String {
+        key::forced_mints_key(&self.fingerprint)
+    }
+
     /// Where this refresh token's shared health is kept.
     pub(super) fn health_key(&self) -> String {
         key::health_key(&self.fingerprint)
