@@ -797,3 +797,63 @@ async fn a_refusal_recorded_during_an_outage_holds_when_redis_is_back() {
     }
     assert_eq!(s.token_requests(), 1, "refused from this host's record");
 }
+
+/// Issue 22: a refresh token obtained while Redis is down is kept on this host, and reaches the
+/// other hosts when Redis is back and a process here next uses the connector.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refresh_token_from_an_outage_reaches_the_fleet_when_redis_returns() {
+    if !redis_available() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (host_a, host_b) = (dir.path().join("a"), dir.path().join("b"));
+    std::fs::create_dir_all(&host_a).unwrap();
+    std::fs::create_dir_all(&host_b).unwrap();
+    let port = free_port();
+    let mut server = Server::start(port, dir.path(), false);
+    let s = Setup::new().await;
+    let url = server.url();
+    let mut config = s.config();
+    config["crm"]
+        .as_object_mut()
+        .unwrap()
+        .remove("refresh_token");
+    let connect = |host: &Path| {
+        let local: StoreSpec = format!("sqlite:{}", host.join("local.db").display())
+            .parse()
+            .unwrap();
+        common::hermetic_without_store()
+            .store_spec(url.parse().unwrap())
+            .local_store(Some(local))
+            .json(config.clone())
+            .build()
+            .unwrap()
+            .connector("crm")
+            .unwrap()
+    };
+    server.stop();
+    // Host A exchanges a grant code during the outage: kept in its local tier.
+    let code = catalyst_connectors::GrantCode::new(s.emulator.add_grant_code(
+        common::CLIENT_ID,
+        "ZohoCRM.users.READ",
+        None,
+    ));
+    let generated = connect(&host_a).generate_access_token(&code).await.unwrap();
+    let refresh_token = generated.refresh_token.expect("offline access");
+    // Redis is back (empty). Host B has nothing yet; host A's next process copies it there.
+    let _server = Server::start(port, dir.path(), false);
+    let err = connect(&host_b).access_token().await.unwrap_err();
+    assert!(
+        matches!(err, catalyst_connectors::Error::MissingRefreshToken { .. }),
+        "{err:?}"
+    );
+    connect(&host_a).access_token().await.unwrap();
+    let token = connect(&host_b).access_token().await.unwrap();
+    assert_eq!(
+        s.emulator
+            .refresh_token_of(token.expose_secret())
+            .as_deref(),
+        Some(refresh_token.expose_secret()),
+        "host B mints with the refresh token host A obtained during the outage"
+    );
+}

@@ -107,6 +107,57 @@ impl FallbackStore {
         }
     }
 
+    /// Marks a refresh-token record written to the local tier only (the shared store was down),
+    /// so that it is copied to the shared store when that returns. The marker lives in the local
+    /// tier, so the next process on this host finds it, whichever it is.
+    async fn mark_local_only(&self, refresh_key: &str) {
+        let marker = local_only_marker(refresh_key);
+        let marked = async {
+            let expected = generation_of(self.local.get(&marker).await)?;
+            self.local
+                .compare_and_set(TokenWrite::new(&marker, expected, "1", KEEP_REFRESH))
+                .await
+        };
+        if let Err(e) = marked.await {
+            tracing::debug!(error = %e, "could not mark a refresh token as kept on this host only");
+        }
+        tracing::warn!(
+            "the shared token store is unreachable: the refresh token is kept on this host only, and is copied to the shared store when a process here next uses the connector after it returns"
+        );
+    }
+
+    /// The shared store answered `key` (a refresh-token record) absent: if this host kept one
+    /// there during an outage, it is copied now (never over one another host wrote meanwhile).
+    async fn copy_local_only(&self, key: &str) -> Option<Result<Option<StoredValue>, StoreError>> {
+        let marker = local_only_marker(key);
+        if !matches!(self.local.get(&marker).await, Ok(Some(_))) {
+            return None;
+        }
+        let Ok(Some(kept)) = self.local.get(key).await else {
+            return None;
+        };
+        let copied = self
+            .shared
+            .compare_and_set(TokenWrite::new(key, None, &kept.data, KEEP_REFRESH))
+            .await;
+        if matches!(
+            copied,
+            Ok(CasOutcome::Written { .. }) | Ok(CasOutcome::Conflict { .. })
+        ) {
+            // Copied, or another host wrote one first (theirs stays): either way, done.
+            let _ = self.local.delete(&marker, None).await;
+        }
+        match copied {
+            Ok(CasOutcome::Written { .. }) => {
+                tracing::info!(
+                    "a refresh token kept on this host during an outage is now in the shared store"
+                );
+                Some(self.shared.get(key).await)
+            }
+            _ => None,
+        }
+    }
+
     /// A public record (mint log, shared health) read as one: the union of both tiers' mint
     /// logs, or the newer of their health records. A tier that does not answer is left out.
     async fn get_public(&self, key: &str, kind: Public) -> Result<Option<StoredValue>, StoreError> {
@@ -185,6 +236,21 @@ impl FallbackStore {
     }
 }
 
+/// How long a refresh-token record copied between tiers (and its marker) is kept: as good as
+/// forever (a refresh token lives until revoked).
+const KEEP_REFRESH: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
+
+/// Whether `key` names a refresh-token record (`ZC_CONN_<name>:rt:<6 hex>`).
+fn is_refresh_key(key: &str) -> bool {
+    key.rsplit_once(":rt:")
+        .is_some_and(|(_, hex)| hex.len() == 6 && hex.bytes().all(|b| b.is_ascii_hexdigit()))
+}
+
+/// The local-tier marker of a refresh-token record kept there only.
+fn local_only_marker(refresh_key: &str) -> String {
+    format!("{refresh_key}:local-only")
+}
+
 /// Writes a public record into one tier, at that tier's generation (see
 /// [`FallbackStore::put_public`]).
 async fn merge_into(
@@ -257,6 +323,12 @@ impl TokenStore for FallbackStore {
         if self.shared_up() {
             let result = self.shared.get(key).await;
             if !self.note(&result) {
+                if matches!(result, Ok(None))
+                    && is_refresh_key(key)
+                    && let Some(copied) = self.copy_local_only(key).await
+                {
+                    return copied;
+                }
                 return result;
             }
             down = result.err();
@@ -288,7 +360,13 @@ impl TokenStore for FallbackStore {
                 return result;
             }
         }
-        self.local.compare_and_set(write).await
+        let result = self.local.compare_and_set(write).await;
+        if matches!(result, Ok(CasOutcome::Written { .. }))
+            && let Some((refresh_key, _)) = write.refresh
+        {
+            self.mark_local_only(refresh_key).await;
+        }
+        result
     }
 
     async fn delete(&self, key: &str, expected: Option<u64>) -> Result<bool, StoreError> {
