@@ -232,3 +232,31 @@ async fn connector_token_serves_a_js_sdk_record_sealed_with_the_secret_key() {
     );
     assert_eq!(env.mints("books"), 0, "served without a token request");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_catalyst_cache_costs_one_mint_per_host_and_status_says_so() {
+    // An origin where nothing listens.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = closed.local_addr().unwrap().port();
+    drop(closed);
+    let env = Env::new(|_| format!("catalyst://{PROJECT}?origin=http://127.0.0.1:{port}")).await;
+    for run in 0..12 {
+        let out = env.run(&["token", "books"]).await;
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "run {run}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    assert_eq!(
+        env.mints("books"),
+        1,
+        "one mint for this host, not one per run"
+    );
+    // status: the store is named unreachable, with a non-zero exit, even with -q.
+    let out = env.run(&["status", "-q"]).await;
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(6), "{err}");
+    assert!(err.contains("does not answer"), "{err}");
+}

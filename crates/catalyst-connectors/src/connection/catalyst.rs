@@ -58,14 +58,13 @@ pub(super) fn open(
         .ok_or_else(|| issue(format!("no connector named `{name}` in this config")))?;
     // The host's local shared store; memory only where there is none (no data directory).
     let memory = || -> Arc<dyn TokenStore> { Arc::new(MemoryStore::with_clock(Arc::clone(clock))) };
-    let local = match local {
-        Some(spec) => spec.open(Arc::clone(clock)).unwrap_or_else(|e| {
-            tracing::warn!(error = %e, "no local token store for the Catalyst API token; keeping it in memory");
-            memory()
-        }),
-        None => memory(),
+    let host_tier = match local {
+        Some(spec) => spec.open(Arc::clone(clock)).map_err(|e| {
+            tracing::warn!(error = %e, "no local token store for the Catalyst API token and no fallback tier; keeping it in memory");
+        }).ok(),
+        None => None,
     };
-    let local = crate::store::with_key(local, encryption);
+    let local = crate::store::with_key(host_tier.clone().unwrap_or_else(memory), encryption);
     let admin_runtime = Arc::new(Runtime {
         store: local,
         clock: Arc::clone(clock),
@@ -88,5 +87,12 @@ pub(super) fn open(
         builder = builder.environment(e.clone());
     }
     let store: Arc<dyn TokenStore> = Arc::new(builder.build().map_err(Error::StoreOpen)?);
+    // Like Redis: while Catalyst's cache cannot be reached, this host's store stands in behind a
+    // circuit breaker (one mint per host, the governor and shared health there), instead of
+    // every process minting around the outage.
+    let store: Arc<dyn TokenStore> = match host_tier {
+        Some(tier) => Arc::new(crate::store::FallbackStore::new(store, tier)),
+        None => store,
+    };
     Ok((store, admin))
 }

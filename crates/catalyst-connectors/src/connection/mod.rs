@@ -99,6 +99,16 @@ impl Connection {
         tokio::time::timeout(timeout, all).await.is_ok()
     }
 
+    /// Why the token store is running degraded now, if it is: a shared store (Redis, Catalyst
+    /// Cache) that does not answer, with this host's store standing in. Known once an
+    /// operation has tried it.
+    pub fn store_degraded(&self) -> Option<String> {
+        // Every connector's: the Catalyst API connector keeps its token in this host's store.
+        self.connectors
+            .values()
+            .find_map(|c| c.runtime().store.degraded())
+    }
+
     /// Whether the token store is shared beyond this process (SQLite, Redis, Catalyst Cache): with
     /// a memory store every process mints its own tokens.
     pub fn store_is_shared(&self) -> bool {

@@ -216,6 +216,10 @@ macro_rules! wrapping_store {
         fn max_key_len(&self) -> Option<usize> {
             self.inner.max_key_len()
         }
+
+        fn degraded(&self) -> Option<String> {
+            self.inner.degraded()
+        }
         }
     };
 }

@@ -438,6 +438,12 @@ impl TokenStore for FallbackStore {
         self.shared.accepts_unfingerprinted()
     }
 
+    fn degraded(&self) -> Option<String> {
+        self.breaker().until.map(|_| {
+            "the shared token store does not answer: this host's store stands in (one mint per host, counted there) until it returns".to_owned()
+        })
+    }
+
     fn max_key_len(&self) -> Option<usize> {
         match (self.shared.max_key_len(), self.local.max_key_len()) {
             (Some(a), Some(b)) => Some(a.min(b)),

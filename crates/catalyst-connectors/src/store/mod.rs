@@ -261,6 +261,12 @@ pub trait TokenStore: Send + Sync + fmt::Debug + 'static {
     fn max_key_len(&self) -> Option<usize> {
         None
     }
+
+    /// Why the store is running degraded now, if it is (a tiered store whose shared tier does
+    /// not answer: this host's tier stands in). Known after an operation has tried it.
+    fn degraded(&self) -> Option<String> {
+        None
+    }
 }
 
 #[cfg(all(test, feature = "redis"))]

@@ -60,6 +60,11 @@ pub async fn run(ctx: &Context, args: Args) -> Result<(), Failure> {
         rows.push(row.cells());
     }
     render(&rows, out, json);
+    // A store running degraded is said even with -q: it is what status is asked for.
+    if let Some(reason) = connection.store_degraded() {
+        eprintln!("warning: {reason}");
+        worst = worse(worst, Exit::Transient);
+    }
     verdict(worst)
 }
 
@@ -93,6 +98,9 @@ pub async fn report(connection: &catalyst_connectors::Connection) -> (serde_json
             worst = worse(worst, row.verdict);
             out.push(row.json());
         }
+    }
+    if connection.store_degraded().is_some() {
+        worst = worse(worst, Exit::Transient);
     }
     (serde_json::Value::Array(out), worst)
 }
