@@ -75,6 +75,34 @@ fn redirect_uri(template: &Connector, asked: Option<String>) -> Result<String, B
         })
 }
 
+/// The error code and message for a body that is not the route's JSON.
+type BadBody = (&'static str, &'static str);
+
+const BAD_CONSENT: BadBody = (
+    "bad_consent",
+    "the body must be JSON: {\"scope\": \"ZohoCRM.users.READ,…\", \"redirect_uri\": \"https://…\"}",
+);
+
+const BAD_CODE: BadBody = (
+    "bad_code",
+    "the body must be JSON: {\"code\": \"1000.…\", \"state\": \"…\", \"accounts_server\": \"https://accounts.zoho.eu\"}",
+);
+
+/// What both POST routes start with: the template connector this peer may use, and the body.
+fn template_and_body<T>(
+    agent: &Agent,
+    (peer, headers): (super::security::Peer, &HeaderMap),
+    name: &str,
+    body: Result<axum::Json<T>, JsonRejection>,
+    (code, message): BadBody,
+) -> Result<(Connector, T), Box<Response>> {
+    let template = template(agent, peer, headers, name)?;
+    match body {
+        Ok(axum::Json(request)) => Ok((template, request)),
+        Err(_) => Err(Box::new(bad_request(code, message))),
+    }
+}
+
 fn flow(agent: &Agent, template: Connector, redirect_uri: String) -> ConsentFlow {
     ConsentFlow::new(template, redirect_uri, agent.state_key.clone())
 }
@@ -86,16 +114,11 @@ pub async fn consent(
     Path((name, user)): Path<(String, String)>,
     body: Result<axum::Json<ConsentRequest>, JsonRejection>,
 ) -> Response {
-    let template = match template(&agent, peer, &headers, &name) {
-        Ok(t) => t,
-        Err(r) => return *r,
-    };
-    let Ok(axum::Json(request)) = body else {
-        return bad_request(
-            "bad_consent",
-            "the body must be JSON: {\"scope\": \"ZohoCRM.users.READ,…\", \"redirect_uri\": \"https://…\"}",
-        );
-    };
+    let (template, request) =
+        match template_and_body(&agent, (peer, &headers), &name, body, BAD_CONSENT) {
+            Ok(both) => both,
+            Err(r) => return *r,
+        };
     let redirect = match redirect_uri(&template, request.redirect_uri) {
         Ok(r) => r,
         Err(r) => return *r,
@@ -114,16 +137,11 @@ pub async fn code(
     Path((name, user)): Path<(String, String)>,
     body: Result<axum::Json<CodeRequest>, JsonRejection>,
 ) -> Response {
-    let template = match template(&agent, peer, &headers, &name) {
-        Ok(t) => t,
-        Err(r) => return *r,
-    };
-    let Ok(axum::Json(request)) = body else {
-        return bad_request(
-            "bad_code",
-            "the body must be JSON: {\"code\": \"1000.…\", \"state\": \"…\", \"accounts_server\": \"https://accounts.zoho.eu\"}",
-        );
-    };
+    let (template, request) =
+        match template_and_body(&agent, (peer, &headers), &name, body, BAD_CODE) {
+            Ok(both) => both,
+            Err(r) => return *r,
+        };
     let code = GrantCode::new(request.code);
     let server = request.accounts_server.as_deref();
     let connected = match request.state {
