@@ -75,6 +75,83 @@ async fn two_store_handles_on_one_file_see_each_other() {
     );
 }
 
+/// Content and modification time of the store's three files (a missing one is `None`).
+fn on_disk(path: &Path) -> Vec<Option<(Vec<u8>, std::time::SystemTime)>> {
+    ["", "-wal", "-shm"]
+        .iter()
+        .map(|suffix| {
+            let mut p = path.as_os_str().to_owned();
+            p.push(suffix);
+            let meta = std::fs::metadata(&p).ok()?;
+            Some((std::fs::read(&p).ok()?, meta.modified().ok()?))
+        })
+        .collect()
+}
+
+/// Issue 22 item 12: a process that only reads (a warm `connector token`) writes nothing — not
+/// the database, not the WAL, not SQLite's index file — and leaves no log for the next to replay.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_only_process_writes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("t.db");
+    {
+        let writer = SqliteStore::open(&path).unwrap();
+        for i in 0..20 {
+            writer
+                .compare_and_set(TokenWrite::new(
+                    &format!("k{i}"),
+                    None,
+                    "v",
+                    Duration::from_secs(60),
+                ))
+                .await
+                .unwrap();
+        }
+    }
+    let wal = std::fs::metadata(format!("{}-wal", path.display())).unwrap();
+    assert_eq!(wal.len(), 0, "the last writer to close empties the WAL");
+    let before = on_disk(&path);
+    std::thread::sleep(Duration::from_millis(20));
+    for _ in 0..3 {
+        let reader = SqliteStore::open(&path).unwrap();
+        assert_eq!(reader.get("k7").await.unwrap().unwrap().data, "v");
+        assert!(reader.get("missing").await.unwrap().is_none());
+    }
+    assert!(
+        before == on_disk(&path),
+        "opening, reading and closing the store changed a file"
+    );
+}
+
+/// Another SQLite program that closes the file last deletes the `-wal` and `-shm` files; a store
+/// opened after reads and writes, and two handles in one process (one only reading) both work.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deleted_index_file_is_recreated_and_handles_share_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("t.db");
+    let first = SqliteStore::open(&path).unwrap();
+    first
+        .compare_and_set(TokenWrite::new("k", None, "v", Duration::from_secs(60)))
+        .await
+        .unwrap();
+    drop(first);
+    for suffix in ["-wal", "-shm"] {
+        std::fs::remove_file(format!("{}{suffix}", path.display())).unwrap();
+    }
+    let reader = SqliteStore::open(&path).unwrap();
+    assert_eq!(reader.get("k").await.unwrap().unwrap().data, "v");
+    drop(reader);
+    // The reader opens read-only (the index file exists again); a second handle then writes.
+    let reader = SqliteStore::open(&path).unwrap();
+    assert_eq!(reader.get("k").await.unwrap().unwrap().data, "v");
+    let writer = SqliteStore::open(&path).unwrap();
+    writer
+        .compare_and_set(TokenWrite::new("k", Some(1), "w", Duration::from_secs(60)))
+        .await
+        .unwrap();
+    assert_eq!(reader.get("k").await.unwrap().unwrap().data, "w");
+}
+
 #[cfg(unix)]
 #[test]
 fn directory_and_file_are_private() {
