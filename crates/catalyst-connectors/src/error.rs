@@ -166,7 +166,7 @@ pub enum Error {
     /// A stored record cannot be read with the configured encryption key (another key wrote it,
     /// or no key is set). It is never overwritten.
     #[error(
-        "connector `{connector}`: {detail}; set CONNECTOR_ENCRYPTION_KEY (or `$connector.encryption_key_file`) to the key that wrote the token store"
+        "connector `{connector}`: {detail}"
     )]
     EncryptionKey {
         /// The connector.

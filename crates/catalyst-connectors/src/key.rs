@@ -117,6 +117,13 @@ pub fn refresh_token_key(name: &str, client_id: &str, refresh_url: &str) -> Stri
     format!("{KEY_PREFIX}{name}:rt:{}", &digest[..6])
 }
 
+/// Whether `key` is one of [`refresh_token_key`]'s.
+pub(crate) fn is_refresh_token_key(key: &str) -> bool {
+    key.strip_prefix(KEY_PREFIX)
+        .and_then(|rest| rest.rsplit_once(":rt:"))
+        .is_some_and(|(_, hash)| hash.len() == 6 && hash.bytes().all(|b| b.is_ascii_hexdigit()))
+}
+
 /// A per-user subject: the first 128 bits of SHA-256 of the user id, hex. Stored in refresh-token
 /// records instead of the id itself.
 pub fn user_subject(user_id: &str) -> String {

@@ -66,7 +66,7 @@ pub use clock::{
 pub use config::{CatalystSdk, ConfigErrors, ConfigIssue, ConnectorConfig, ConnectorConfigBuilder};
 pub use connection::{Connection, ConnectionBuilder};
 pub use connector::{
-    AccessToken, CodeExchange, Connector, ConnectorStatus, FailureRecord, GeneratedTokens,
+    AccessToken, CodeExchange, Connector, ConnectorStatus, FailureRecord, GeneratedTokens, Rekeyed,
     TokenSource, TokenState,
 };
 pub use dc::{DataCenter, UnknownDataCenter};
@@ -78,7 +78,7 @@ pub use secret::{
 #[cfg(feature = "sqlite")]
 pub use store::SqliteStore;
 pub use store::{
-    CasOutcome, EncryptedStore, EncryptionKey, FallbackStore, MemoryStore, SpecError, StoreError,
+    CasOutcome, EncryptedStore, EncryptionKey, EncryptionKeys, FallbackStore, MemoryStore, SpecError, StoreError,
     StoreErrorKind, StoreSpec, StoredValue, TokenStore, TokenWrite,
 };
 #[cfg(feature = "catalyst")]

@@ -128,8 +128,9 @@ impl From<Error> for Failure {
             Error::Store { .. } => Some(
                 "check that the token store is reachable, or choose another with --store or CONNECTOR_STORE".to_owned(),
             ),
+            // The message says which key to set; the command that moves records is the CLI's.
             Error::EncryptionKey { .. } => Some(
-                "set CONNECTOR_ENCRYPTION_KEY (or CONNECTOR_ENCRYPTION_KEY_FILE) to the key the other programs sharing this store use".to_owned(),
+                "`connector rekey` rewrites the stored tokens with the first key of CONNECTOR_ENCRYPTION_KEY (see `connector rekey --help`)".to_owned(),
             ),
             Error::SdkSecretKey { connector, .. } => Some(format!(
                 "add \"secret_key\" to connector `{connector}` in the config: the passphrase your Catalyst JS SDK functions use"

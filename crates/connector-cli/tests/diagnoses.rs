@@ -387,3 +387,62 @@ async fn a_revoke_in_one_project_leaves_anothers_stored_refresh_token_alone() {
     let out = env.run(&["token", "crm"]).await;
     assert_eq!(out.status.code(), Some(4), "{}", stderr(&out));
 }
+
+/// Issue 22 item 10: a key is introduced on an unencrypted store, then rotated, and the refresh
+/// token obtained once keeps working throughout — never a new authorization.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_are_introduced_and_rotated_without_a_new_authorization() {
+    let env = Env::new().await;
+    env.write_config(&[("crm", None)]);
+    let code = env
+        .emulator
+        .add_grant_code(CLIENT_ID, "ZohoCRM.users.READ", None);
+    let out = env.run(&["exchange", "crm", "--code", &code]).await;
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let exchanged_token = stdout(&env.run(&["token", "crm"]).await);
+
+    // A key set on the unencrypted store: a configuration error that names the way out.
+    let out = env
+        .run_with(&[("CONNECTOR_ENCRYPTION_KEY", KEY_A)], &["token", "crm"])
+        .await;
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    assert!(stderr(&out).contains("connector rekey"), "{}", stderr(&out));
+    let out = env
+        .run_with(&[("CONNECTOR_ENCRYPTION_KEY", KEY_A)], &["rekey"])
+        .await;
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(stdout(&out).contains("refresh token and access token"), "{}", stdout(&out));
+    let out = env
+        .run_with(&[("CONNECTOR_ENCRYPTION_KEY", KEY_A)], &["token", "crm"])
+        .await;
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(stdout(&out), exchanged_token, "the stored token, moved, not a new one");
+    let out = env.run(&["token", "crm"]).await;
+    assert_eq!(out.status.code(), Some(3), "encrypted now: {}", stderr(&out));
+
+    // Rotation: the new key first, the old after it; rekey; then the new key alone.
+    let both = format!("{KEY_B}\n{KEY_A}");
+    let out = env
+        .run_with(&[("CONNECTOR_ENCRYPTION_KEY", &both)], &["token", "crm"])
+        .await;
+    assert_eq!(out.status.code(), Some(0), "both keys read: {}", stderr(&out));
+    let out = env
+        .run_with(&[("CONNECTOR_ENCRYPTION_KEY", &both)], &["rekey", "crm"])
+        .await;
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let out = env
+        .run_with(&[("CONNECTOR_ENCRYPTION_KEY", KEY_B)], &["refresh", "crm"])
+        .await;
+    assert_eq!(out.status.code(), Some(0), "the new key alone: {}", stderr(&out));
+    let out = env
+        .run_with(&[("CONNECTOR_ENCRYPTION_KEY", KEY_A)], &["token", "crm"])
+        .await;
+    assert_eq!(out.status.code(), Some(3), "the old key alone: {}", stderr(&out));
+    let stats = env.emulator.stats();
+    assert_eq!(stats.by_grant["authorization_code"]["ok"], 1, "one authorization");
+    assert!(!stderr(&out).contains(&exchanged_token));
+
+    // No key set: nothing to rekey to.
+    let out = env.run(&["rekey"]).await;
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+}

@@ -8,7 +8,7 @@ use crate::connector::Connector;
 use crate::connector::runtime::{Options, Runtime};
 use crate::error::{Error, Result};
 use crate::oauth::{HttpTimeouts, TokenClient};
-use crate::store::{EncryptionKey, KeyError, STORE_ENV, StoreSpec, TokenStore};
+use crate::store::{EncryptionKeys, KeyError, STORE_ENV, StoreSpec, TokenStore};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
@@ -40,7 +40,8 @@ pub(super) fn build(b: ConnectionBuilder) -> Result<Connection> {
     } else {
         None
     };
-    let key = resolve_key(b.encryption_key, b.use_env, &settings, &mut issues);
+    let key = resolve_key(b.encryption_key, b.use_env, &settings, &mut issues)
+        .map(|k| if b.read_plaintext { k.reading_plaintext() } else { k });
     if !issues.is_empty() {
         // Everything that is wrong, the skipped connectors' problems included.
         issues.extend(invalid.into_values().flatten());
@@ -90,6 +91,7 @@ pub(super) fn build(b: ConnectionBuilder) -> Result<Connection> {
         connectors,
         invalid: Arc::new(invalid),
         warnings: Arc::new(warnings),
+        key_id: key.map(|k| k.current().id()),
         _keep_warm: keep_warm,
     })
 }
@@ -177,17 +179,17 @@ fn store_from_env(issues: &mut Vec<ConfigIssue>) -> Option<StoreSpec> {
 
 /// Step 2b: the encryption key, from code, else the environment, else the config's file.
 fn resolve_key(
-    given: Option<EncryptionKey>,
+    given: Option<EncryptionKeys>,
     use_env: bool,
     settings: &Settings,
     issues: &mut Vec<ConfigIssue>,
-) -> Option<EncryptionKey> {
+) -> Option<EncryptionKeys> {
     let key_issue = |e: KeyError| issue(Some("encryption key"), e.to_string());
     if given.is_some() {
         return given;
     }
     if use_env {
-        match EncryptionKey::from_env() {
+        match EncryptionKeys::from_env() {
             Ok(Some(key)) => return Some(key),
             Ok(None) => {}
             Err(e) => {
@@ -197,7 +199,7 @@ fn resolve_key(
         }
     }
     let path = settings.encryption_key_file.as_ref()?;
-    EncryptionKey::from_file(path)
+    EncryptionKeys::from_file(path)
         .map_err(|e| issues.push(key_issue(e)))
         .ok()
 }
@@ -210,7 +212,7 @@ fn open_store(
     settings: &Settings,
     by_name: &ByName,
     (clock, options, client): (&Arc<dyn Clock>, &Options, &TokenClient),
-    (key, local): (Option<&EncryptionKey>, Option<&StoreSpec>),
+    (key, local): (Option<&EncryptionKeys>, Option<&StoreSpec>),
 ) -> Result<(Arc<dyn TokenStore>, Option<Connector>)> {
     #[cfg(feature = "catalyst")]
     if let StoreSpec::Catalyst { .. } = spec {

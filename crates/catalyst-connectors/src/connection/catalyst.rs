@@ -13,7 +13,7 @@ use crate::connector::Connector;
 use crate::connector::runtime::{Options, Runtime};
 use crate::error::{Error, Result};
 use crate::oauth::TokenClient;
-use crate::store::{CatalystCacheStore, EncryptionKey, MemoryStore, StoreSpec, TokenStore};
+use crate::store::{CatalystCacheStore, EncryptionKeys, MemoryStore, StoreSpec, TokenStore};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
@@ -22,7 +22,7 @@ pub(super) fn open(
     settings: &Settings,
     by_name: &BTreeMap<String, (crate::ConnectorConfig, String)>,
     (clock, options, client): (&Arc<dyn Clock>, &Options, &TokenClient),
-    encryption: Option<&EncryptionKey>,
+    encryption: Option<&EncryptionKeys>,
     local: Option<&StoreSpec>,
 ) -> Result<(Arc<dyn TokenStore>, Connector)> {
     let StoreSpec::Catalyst {

@@ -10,7 +10,7 @@ use crate::config::{ConfigErrors, ConfigIssue, ConnectorConfig};
 use crate::connector::Connector;
 use crate::connector::runtime::Options;
 use crate::error::{Error, Result};
-use crate::store::{EncryptionKey, StoreSpec, TokenStore};
+use crate::store::{EncryptionKey, EncryptionKeys, StoreSpec, TokenStore};
 use keep_warm::AbortOnDrop;
 use serde_json::Value;
 use std::collections::BTreeMap;
@@ -43,6 +43,8 @@ pub struct Connection {
     invalid: Arc<BTreeMap<String, Vec<ConfigIssue>>>,
     /// Problems that did not stop the build (unknown settings).
     warnings: Arc<Vec<ConfigIssue>>,
+    /// The id of the key records are encrypted with, if any.
+    key_id: Option<String>,
     _keep_warm: Option<Arc<AbortOnDrop>>,
 }
 
@@ -124,6 +126,12 @@ impl Connection {
         &self.warnings
     }
 
+    /// The id of the encryption key records are written with (8 hex digits, nothing secret), or
+    /// `None` when the store is not encrypted.
+    pub fn encryption_key_id(&self) -> Option<&str> {
+        self.key_id.as_deref()
+    }
+
     /// The connectors left out because of their configuration problems (only with
     /// [`ConnectionBuilder::skip_invalid_connectors`]), with the problems.
     pub fn skipped(&self) -> impl Iterator<Item = (&str, &[ConfigIssue])> {
@@ -150,7 +158,7 @@ pub struct ConnectionBuilder {
     sources: Vec<Source>,
     store: Option<Arc<dyn TokenStore>>,
     store_spec: Option<StoreSpec>,
-    encryption_key: Option<EncryptionKey>,
+    encryption_key: Option<EncryptionKeys>,
     use_env: bool,
     clock: Arc<dyn Clock>,
     options: Options,
@@ -159,6 +167,7 @@ pub struct ConnectionBuilder {
     connect_timeout: Duration,
     request_timeout: Duration,
     skip_invalid: bool,
+    read_plaintext: bool,
     /// The host-local store for the Redis fallback tier and the Catalyst API token: `None` =
     /// the default store; `Some(None)` = none.
     local_store: Option<Option<StoreSpec>>,
@@ -189,6 +198,7 @@ impl Default for ConnectionBuilder {
             connect_timeout: Duration::from_secs(5),
             request_timeout: Duration::from_secs(30),
             skip_invalid: false,
+            read_plaintext: false,
             local_store: None,
         }
     }
@@ -241,7 +251,22 @@ impl ConnectionBuilder {
 
     /// Encrypts every record at rest with `key` (XChaCha20-Poly1305, bound to the record key).
     pub fn encryption_key(mut self, key: EncryptionKey) -> Self {
-        self.encryption_key = Some(key);
+        self.encryption_key = Some(key.into());
+        self
+    }
+
+    /// With an encryption key, also reads records stored unencrypted (written before the key was
+    /// set), so that [`Connector::rekey`] can encrypt them. See
+    /// [`EncryptionKeys::reading_plaintext`].
+    pub fn reading_plaintext_records(mut self) -> Self {
+        self.read_plaintext = true;
+        self
+    }
+
+    /// Encrypts with the first of `keys` and decrypts with any of them: how a key is rotated
+    /// (see [`EncryptionKeys`]).
+    pub fn encryption_keys(mut self, keys: EncryptionKeys) -> Self {
+        self.encryption_key = Some(keys);
         self
     }
 

@@ -25,12 +25,14 @@ mod grants;
 mod health;
 pub(crate) mod lease;
 mod metrics;
+mod rekey;
 pub(crate) mod runtime;
 mod token;
 mod waiting;
 
 pub use credentials::{CodeExchange, GeneratedTokens};
 pub use health::FailureRecord;
+pub use rekey::Rekeyed;
 pub use token::{AccessToken, TokenSource};
 
 use self::acquire::{Acquisition, Got, Want};
@@ -383,6 +385,18 @@ impl Connector {
         self.inner.acq.revoke().await?;
         self.inner.cell.clear();
         Ok(())
+    }
+
+    /// Rewrites this connector's stored records — its access token and the refresh token kept in
+    /// the store — with the connection's current encryption key: after a key is rotated (new key
+    /// first, old one after it; see [`EncryptionKeys`](crate::EncryptionKeys)), or set on a store
+    /// that was unencrypted (open the connection with
+    /// [`EncryptionKeys::reading_plaintext`](crate::EncryptionKeys::reading_plaintext)). Mints
+    /// first when no live token is stored (one mint, counted as usual). Records written later use
+    /// the current key anyway.
+    pub async fn rekey(&self) -> Result<Rekeyed> {
+        self.access_token().await?;
+        self.inner.acq.rekey().await
     }
 
     /// The connector for `user_id` made from this one (the template): same client, URLs and

@@ -11,160 +11,19 @@
 //! [`StoreErrorKind::NoKey`].
 
 use super::{CasOutcome, StoreError, StoreErrorKind, StoredValue, TokenStore, TokenWrite};
+use super::keys::{EncryptionKey, EncryptionKeys};
 use base64::Engine as _;
-use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use chacha20poly1305::aead::{Aead, KeyInit, Payload};
 use chacha20poly1305::{XChaCha20Poly1305, XNonce};
-use secrecy::{ExposeSecret as _, SecretBox};
 use std::fmt;
-use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
-
-/// Environment variable holding the encryption key (32 bytes, base64 or 64 hex digits).
-pub const KEY_ENV: &str = "CONNECTOR_ENCRYPTION_KEY";
-/// Environment variable naming a file that holds the encryption key.
-pub const KEY_FILE_ENV: &str = "CONNECTOR_ENCRYPTION_KEY_FILE";
 
 /// Values written before key ids (still read).
 const PREFIX_V1: &str = "ccenc1.";
 const PREFIX: &str = "ccenc2.";
 const AAD_DOMAIN: &[u8] = b"catalyst-connectors/record/v1\0";
-
-/// A 256-bit key for encryption at rest. `Debug` never shows it; it is zeroized on drop.
-pub struct EncryptionKey(SecretBox<[u8; 32]>);
-
-impl fmt::Debug for EncryptionKey {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("EncryptionKey([redacted])")
-    }
-}
-
-impl Clone for EncryptionKey {
-    fn clone(&self) -> Self {
-        Self::from_bytes(*self.0.expose_secret())
-    }
-}
-
-/// Why a key could not be read.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("encryption key {origin}: {problem}")]
-pub struct KeyError {
-    /// Where the key came from (env variable or file).
-    pub origin: String,
-    /// What is wrong, never the key itself.
-    pub problem: String,
-}
-
-impl EncryptionKey {
-    /// A short public identifier of the key (8 hex digits of a domain-separated SHA-256), stored
-    /// beside every value it encrypts so another key's values are recognised.
-    pub fn id(&self) -> String {
-        use sha2::Digest as _;
-        let digest = sha2::Sha256::new()
-            .chain_update(b"catalyst-connectors/key-id/v1\0")
-            .chain_update(self.0.expose_secret())
-            .finalize();
-        digest[..4].iter().map(|b| format!("{b:02x}")).collect()
-    }
-
-    /// A key from raw bytes.
-    pub fn from_bytes(bytes: [u8; 32]) -> Self {
-        Self(SecretBox::new(Box::new(bytes)))
-    }
-
-    /// A new random key.
-    pub fn generate() -> Self {
-        Self::from_bytes(rand::random())
-    }
-
-    /// The key as standard base64, to store in a key file or a secret manager.
-    pub fn to_base64(&self) -> String {
-        STANDARD.encode(self.0.expose_secret())
-    }
-
-    /// Parses 32 bytes given as standard or URL-safe base64, or as 64 hex digits.
-    pub fn parse(text: &str) -> Result<Self, String> {
-        let text = text.trim();
-        let bytes = if text.len() == 64 && text.bytes().all(|b| b.is_ascii_hexdigit()) {
-            (0..32)
-                .map(|i| u8::from_str_radix(&text[2 * i..2 * i + 2], 16))
-                .collect::<Result<Vec<u8>, _>>()
-                .map_err(|_| "not valid hex".to_owned())?
-        } else {
-            STANDARD
-                .decode(text)
-                .or_else(|_| URL_SAFE_NO_PAD.decode(text.trim_end_matches('=')))
-                .map_err(|_| "not base64 or 64 hex digits".to_owned())?
-        };
-        let bytes: [u8; 32] = bytes
-            .try_into()
-            .map_err(|v: Vec<u8>| format!("must be 32 bytes, found {}", v.len()))?;
-        // A key of one repeated byte (all zeros: what a placeholder or an unset buffer gives) is
-        // no secret.
-        if bytes.iter().all(|b| *b == bytes[0]) {
-            return Err(
-                "is one byte repeated 32 times (e.g. all zeros), not a secret: generate one with `openssl rand -base64 32`"
-                    .to_owned(),
-            );
-        }
-        Ok(Self::from_bytes(bytes))
-    }
-
-    /// Reads a key file (base64 or hex text).
-    pub fn from_file(path: impl AsRef<Path>) -> Result<Self, KeyError> {
-        let path = path.as_ref();
-        let origin = format!("file {}", path.display());
-        let text = std::fs::read_to_string(path).map_err(|e| KeyError {
-            origin: origin.clone(),
-            problem: format!("cannot read it ({e})"),
-        })?;
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::PermissionsExt as _;
-            if let Ok(meta) = std::fs::metadata(path)
-                && meta.permissions().mode() & 0o077 != 0
-            {
-                // Not ours to change: said, not fixed.
-                tracing::warn!(
-                    path = %path.display(),
-                    mode = format!("{:o}", meta.permissions().mode() & 0o777),
-                    "the encryption key file is readable by other users: `chmod 600` it"
-                );
-            }
-        }
-        Self::parse(&text).map_err(|problem| KeyError { origin, problem })
-    }
-
-    /// The key from `CONNECTOR_ENCRYPTION_KEY` or the file named by
-    /// `CONNECTOR_ENCRYPTION_KEY_FILE`; `None` when neither is set.
-    ///
-    /// A variable that is set but empty — what `export K=$(cat missing-file)` gives — is an error,
-    /// not "no encryption".
-    pub fn from_env() -> Result<Option<Self>, KeyError> {
-        for var in [KEY_ENV, KEY_FILE_ENV] {
-            if std::env::var_os(var).is_some_and(|v| v.to_string_lossy().trim().is_empty()) {
-                return Err(KeyError {
-                    origin: format!("in ${var}"),
-                    problem:
-                        "is set but empty; unset it to store tokens unencrypted, or give the key"
-                            .to_owned(),
-                });
-            }
-        }
-        if let Some(v) = std::env::var_os(KEY_ENV) {
-            let text = v.to_string_lossy();
-            return Self::parse(&text).map(Some).map_err(|problem| KeyError {
-                origin: format!("in ${KEY_ENV}"),
-                problem,
-            });
-        }
-        match std::env::var_os(KEY_FILE_ENV) {
-            Some(path) => Self::from_file(Path::new(&path)).map(Some),
-            None => Ok(None),
-        }
-    }
-}
 
 /// Whether a stored value was written by an [`EncryptedStore`] (so a store without the key can
 /// say "encrypted, and no key is set" instead of "damaged").
@@ -228,10 +87,10 @@ macro_rules! wrapping_store {
 /// telling an encrypted record ([`StoreErrorKind::NoKey`]) from a damaged one.
 pub(crate) fn with_key(
     store: Arc<dyn TokenStore>,
-    key: Option<&EncryptionKey>,
+    keys: Option<&EncryptionKeys>,
 ) -> Arc<dyn TokenStore> {
-    match key {
-        Some(key) => Arc::new(EncryptedStore::new(store, key)),
+    match keys {
+        Some(keys) => Arc::new(EncryptedStore::with_keys(store, keys)),
         None => Arc::new(Unkeyed::new(store)),
     }
 }
@@ -261,7 +120,7 @@ wrapping_store!(Unkeyed {
             Some(v) if looks_encrypted(&v.data) => Err(StoreError::new(
                 "encrypted",
                 StoreErrorKind::NoKey,
-                "the token store holds encrypted records and no encryption key is set",
+                "the token store holds encrypted records and no encryption key is set; set CONNECTOR_ENCRYPTION_KEY (or `$connector.encryption_key_file`) to the key that wrote them",
             )),
             other => Ok(other),
         }
@@ -286,8 +145,9 @@ wrapping_store!(Unkeyed {
 /// processes with different keys still count mints together and honour each other's refusals.
 pub struct EncryptedStore {
     inner: Arc<dyn TokenStore>,
-    cipher: XChaCha20Poly1305,
-    key_id: String,
+    /// By key id; the first encrypts.
+    ciphers: Vec<(String, XChaCha20Poly1305)>,
+    plaintext: bool,
 }
 
 /// What reading one stored value gave.
@@ -295,6 +155,8 @@ enum Opened {
     Plain(String),
     /// Written with the key whose id this is.
     OtherKey(String),
+    /// A refresh token stored unencrypted (kept before the key was set).
+    Unencrypted,
     /// Damaged, tampered, moved to another record key, or written unencrypted.
     Unreadable,
 }
@@ -315,17 +177,29 @@ fn aad(key: &str) -> Vec<u8> {
 impl EncryptedStore {
     /// Wraps `inner`, encrypting with `key`.
     pub fn new(inner: Arc<dyn TokenStore>, key: &EncryptionKey) -> Self {
+        Self::with_keys(inner, &EncryptionKeys::new(key.clone()))
+    }
+
+    /// Wraps `inner`, encrypting with the first of `keys` and decrypting with any.
+    pub fn with_keys(inner: Arc<dyn TokenStore>, keys: &EncryptionKeys) -> Self {
         Self {
             inner,
-            cipher: XChaCha20Poly1305::new(key.0.expose_secret().into()),
-            key_id: key.id(),
+            ciphers: keys
+                .iter()
+                .map(|k| (k.id(), XChaCha20Poly1305::new(k.expose().into())))
+                .collect(),
+            plaintext: keys.reads_plaintext(),
         }
+    }
+
+    fn current_id(&self) -> &str {
+        &self.ciphers[0].0
     }
 
     fn seal(&self, key: &str, plaintext: &str) -> Result<String, StoreError> {
         let nonce_bytes: [u8; 24] = rand::random();
-        let sealed = self
-            .cipher
+        let sealed = self.ciphers[0]
+            .1
             .encrypt(
                 XNonce::from_slice(&nonce_bytes),
                 Payload {
@@ -345,46 +219,58 @@ impl EncryptedStore {
         out.extend_from_slice(&sealed);
         Ok(format!(
             "{PREFIX}{}.{}",
-            self.key_id,
+            self.current_id(),
             URL_SAFE_NO_PAD.encode(out)
         ))
     }
 
     fn open(&self, key: &str, stored: &str) -> Opened {
-        let body = if let Some(rest) = stored.strip_prefix(PREFIX) {
-            match rest.split_once('.') {
-                Some((id, _)) if id != self.key_id => return Opened::OtherKey(id.to_owned()),
-                Some((_, body)) => body,
-                None => return Opened::Unreadable,
-            }
-        } else if let Some(body) = stored.strip_prefix(PREFIX_V1) {
-            body
-        } else {
-            return Opened::Unreadable;
-        };
-        self.decrypt(key, body)
-            .map_or(Opened::Unreadable, Opened::Plain)
-    }
-
-    /// The plaintext, or `None` when the value does not decrypt under this key for this record key.
-    fn decrypt(&self, key: &str, body: &str) -> Option<String> {
-        let raw = URL_SAFE_NO_PAD.decode(body).ok()?;
-        if raw.len() < 24 + 16 {
-            return None;
+        if let Some(rest) = stored.strip_prefix(PREFIX) {
+            let Some((id, body)) = rest.split_once('.') else {
+                return Opened::Unreadable;
+            };
+            return match self.ciphers.iter().find(|(i, _)| i == id) {
+                Some((_, cipher)) => {
+                    decrypt(cipher, key, body).map_or(Opened::Unreadable, Opened::Plain)
+                }
+                None => Opened::OtherKey(id.to_owned()),
+            };
         }
-        let (nonce, sealed) = raw.split_at(24);
-        let plain = self
-            .cipher
-            .decrypt(
-                XNonce::from_slice(nonce),
-                Payload {
-                    msg: sealed,
-                    aad: &aad(key),
-                },
-            )
-            .ok()?;
-        String::from_utf8(plain).ok()
+        if let Some(body) = stored.strip_prefix(PREFIX_V1) {
+            // Written before key ids: whichever key opens it.
+            return self
+                .ciphers
+                .iter()
+                .find_map(|(_, cipher)| decrypt(cipher, key, body))
+                .map_or(Opened::Unreadable, Opened::Plain);
+        }
+        if self.plaintext {
+            Opened::Plain(stored.to_owned())
+        } else if crate::key::is_refresh_token_key(key) {
+            Opened::Unencrypted
+        } else {
+            Opened::Unreadable
+        }
     }
+}
+
+/// The plaintext, or `None` when the value does not decrypt under this key for this record key.
+fn decrypt(cipher: &XChaCha20Poly1305, key: &str, body: &str) -> Option<String> {
+    let raw = URL_SAFE_NO_PAD.decode(body).ok()?;
+    if raw.len() < 24 + 16 {
+        return None;
+    }
+    let (nonce, sealed) = raw.split_at(24);
+    let plain = cipher
+        .decrypt(
+            XNonce::from_slice(nonce),
+            Payload {
+                msg: sealed,
+                aad: &aad(key),
+            },
+        )
+        .ok()?;
+    String::from_utf8(plain).ok()
 }
 
 wrapping_store!(EncryptedStore {
@@ -407,9 +293,14 @@ wrapping_store!(EncryptedStore {
                 "encrypted",
                 StoreErrorKind::Key,
                 format!(
-                    "a record was written with a different encryption key (key id {id}; the configured key's id is {})",
-                    self.key_id
+                    "a record was written with a different encryption key (key id {id}; the configured keys' ids are {}); set CONNECTOR_ENCRYPTION_KEY (or `$connector.encryption_key_file`) to the key that wrote it — to rotate, list the new key first and that one after it",
+                    self.ciphers.iter().map(|(i, _)| i.as_str()).collect::<Vec<_>>().join(", ")
                 ),
+            )),
+            Opened::Unencrypted => Err(StoreError::new(
+                "encrypted",
+                StoreErrorKind::Key,
+                "the refresh token is stored unencrypted (kept before the encryption key was set); run `connector rekey` once to encrypt the store's records with the key, or unset the key",
             )),
             Opened::Unreadable => Err(StoreError::new(
                 "encrypted",

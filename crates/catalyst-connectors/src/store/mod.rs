@@ -11,6 +11,7 @@ pub(crate) mod catalyst;
 #[cfg(feature = "testing")]
 pub mod conformance;
 mod encrypted;
+mod keys;
 mod fallback;
 mod memory;
 #[cfg(feature = "redis")]
@@ -26,7 +27,8 @@ pub use catalyst::{
     CatalystAuth, CatalystCacheStore, CatalystCacheStoreBuilder, CatalystTokenProvider,
 };
 pub(crate) use encrypted::with_key;
-pub use encrypted::{EncryptedStore, EncryptionKey, KEY_ENV, KEY_FILE_ENV, KeyError};
+pub use encrypted::EncryptedStore;
+pub use keys::{EncryptionKey, EncryptionKeys, KEY_ENV, KEY_FILE_ENV, KeyError};
 pub use fallback::FallbackStore;
 pub use memory::MemoryStore;
 #[cfg(feature = "redis")]

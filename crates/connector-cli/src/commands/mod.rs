@@ -10,6 +10,7 @@ pub mod exchange;
 pub mod exec;
 pub mod list;
 pub mod refresh;
+pub mod rekey;
 pub mod revoke;
 pub mod serve;
 pub mod socket;
@@ -58,6 +59,7 @@ pub enum Command {
     Status(status::Args),
     Refresh(refresh::Args),
     Revoke(revoke::Args),
+    Rekey(rekey::Args),
     List(list::Args),
     /// Check the configuration.
     Config {
@@ -87,6 +89,7 @@ impl Command {
             Command::Status(a) => &a.place,
             Command::Refresh(a) => &a.place,
             Command::Revoke(a) => &a.place,
+            Command::Rekey(a) => &a.place,
             Command::List(a) => &a.place,
             Command::Config {
                 action: ConfigAction::Check(a),
@@ -112,6 +115,7 @@ impl Command {
             Command::Status(a) => done(status::run(ctx, a).await),
             Command::Refresh(a) => done(refresh::run(ctx, a).await),
             Command::Revoke(a) => done(revoke::run(ctx, a).await),
+            Command::Rekey(a) => done(rekey::run(ctx, a).await),
             Command::List(a) => done(list::run(ctx, a).await),
             Command::Config {
                 action: ConfigAction::Check(_),
