@@ -165,9 +165,7 @@ pub enum Error {
 
     /// A stored record cannot be read with the configured encryption key (another key wrote it,
     /// or no key is set). It is never overwritten.
-    #[error(
-        "connector `{connector}`: {detail}"
-    )]
+    #[error("connector `{connector}`: {detail}")]
     EncryptionKey {
         /// The connector.
         connector: String,

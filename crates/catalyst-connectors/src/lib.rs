@@ -78,8 +78,8 @@ pub use secret::{
 #[cfg(feature = "sqlite")]
 pub use store::SqliteStore;
 pub use store::{
-    CasOutcome, EncryptedStore, EncryptionKey, EncryptionKeys, FallbackStore, MemoryStore, SpecError, StoreError,
-    StoreErrorKind, StoreSpec, StoredValue, TokenStore, TokenWrite,
+    CasOutcome, EncryptedStore, EncryptionKey, EncryptionKeys, FallbackStore, MemoryStore,
+    SpecError, StoreError, StoreErrorKind, StoreSpec, StoredValue, TokenStore, TokenWrite,
 };
 #[cfg(feature = "catalyst")]
 pub use store::{

@@ -5,9 +5,9 @@ mod common;
 
 use catalyst_connectors::store::conformance::{self, TimeControl};
 use catalyst_connectors::{
-    Connection, ConnectorConfig, EncryptedStore, EncryptionKey, Error, ExposeSecret, GrantCode,
-    ManualClock, MemoryStore, SqliteStore, StoreErrorKind, StoreSpec, TokenRecord, TokenStore,
-    TokenWrite,
+    Connection, ConnectorConfig, EncryptedStore, EncryptionKey, EncryptionKeys, Error,
+    ExposeSecret, GrantCode, ManualClock, MemoryStore, SqliteStore, StoreErrorKind, StoreSpec,
+    TokenRecord, TokenStore, TokenWrite,
 };
 use common::{CLIENT_ID, CLIENT_SECRET, Setup};
 use std::path::{Path, PathBuf};
@@ -362,6 +362,95 @@ async fn a_refresh_token_from_a_code_exchange_is_kept_for_other_processes() {
         .await
         .unwrap_err();
     assert!(matches!(err, Error::EncryptionKey { .. }), "{err:?}");
+}
+
+/// Issue 22 item 10 in the library: a key set on an unencrypted store, then rotated; the refresh
+/// token from the one code exchange serves throughout, and the old key is not needed after
+/// `rekey`.
+#[tokio::test]
+async fn keys_rotate_and_plaintext_moves_to_encrypted_with_rekey() {
+    let s = Setup::new().await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("tokens.db");
+    let connection = |keys: Option<EncryptionKeys>| {
+        let mut b = common::hermetic_without_store()
+            .store(SqliteStore::open_with_clock(&path, Arc::new(s.clock.clone())).unwrap())
+            .clock(s.clock.clone())
+            .connector(
+                ConnectorConfig::builder("crm")
+                    .client_id(CLIENT_ID)
+                    .client_secret(CLIENT_SECRET)
+                    .token_url(s.emulator.token_url())
+                    .build()
+                    .unwrap(),
+            );
+        if let Some(keys) = keys {
+            b = b.encryption_keys(keys);
+        }
+        b.build().unwrap().connector("crm").unwrap()
+    };
+    let code = GrantCode::new(
+        s.emulator
+            .add_grant_code(CLIENT_ID, "ZohoCRM.users.READ", None),
+    );
+    let refresh_token = connection(None)
+        .generate_access_token(&code)
+        .await
+        .unwrap()
+        .refresh_token
+        .unwrap();
+    let stored_in_clear = || {
+        contains(
+            &read_all_bytes(&path),
+            refresh_token.expose_secret().as_bytes(),
+        )
+    };
+    assert!(stored_in_clear());
+    let old = EncryptionKey::generate();
+    let new = EncryptionKey::generate();
+
+    // A key on the unencrypted store: a key error (never "no refresh token"), until rekey.
+    let err = connection(Some(old.clone().into()))
+        .access_token()
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::EncryptionKey { .. }), "{err:?}");
+    assert!(err.to_string().contains("rekey"), "{err}");
+    let moved = connection(Some(EncryptionKeys::new(old.clone()).reading_plaintext()))
+        .rekey()
+        .await
+        .unwrap();
+    assert!(moved.refresh_token && moved.access_token, "{moved:?}");
+    assert!(!stored_in_clear(), "the refresh token is encrypted now");
+    connection(Some(old.clone().into()))
+        .access_token()
+        .await
+        .unwrap();
+
+    // Rotation: new first, old after; rekey; the new key alone then mints with the stored
+    // refresh token, and the old key alone no longer reads it.
+    connection(Some(
+        EncryptionKeys::new(new.clone()).with_previous(old.clone()),
+    ))
+    .rekey()
+    .await
+    .unwrap();
+    s.advance(Duration::from_secs(3600));
+    let token = connection(Some(new.clone().into()))
+        .access_token()
+        .await
+        .unwrap();
+    assert_eq!(token.source(), catalyst_connectors::TokenSource::Minted);
+    let err = connection(Some(old.into()))
+        .access_token()
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::EncryptionKey { .. }), "{err:?}");
+    let stats = s.emulator.stats();
+    assert_eq!(
+        stats.by_grant["authorization_code"]["ok"], 1,
+        "one authorization"
+    );
 }
 
 fn read_all_bytes(db: &Path) -> Vec<u8> {

@@ -411,21 +411,39 @@ async fn keys_are_introduced_and_rotated_without_a_new_authorization() {
         .run_with(&[("CONNECTOR_ENCRYPTION_KEY", KEY_A)], &["rekey"])
         .await;
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
-    assert!(stdout(&out).contains("refresh token and access token"), "{}", stdout(&out));
+    assert!(
+        stdout(&out).contains("refresh token and access token"),
+        "{}",
+        stdout(&out)
+    );
     let out = env
         .run_with(&[("CONNECTOR_ENCRYPTION_KEY", KEY_A)], &["token", "crm"])
         .await;
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
-    assert_eq!(stdout(&out), exchanged_token, "the stored token, moved, not a new one");
+    assert_eq!(
+        stdout(&out),
+        exchanged_token,
+        "the stored token, moved, not a new one"
+    );
     let out = env.run(&["token", "crm"]).await;
-    assert_eq!(out.status.code(), Some(3), "encrypted now: {}", stderr(&out));
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "encrypted now: {}",
+        stderr(&out)
+    );
 
     // Rotation: the new key first, the old after it; rekey; then the new key alone.
     let both = format!("{KEY_B}\n{KEY_A}");
     let out = env
         .run_with(&[("CONNECTOR_ENCRYPTION_KEY", &both)], &["token", "crm"])
         .await;
-    assert_eq!(out.status.code(), Some(0), "both keys read: {}", stderr(&out));
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "both keys read: {}",
+        stderr(&out)
+    );
     let out = env
         .run_with(&[("CONNECTOR_ENCRYPTION_KEY", &both)], &["rekey", "crm"])
         .await;
@@ -433,13 +451,26 @@ async fn keys_are_introduced_and_rotated_without_a_new_authorization() {
     let out = env
         .run_with(&[("CONNECTOR_ENCRYPTION_KEY", KEY_B)], &["refresh", "crm"])
         .await;
-    assert_eq!(out.status.code(), Some(0), "the new key alone: {}", stderr(&out));
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "the new key alone: {}",
+        stderr(&out)
+    );
     let out = env
         .run_with(&[("CONNECTOR_ENCRYPTION_KEY", KEY_A)], &["token", "crm"])
         .await;
-    assert_eq!(out.status.code(), Some(3), "the old key alone: {}", stderr(&out));
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "the old key alone: {}",
+        stderr(&out)
+    );
     let stats = env.emulator.stats();
-    assert_eq!(stats.by_grant["authorization_code"]["ok"], 1, "one authorization");
+    assert_eq!(
+        stats.by_grant["authorization_code"]["ok"], 1,
+        "one authorization"
+    );
     assert!(!stderr(&out).contains(&exchanged_token));
 
     // No key set: nothing to rekey to.

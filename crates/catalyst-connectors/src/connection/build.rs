@@ -40,8 +40,13 @@ pub(super) fn build(b: ConnectionBuilder) -> Result<Connection> {
     } else {
         None
     };
-    let key = resolve_key(b.encryption_key, b.use_env, &settings, &mut issues)
-        .map(|k| if b.read_plaintext { k.reading_plaintext() } else { k });
+    let key = resolve_key(b.encryption_key, b.use_env, &settings, &mut issues).map(|k| {
+        if b.read_plaintext {
+            k.reading_plaintext()
+        } else {
+            k
+        }
+    });
     if !issues.is_empty() {
         // Everything that is wrong, the skipped connectors' problems included.
         issues.extend(invalid.into_values().flatten());

@@ -38,9 +38,12 @@ impl Acquisition {
                 access_token: false,
             });
         };
-        let expires_at = TokenRecord::from_json(&access.data)
-            .map_or(0, |r| r.expires_at);
-        let ttl = until(self.runtime.clock.now_millis(), expires_at, Duration::from_secs(1));
+        let expires_at = TokenRecord::from_json(&access.data).map_or(0, |r| r.expires_at);
+        let ttl = until(
+            self.runtime.clock.now_millis(),
+            expires_at,
+            Duration::from_secs(1),
+        );
         let mut write = TokenWrite::new(&creds.key, Some(access.generation), &access.data, ttl);
         if let Some(r) = &refresh {
             write = write.with_refresh(&creds.refresh_key, &r.data);

@@ -10,8 +10,8 @@
 //! never served. Without a key, [`Unkeyed`] reports an encrypted record as
 //! [`StoreErrorKind::NoKey`].
 
-use super::{CasOutcome, StoreError, StoreErrorKind, StoredValue, TokenStore, TokenWrite};
 use super::keys::{EncryptionKey, EncryptionKeys};
+use super::{CasOutcome, StoreError, StoreErrorKind, StoredValue, TokenStore, TokenWrite};
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use chacha20poly1305::aead::{Aead, KeyInit, Payload};

@@ -249,3 +249,43 @@ impl EncryptionKeys {
     }
 }
 
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const A: &str = "0000000000000000000000000000000000000000000000000000000000000001";
+    const B: &str = "0000000000000000000000000000000000000000000000000000000000000002";
+
+    fn ids(keys: &EncryptionKeys) -> Vec<String> {
+        keys.iter().map(EncryptionKey::id).collect()
+    }
+
+    #[test]
+    fn several_keys_the_first_encrypts() {
+        let a = EncryptionKey::parse(A).unwrap().id();
+        let b = EncryptionKey::parse(B).unwrap().id();
+        for text in [
+            format!("{B} {A}"),
+            format!("{B},{A}"),
+            format!("# new\n{B}\n\n# old, until rekeyed\n{A}\n"),
+            format!("{B}\n{A}\n{B}"),
+        ] {
+            let keys = EncryptionKeys::parse(&text).unwrap();
+            assert_eq!(ids(&keys), [b.clone(), a.clone()], "{text:?}");
+            assert_eq!(keys.current().id(), b);
+        }
+        assert_eq!(EncryptionKey::parse(A).unwrap().id(), a);
+    }
+
+    #[test]
+    fn a_bad_key_is_named_by_position_never_shown() {
+        let bad = "c2VjcmV0LWJ1dC10b28tc2hvcnQ=";
+        let err = EncryptionKeys::parse(&format!("{A} {bad}")).unwrap_err();
+        assert!(err.starts_with("key 2 of 2:"), "{err}");
+        assert!(!err.contains(bad) && !err.contains(A), "{err}");
+        assert_eq!(
+            EncryptionKeys::parse("# only a comment\n").unwrap_err(),
+            "holds no key"
+        );
+    }
+}

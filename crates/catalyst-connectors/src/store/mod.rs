@@ -11,8 +11,8 @@ pub(crate) mod catalyst;
 #[cfg(feature = "testing")]
 pub mod conformance;
 mod encrypted;
-mod keys;
 mod fallback;
+mod keys;
 mod memory;
 #[cfg(feature = "redis")]
 mod redis;
@@ -26,10 +26,10 @@ pub use self::redis::{DEFAULT_PREFIX as REDIS_DEFAULT_PREFIX, RedisStore, RedisS
 pub use catalyst::{
     CatalystAuth, CatalystCacheStore, CatalystCacheStoreBuilder, CatalystTokenProvider,
 };
-pub(crate) use encrypted::with_key;
 pub use encrypted::EncryptedStore;
-pub use keys::{EncryptionKey, EncryptionKeys, KEY_ENV, KEY_FILE_ENV, KeyError};
+pub(crate) use encrypted::with_key;
 pub use fallback::FallbackStore;
+pub use keys::{EncryptionKey, EncryptionKeys, KEY_ENV, KEY_FILE_ENV, KeyError};
 pub use memory::MemoryStore;
 #[cfg(feature = "redis")]
 pub(crate) use spec::redact_url;

@@ -50,7 +50,10 @@ pub async fn run(ctx: &Context, args: Args) -> Result<(), Failure> {
                     (false, true) => "access token (its refresh token is in the config)",
                     (false, false) => "nothing stored",
                 };
-                println!("Connector `{}`: {what} rewritten with key {key_id}.", connector.name());
+                println!(
+                    "Connector `{}`: {what} rewritten with key {key_id}.",
+                    connector.name()
+                );
                 crate::agent::client::notify_agent(name, args.user.as_deref()).await;
             }
             // The first failure is the command's (printed with its hint at exit); later ones

@@ -31,12 +31,15 @@ impl Files {
     /// connections to it.
     pub(super) fn open(path: &Path, label: &str) -> Result<Arc<Self>, StoreError> {
         let created = prepare_file(path, label)?;
-        let id = file_id(path).map_err(|e| {
-            io_error(label, format!("cannot read {}", path.display()), e)
-        })?;
+        let id = file_id(path)
+            .map_err(|e| io_error(label, format!("cannot read {}", path.display()), e))?;
         let mut open = OPEN.lock().unwrap_or_else(|p| p.into_inner());
         open.retain(|(_, files)| files.strong_count() > 0);
-        if let Some(files) = open.iter().find(|(i, _)| *i == id).and_then(|(_, f)| f.upgrade()) {
+        if let Some(files) = open
+            .iter()
+            .find(|(i, _)| *i == id)
+            .and_then(|(_, f)| f.upgrade())
+        {
             return Ok(files);
         }
         let files = Arc::new(Self::open_new(path, label, created)?);
@@ -67,10 +70,15 @@ impl Files {
         if version < SCHEMA_VERSION {
             // Another process is creating the file: this one finishes the setup if it has not.
             let mut slot = files.writer()?;
-            migrate(slot.as_mut().expect("the writer was just opened"), path, label)?;
+            migrate(
+                slot.as_mut().expect("the writer was just opened"),
+                path,
+                label,
+            )?;
         }
         // A damaged file can open fine and fail later: it is checked now, with a clear error.
-        let check: String = files.read_with(|c| c.query_row("PRAGMA quick_check", [], |r| r.get(0)))?;
+        let check: String =
+            files.read_with(|c| c.query_row("PRAGMA quick_check", [], |r| r.get(0)))?;
         if check != "ok" {
             return Err(StoreError::new(
                 label,
@@ -87,8 +95,8 @@ impl Files {
         let mut slot = self.write.lock().unwrap_or_else(|p| p.into_inner());
         if slot.is_none() {
             let mut read = lock(&self.read);
-            let placeholder = Connection::open_in_memory()
-                .map_err(|e| classify(&self.path, &self.label, e))?;
+            let placeholder =
+                Connection::open_in_memory().map_err(|e| classify(&self.path, &self.label, e))?;
             drop(std::mem::replace(&mut *read, placeholder));
             let writer = open_writer(&self.path, &self.label);
             *read = open_reader(&self.path, &self.label)?;
@@ -420,4 +428,3 @@ fn create_schema(conn: &mut Connection, path: &Path, label: &str) -> Result<(), 
         tx.commit()
     })
 }
-
