@@ -367,16 +367,9 @@ mod tests {
     fn keys_parse_from_base64_and_hex() {
         let k = EncryptionKey::generate();
         let again = EncryptionKey::parse(&k.to_base64()).unwrap();
-        assert_eq!(again.0.expose_secret(), k.0.expose_secret());
-        let hex: String =
-            k.0.expose_secret()
-                .iter()
-                .map(|b| format!("{b:02x}"))
-                .collect();
-        assert_eq!(
-            EncryptionKey::parse(&hex).unwrap().0.expose_secret(),
-            k.0.expose_secret()
-        );
+        assert_eq!(again.expose(), k.expose());
+        let hex: String = k.expose().iter().map(|b| format!("{b:02x}")).collect();
+        assert_eq!(EncryptionKey::parse(&hex).unwrap().expose(), k.expose());
         assert!(
             EncryptionKey::parse("c2hvcnQ=")
                 .unwrap_err()
