@@ -23,8 +23,11 @@ pub(super) struct Files {
     write: Mutex<Option<Connection>>,
 }
 
-/// The files open in this process, by device and inode.
-static OPEN: Mutex<Vec<((u64, u64), Weak<Files>)>> = Mutex::new(Vec::new());
+/// A file's device and inode: what identifies it whatever the path it is reached by.
+type FileId = (u64, u64);
+
+/// The files open in this process.
+static OPEN: Mutex<Vec<(FileId, Weak<Files>)>> = Mutex::new(Vec::new());
 
 impl Files {
     /// Checks the path, creates the file if missing and opens it — or joins this process's
@@ -127,16 +130,16 @@ impl Files {
     }
 }
 
-/// What identifies a file whatever the path it is reached by.
+/// The [`FileId`] of `path`.
 #[cfg(unix)]
-fn file_id(path: &Path) -> std::io::Result<(u64, u64)> {
+fn file_id(path: &Path) -> std::io::Result<FileId> {
     use std::os::unix::fs::MetadataExt as _;
     let meta = std::fs::symlink_metadata(path)?;
     Ok((meta.dev(), meta.ino()))
 }
 
 #[cfg(not(unix))]
-fn file_id(path: &Path) -> std::io::Result<(u64, u64)> {
+fn file_id(path: &Path) -> std::io::Result<FileId> {
     use std::hash::{Hash as _, Hasher as _};
     let mut h = std::collections::hash_map::DefaultHasher::new();
     std::fs::canonicalize(path)?.hash(&mut h);
