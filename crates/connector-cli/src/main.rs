@@ -55,6 +55,16 @@ fn main() -> ExitCode {
             return ExitCode::from(exit.code());
         }
     };
+    if let Command::Manpages(args) = &cli.command {
+        let cli = <Cli as clap::CommandFactory>::command();
+        return match commands::manpages::run(cli, &args.dir) {
+            Ok(()) => ExitCode::from(Exit::Success.code()),
+            Err(f) => {
+                eprintln!("error: {}", f.message);
+                ExitCode::from(f.exit.code())
+            }
+        };
+    }
     init_logging(cli.quiet);
     let ctx = Context::new(cli.quiet, cli.no_agent, cli.place, cli.command.place());
     // One thread: a command does one thing, and starting worker threads costs more than it

@@ -12,6 +12,9 @@ use zoho_emulator::{Emulator, SavedState};
 #[derive(Parser, Debug)]
 #[command(version, about, long_about, after_help = AFTER_HELP)]
 struct Args {
+    /// Print the man page (roff) on stdout and exit (for packagers).
+    #[arg(long, hide = true)]
+    manpage: bool,
     /// Port to listen on (0 picks a free one; the URL is printed on stdout).
     #[arg(long, default_value_t = 0)]
     port: u16,
@@ -132,6 +135,10 @@ async fn main() -> std::io::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     let args = Args::parse();
+    if args.manpage {
+        let mut out = std::io::stdout().lock();
+        return clap_mangen::Man::new(<Args as clap::CommandFactory>::command()).render(&mut out);
+    }
     let emulator = zoho_emulator::start_on(SocketAddr::new(args.bind, args.port)).await?;
     emulator.set_token_lifetime(Duration::from_secs(args.token_lifetime));
     let mut projects = std::collections::BTreeMap::<&str, Vec<&str>>::new();

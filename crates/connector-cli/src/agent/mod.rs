@@ -21,6 +21,7 @@ pub mod client;
 pub mod listen;
 pub mod security;
 pub mod server;
+pub mod sinks;
 pub mod users;
 
 /// The header every request must carry (like GCE's `Metadata-Flavor: Google`): a browser or a

@@ -14,9 +14,13 @@ use clap_complete::env::Shells;
 pub struct Args {
     /// bash, zsh, fish, elvish or powershell.
     pub(super) shell: String,
+    /// The command the shell runs to complete (default: this executable's path); packages give
+    /// the installed path, e.g. /usr/bin/connector.
+    #[arg(long, value_name = "PATH")]
+    pub(super) completer: Option<String>,
 }
 
-pub fn run(shell: &str) -> Result<(), Failure> {
+pub fn run(shell: &str, completer_path: Option<&str>) -> Result<(), Failure> {
     let shells = Shells::builtins();
     let Some(completer) = shells.completer(shell) else {
         let known: Vec<&str> = shells.names().collect();
@@ -25,10 +29,12 @@ pub fn run(shell: &str) -> Result<(), Failure> {
             format!("unknown shell `{shell}`; known: {}", known.join(", ")),
         ));
     };
-    let exe = std::env::current_exe()
-        .ok()
-        .and_then(|p| p.to_str().map(str::to_owned))
-        .unwrap_or_else(|| "connector".into());
+    let exe = completer_path.map(str::to_owned).unwrap_or_else(|| {
+        std::env::current_exe()
+            .ok()
+            .and_then(|p| p.to_str().map(str::to_owned))
+            .unwrap_or_else(|| "connector".into())
+    });
     let mut out = Vec::new();
     completer
         .write_registration("COMPLETE", "connector", "connector", &exe, &mut out)

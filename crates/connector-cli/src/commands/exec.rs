@@ -230,21 +230,9 @@ fn token_dir() -> Result<PathBuf, Failure> {
     Ok(dir)
 }
 
-/// Writes `token` to `path` atomically: a temporary file (0600) in the same directory, synced,
-/// then renamed over the old one — a reader sees the old token or the new, never a mix.
+/// Writes `token` to `path` atomically (0600): a reader sees the old token or the new, never a mix.
 fn write_token_file(path: &Path, token: &str) -> std::io::Result<()> {
-    use std::io::Write as _;
-    use std::os::unix::fs::OpenOptionsExt as _;
-    let tmp = path.with_extension("tmp");
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)?;
-    file.write_all(token.as_bytes())?;
-    file.sync_all()?;
-    std::fs::rename(&tmp, path)
+    crate::agent::sinks::write_atomically(path, token.as_bytes(), 0o600, None)
 }
 
 /// Keeps NAME's token file fresh while the command runs: a new token is fetched at the current

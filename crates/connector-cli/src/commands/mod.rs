@@ -9,6 +9,7 @@ pub mod demo;
 pub mod exchange;
 pub mod exec;
 pub mod list;
+pub mod manpages;
 pub mod refresh;
 pub mod rekey;
 pub mod revoke;
@@ -71,6 +72,9 @@ pub enum Command {
     Socket(socket::Args),
     Exec(exec::Args),
     Demo(demo::Args),
+    /// Write the man pages into a directory (for packagers).
+    #[command(hide = true)]
+    Manpages(manpages::Args),
 }
 
 /// What `connector config` does.
@@ -96,7 +100,10 @@ impl Command {
             } => &a.place,
             Command::Serve(a) => &a.place,
             Command::Exec(a) => &a.place,
-            Command::Completions(_) | Command::Demo(_) | Command::Socket(_) => return None,
+            Command::Completions(_)
+            | Command::Demo(_)
+            | Command::Socket(_)
+            | Command::Manpages(_) => return None,
         })
     }
 
@@ -120,11 +127,13 @@ impl Command {
             Command::Config {
                 action: ConfigAction::Check(_),
             } => done(config_check::run(ctx)),
-            Command::Completions(a) => done(completions::run(&a.shell)),
+            Command::Completions(a) => done(completions::run(&a.shell, a.completer.as_deref())),
             Command::Serve(a) => done(serve::run(ctx, a).await),
             Command::Socket(_) => done(socket::run()),
             Command::Exec(a) => exec::run(ctx, a).await,
             Command::Demo(a) => done(demo::run(a).await),
+            // main writes the pages (it has the whole command line's definition).
+            Command::Manpages(_) => unreachable!("handled in main"),
         }
     }
 }

@@ -58,6 +58,14 @@ pub struct Args {
     /// whatever this is.
     #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration, default_value = "250ms")]
     follow_every: std::time::Duration,
+    /// Keep a token file: NAME's token written to PATH (absolute) whenever it changes, atomically;
+    /// removed when NAME needs re-authorization and when the agent stops. Options:
+    /// `format=raw|header|env|json` (default raw: the token alone), `mode=0640` (default 0600),
+    /// `group=GROUP`, and last `hook=COMMAND`, run with `sh -c` after each rotation with
+    /// CONNECTOR_SINK_PATH, CONNECTOR_SINK_EXPIRES_AT and CONNECTOR_SINK_CONNECTOR set. Repeat
+    /// for more files. Checked as often as --follow-every.
+    #[arg(long, value_name = "NAME=PATH[,OPTIONS]")]
+    sink: Vec<String>,
     #[command(flatten)]
     pub(super) place: super::Place,
 }
@@ -110,14 +118,14 @@ fn chown_group(path: &Path, gid: u32) -> Result<(), Failure> {
 }
 
 /// A group by name or number.
-fn group_id(group: &str) -> Result<u32, Failure> {
+fn group_id(group: &str, flag: &str) -> Result<u32, Failure> {
     if let Ok(gid) = group.parse::<u32>() {
         return Ok(gid);
     }
     let name = std::ffi::CString::new(group).map_err(|_| {
         Failure::new(
             Exit::Usage,
-            format!("--socket-group {group:?}: not a group name"),
+            format!("{flag} {group:?}: not a group name"),
         )
     })?;
     // SAFETY: getgrnam(3) with a NUL-terminated name; the record is read at once, before any
@@ -126,11 +134,33 @@ fn group_id(group: &str) -> Result<u32, Failure> {
     if record.is_null() {
         return Err(Failure::new(
             Exit::Usage,
-            format!("--socket-group {group:?}: no such group"),
+            format!("{flag} {group:?}: no such group"),
         ));
     }
     // SAFETY: a non-null record from getgrnam points at a valid `struct group`.
     Ok(unsafe { (*record).gr_gid })
+}
+
+/// The `--sink` files, checked: each names a configured connector and a path that is ours to
+/// write.
+fn sinks(
+    specs: &[String],
+    connection: &Connection,
+) -> Result<Vec<crate::agent::sinks::Sink>, Failure> {
+    let sinks = specs
+        .iter()
+        .map(|spec| crate::agent::sinks::Sink::parse(spec, |g| group_id(g, "--sink group")))
+        .collect::<Result<Vec<_>, _>>()?;
+    for sink in &sinks {
+        if connection.connector(&sink.name).is_err() {
+            return Err(Failure::new(
+                Exit::Usage,
+                format!("--sink {}: no connector of that name in the config", sink.name),
+            ));
+        }
+        sink.check_path()?;
+    }
+    Ok(sinks)
 }
 
 /// The bearer token for TCP clients: read from `path`, or created there (0600) when missing.
@@ -430,7 +460,12 @@ pub async fn run(ctx: &Context, options: Args) -> Result<(), Failure> {
         ..Policy::default()
     };
     check_allow_lists(&policy, &connection)?;
-    let group = options.socket_group.as_deref().map(group_id).transpose()?;
+    let group = options
+        .socket_group
+        .as_deref()
+        .map(|g| group_id(g, "--socket-group"))
+        .transpose()?;
+    let sinks = sinks(&options.sink, &connection)?;
     let tcp = match options.tcp {
         Some(addr) => Some(bind_tcp(addr, options.token_file, &socket, &mut policy).await?),
         None => None,
@@ -466,7 +501,13 @@ pub async fn run(ctx: &Context, options: Args) -> Result<(), Failure> {
         );
         servers.spawn(listen::serve(listener, serving.clone(), stop_rx.clone()));
     }
-    servers.spawn(listen::serve(unix, serving, stop_rx));
+    servers.spawn(listen::serve(unix, serving, stop_rx.clone()));
+    let sink_keeper = tokio::spawn(crate::agent::sinks::keep(
+        agent.clone(),
+        sinks,
+        options.follow_every,
+        stop_rx,
+    ));
     // Under systemd (Type=notify): ready once the listeners are bound. Without NOTIFY_SOCKET
     // this does nothing.
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
@@ -488,6 +529,8 @@ pub async fn run(ctx: &Context, options: Args) -> Result<(), Failure> {
         servers.abort_all();
     }
     follower.abort();
+    // The token files go (the keeper removes them on the stop signal).
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(2), sink_keeper).await;
     let _ = std::fs::remove_file(&socket);
     // A refresh still running may finish (and store its token), within the 10 s after SIGTERM.
     agent

@@ -1,0 +1,476 @@
+//! Token files the agent keeps (`connector serve --sink NAME=PATH[,…]`), for programs that read a
+//! credential from a file: PHP, shell and cron scripts, `curl -H @FILE`.
+//!
+//! Each file is rewritten atomically (a temporary file in the same directory, synced, renamed
+//! over the old one) whenever the connector's token changes — the agent's keep-warm replaces a
+//! token at its refresh point, so the file always holds one valid for at least the refresh
+//! margin. It is `0600` unless a mode is asked for, and of the agent's group unless one is named.
+//! When the connector needs re-authorization, or its token expired without a replacement, the
+//! file is removed (a reader finds no file rather than a dead token); it comes back with the next
+//! token. A hook command may run after each rotation, once per rotation.
+
+use crate::exit::{Exit, Failure};
+use catalyst_connectors::{AccessToken, Connection, ExposeSecret as _};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// What a sink file holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    /// The access token alone, no newline.
+    Raw,
+    /// `Authorization: Zoho-oauthtoken …` and a newline (for `curl -H @FILE`).
+    Header,
+    /// `ZOHO_<NAME>_ACCESS_TOKEN=…`, `…_API_DOMAIN=…`, `…_EXPIRES_AT=…` lines (for `source` or a
+    /// dotenv loader).
+    Env,
+    /// `{"access_token", "token_type", "expires_at", "api_domain", "connector"}`.
+    Json,
+}
+
+/// One `--sink`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Sink {
+    /// The connector.
+    pub name: String,
+    /// The file.
+    pub path: PathBuf,
+    pub format: Format,
+    /// The file's mode (default 0600).
+    pub mode: u32,
+    /// The file's group (default: the agent's).
+    pub group: Option<u32>,
+    /// Run with `sh -c` after each rotation.
+    pub hook: Option<String>,
+}
+
+impl Sink {
+    /// Parses `NAME=PATH[,format=raw|header|env|json][,mode=0640][,group=G][,hook=COMMAND]`;
+    /// `hook=` comes last and takes the rest (a command may hold commas).
+    pub fn parse(spec: &str, group_id: impl Fn(&str) -> Result<u32, Failure>) -> Result<Self, Failure> {
+        let usage = |problem: String| {
+            Failure::new(Exit::Usage, format!("--sink {spec:?}: {problem}")).hint(
+                "--sink NAME=PATH[,format=raw|header|env|json][,mode=0640][,group=GROUP][,hook=COMMAND]",
+            )
+        };
+        let (head, hook) = match spec.split_once(",hook=") {
+            Some((head, hook)) => (head, Some(hook.to_owned())),
+            None => (spec, None),
+        };
+        let mut parts = head.split(',');
+        let (name, path) = parts
+            .next()
+            .and_then(|p| p.split_once('='))
+            .filter(|(n, p)| !n.is_empty() && !p.is_empty())
+            .ok_or_else(|| usage("starts with NAME=PATH".into()))?;
+        let mut sink = Sink {
+            name: name.to_owned(),
+            path: PathBuf::from(path),
+            format: Format::Raw,
+            mode: 0o600,
+            group: None,
+            hook: hook.filter(|h| !h.trim().is_empty()),
+        };
+        for option in parts {
+            match option.split_once('=') {
+                Some(("format", f)) => {
+                    sink.format = match f {
+                        "raw" => Format::Raw,
+                        "header" => Format::Header,
+                        "env" => Format::Env,
+                        "json" => Format::Json,
+                        _ => return Err(usage(format!("unknown format `{f}`"))),
+                    }
+                }
+                Some(("mode", m)) => {
+                    sink.mode = u32::from_str_radix(m, 8)
+                        .ok()
+                        .filter(|m| *m & !0o777 == 0 && *m & 0o600 == 0o600)
+                        .ok_or_else(|| usage(format!("mode `{m}`: octal, at most 0777, at least 0600")))?;
+                }
+                Some(("group", g)) => sink.group = Some(group_id(g)?),
+                _ => return Err(usage(format!("unknown option `{option}`"))),
+            }
+        }
+        if sink.path.is_relative() {
+            return Err(usage("PATH must be absolute (the agent's working directory is /)".into()));
+        }
+        Ok(sink)
+    }
+
+    /// What the file holds for `token`.
+    fn contents(&self, token: &AccessToken) -> String {
+        let secret = token.secret().expose_secret();
+        let expires_at = unix_secs(token.expires_at());
+        match self.format {
+            Format::Raw => secret.to_owned(),
+            Format::Header => format!("Authorization: {}\n", token.authorization_header()),
+            Format::Env => {
+                let var = crate::commands::exec::env_name(&self.name);
+                format!(
+                    "{var}_ACCESS_TOKEN={secret}\n{var}_API_DOMAIN={}\n{var}_EXPIRES_AT={expires_at}\n",
+                    token.api_domain().unwrap_or_default()
+                )
+            }
+            Format::Json => format!(
+                "{}\n",
+                serde_json::json!({
+                    "access_token": secret,
+                    "token_type": "Zoho-oauthtoken",
+                    "expires_at": expires_at,
+                    "api_domain": token.api_domain(),
+                    "connector": self.name,
+                })
+            ),
+        }
+    }
+
+    /// Refuses a path that is not ours to replace: a link, a directory, anything but a file.
+    pub fn check_path(&self) -> Result<(), Failure> {
+        match std::fs::symlink_metadata(&self.path) {
+            Ok(meta) if !meta.file_type().is_file() => Err(Failure::new(
+                Exit::Usage,
+                format!(
+                    "--sink {}: {} exists and is not a regular file (a link is never followed); choose another path",
+                    self.name,
+                    self.path.display()
+                ),
+            )),
+            _ => match self.path.parent().map(Path::is_dir) {
+                Some(true) => Ok(()),
+                _ => Err(Failure::new(
+                    Exit::Usage,
+                    format!(
+                        "--sink {}: the directory of {} does not exist; create it (the agent does not choose its owner and mode for you)",
+                        self.name,
+                        self.path.display()
+                    ),
+                )),
+            },
+        }
+    }
+}
+
+fn unix_secs(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
+/// Writes `contents` to `path` atomically: a temporary file in the same directory with the final
+/// mode and group, synced, then renamed over the old one — a reader sees the old contents or the
+/// new, never a mix.
+pub fn write_atomically(
+    path: &Path,
+    contents: &[u8],
+    mode: u32,
+    group: Option<u32>,
+) -> std::io::Result<()> {
+    use std::io::Write as _;
+    use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
+    let name = path.file_name().unwrap_or_default().to_string_lossy();
+    let tmp = path.with_file_name(format!(".{name}.{}.tmp", std::process::id()));
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(&tmp)?;
+    let written = (|| {
+        if let Some(gid) = group {
+            std::os::unix::fs::fchown(&file, None, Some(gid))?;
+        }
+        // Exactly the mode asked for, whatever the umask.
+        file.set_permissions(std::fs::Permissions::from_mode(mode))?;
+        file.write_all(contents)?;
+        file.sync_all()?;
+        std::fs::rename(&tmp, path)
+    })();
+    if written.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    written
+}
+
+/// What a sink last did.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Step {
+    /// A new token was written (and the hook run).
+    Rotated,
+    /// The file already holds the connector's token.
+    Unchanged,
+    /// The file was removed: re-authorization needed, or its token expired.
+    Removed,
+    /// Nothing to do or nothing possible now (logged).
+    Waiting,
+}
+
+/// Keeps one sink: each `check` looks at the connector's token (a memory read when it is fresh)
+/// and rewrites the file when it changed.
+pub struct Keeper {
+    sink: Sink,
+    written: Option<(String, SystemTime)>,
+    now: Arc<dyn Fn() -> SystemTime + Send + Sync>,
+}
+
+impl Keeper {
+    pub fn new(sink: Sink) -> Self {
+        Self::with_clock(sink, Arc::new(SystemTime::now))
+    }
+
+    /// With the time the expiry of the written token is judged by (tests use a manual clock).
+    pub fn with_clock(sink: Sink, now: Arc<dyn Fn() -> SystemTime + Send + Sync>) -> Self {
+        Self {
+            sink,
+            written: None,
+            now,
+        }
+    }
+
+    /// One look.
+    pub async fn check(&mut self, connection: &Connection) -> Step {
+        let name = &self.sink.name;
+        let connector = match connection.connector(name) {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!(connector = %name, error = %e, "token file: no such connector (removed from the config?)");
+                return self.remove_expired();
+            }
+        };
+        match connector.access_token().await {
+            Ok(token) => self.write(&token).await,
+            Err(e) if e.needs_reauthorization() => {
+                tracing::warn!(connector = %name, path = %self.sink.path.display(), error = %e, "token file removed: the connector needs re-authorization");
+                self.remove()
+            }
+            Err(e) => {
+                tracing::warn!(connector = %name, error = %e, "token file: no new token yet; the current one stays while it is valid");
+                self.remove_expired()
+            }
+        }
+    }
+
+    async fn write(&mut self, token: &AccessToken) -> Step {
+        let secret = token.secret().expose_secret();
+        if self.written.as_ref().is_some_and(|(w, _)| w == secret) {
+            return Step::Unchanged;
+        }
+        let sink = &self.sink;
+        let contents = sink.contents(token);
+        if let Err(e) = write_atomically(&sink.path, contents.as_bytes(), sink.mode, sink.group) {
+            tracing::warn!(connector = %sink.name, path = %sink.path.display(), error = %e, "cannot write the token file");
+            return Step::Waiting;
+        }
+        self.written = Some((secret.to_owned(), token.expires_at()));
+        if let Some(hook) = &sink.hook {
+            run_hook(hook, sink, token).await;
+        }
+        Step::Rotated
+    }
+
+    /// Removes the file when the token in it expired.
+    fn remove_expired(&mut self) -> Step {
+        match &self.written {
+            Some((_, expires_at)) if *expires_at <= (self.now)() => self.remove(),
+            _ => Step::Waiting,
+        }
+    }
+
+    /// Removes the file, if this agent wrote it.
+    fn remove(&mut self) -> Step {
+        if self.written.take().is_some() {
+            let _ = std::fs::remove_file(&self.sink.path);
+            Step::Removed
+        } else {
+            Step::Waiting
+        }
+    }
+
+    /// At exit: the file goes (it would soon hold a dead token), if this agent wrote it.
+    pub fn finish(mut self) {
+        self.remove();
+    }
+}
+
+/// Runs `hook` with `sh -c`, the token's path and expiry (never the token) in its environment;
+/// waited for, at most a minute.
+async fn run_hook(hook: &str, sink: &Sink, token: &AccessToken) {
+    let mut command = tokio::process::Command::new("/bin/sh");
+    command
+        .arg("-c")
+        .arg(hook)
+        .env("CONNECTOR_SINK_CONNECTOR", &sink.name)
+        .env("CONNECTOR_SINK_PATH", &sink.path)
+        .env("CONNECTOR_SINK_EXPIRES_AT", unix_secs(token.expires_at()).to_string())
+        .stdin(std::process::Stdio::null())
+        .kill_on_drop(true);
+    let outcome = tokio::time::timeout(Duration::from_secs(60), command.status()).await;
+    match outcome {
+        Ok(Ok(status)) if status.success() => {}
+        Ok(Ok(status)) => {
+            tracing::warn!(connector = %sink.name, %status, "the token file's hook failed")
+        }
+        Ok(Err(e)) => tracing::warn!(connector = %sink.name, error = %e, "cannot run the token file's hook"),
+        Err(_) => tracing::warn!(connector = %sink.name, "the token file's hook ran for a minute: stopped"),
+    }
+}
+
+/// Keeps every sink of the agent until `stop`, looking every `every`; removes the files at the end.
+pub async fn keep(
+    agent: Arc<crate::agent::server::Agent>,
+    sinks: Vec<Sink>,
+    every: Duration,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    let mut keepers: Vec<Keeper> = sinks.into_iter().map(Keeper::new).collect();
+    loop {
+        let connection = agent.connection();
+        for keeper in &mut keepers {
+            keeper.check(&connection).await;
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            _ = stop.changed() => break,
+        }
+    }
+    keepers.into_iter().for_each(Keeper::finish);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use catalyst_connectors::{Clock as _, ConnectorConfig, ManualClock, MemoryStore};
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    fn secs(clock: &ManualClock) -> u64 {
+        u64::try_from(clock.now_millis() / 1000).unwrap_or(0)
+    }
+
+    /// Issue 24's "done when": a reader that opens and reads the file 100,000 times while the
+    /// token rotates 1,000 times sees no torn file and no expired token, and the hook runs once
+    /// per rotation. Time is a manual clock (the connector's and the emulator's), moved to each
+    /// token's refresh point; the agent's keeper is the one `connector serve --sink` runs.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn readers_never_see_a_torn_or_expired_token_and_the_hook_runs_once_per_rotation() {
+        const ROTATIONS: usize = 1_000;
+        const READS: u64 = 100_000;
+        let emulator = zoho_emulator::start().await.unwrap();
+        emulator.add_client("1000.SINK", "sink-secret");
+        let refresh_token = emulator.add_refresh_token("1000.SINK", "ZohoCRM.users.READ");
+        let clock = ManualClock::starting_now();
+        let connection = Connection::builder()
+            .ignore_env()
+            .store(MemoryStore::with_clock(Arc::new(clock.clone())))
+            .clock(clock.clone())
+            .connector(
+                ConnectorConfig::builder("crm")
+                    .client_id("1000.SINK")
+                    .client_secret("sink-secret")
+                    .refresh_token(refresh_token)
+                    .token_url(emulator.token_url())
+                    .build()
+                    .unwrap(),
+            )
+            .build()
+            .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("crm.json");
+        let hooks = dir.path().join("hooks.log");
+        let sink = Sink::parse(
+            &format!(
+                "crm={},format=json,hook=echo \"$CONNECTOR_SINK_EXPIRES_AT $CONNECTOR_SINK_PATH\" >> {}",
+                path.display(),
+                hooks.display()
+            ),
+            |_| unreachable!(),
+        )
+        .unwrap_or_else(|f| panic!("{}", f.message));
+        let now = {
+            let clock = clock.clone();
+            Arc::new(move || catalyst_connectors::millis_to_system_time(clock.now_millis()))
+        };
+        let mut keeper = Keeper::with_clock(sink, now);
+        assert_eq!(keeper.check(&connection).await, Step::Rotated);
+
+        let done = Arc::new(AtomicBool::new(false));
+        let reader = {
+            let (done, path, clock) = (done.clone(), path.clone(), clock.clone());
+            std::thread::spawn(move || {
+                let (mut reads, mut torn, mut expired) = (0_u64, 0_u64, 0_u64);
+                let mut seen = std::collections::HashSet::new();
+                while !done.load(Ordering::Relaxed) || reads < READS {
+                    // The time before the read: whatever token the file held when read was
+                    // valid then, so it must outlive this (a reader paused after reading would
+                    // otherwise judge an old read by a later clock).
+                    let before = secs(&clock);
+                    let text = std::fs::read_to_string(&path).unwrap();
+                    reads += 1;
+                    let Ok(v) = serde_json::from_str::<serde_json::Value>(&text) else {
+                        torn += 1;
+                        continue;
+                    };
+                    match (v["access_token"].as_str(), v["expires_at"].as_u64()) {
+                        (Some(t), Some(at)) if !t.is_empty() => {
+                            if at <= before {
+                                expired += 1;
+                            }
+                            seen.insert(t.to_owned());
+                        }
+                        _ => torn += 1,
+                    }
+                }
+                (reads, torn, expired, seen.len())
+            })
+        };
+        for _ in 0..ROTATIONS {
+            // To just past the token's refresh point: the connector serves it (still valid)
+            // and replaces it in the background; the keeper writes the replacement.
+            let token = connection.connector("crm").unwrap().access_token().await.unwrap();
+            let refresh_at = catalyst_connectors::system_time_to_millis(token.refresh_at());
+            let by = Duration::from_millis(u64::try_from(refresh_at - clock.now_millis()).unwrap())
+                + Duration::from_secs(1);
+            clock.advance(by);
+            emulator.advance(by);
+            while keeper.check(&connection).await != Step::Rotated {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        }
+        done.store(true, Ordering::Relaxed);
+        let (reads, torn, expired, distinct) = reader.join().unwrap();
+        let hook_runs = std::fs::read_to_string(&hooks).unwrap().lines().count();
+        eprintln!("{reads} reads, {distinct} distinct tokens seen, {hook_runs} hook runs");
+        assert!(reads >= READS);
+        assert_eq!((torn, expired), (0, 0), "torn and expired reads");
+        assert_eq!(hook_runs, ROTATIONS + 1, "the hook runs once per token written");
+        assert_eq!(emulator.stats().token_requests, ROTATIONS as u64 + 1, "one mint per rotation");
+        // Never in another's reach: 0600, and a revoked connector's file goes.
+        use std::os::unix::fs::PermissionsExt as _;
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        keeper.finish();
+        assert!(!path.exists());
+    }
+
+    #[test]
+    fn specs_parse_and_bad_ones_are_usage_errors() {
+        let sink = Sink::parse(
+            "crm=/run/app/crm.env,format=env,mode=0640,group=7,hook=systemctl reload php-fpm, now",
+            |g| Ok(g.parse().unwrap()),
+        )
+        .unwrap_or_else(|f| panic!("{}", f.message));
+        assert_eq!(sink.format, Format::Env);
+        assert_eq!((sink.mode, sink.group), (0o640, Some(7)));
+        assert_eq!(sink.hook.as_deref(), Some("systemctl reload php-fpm, now"));
+        for bad in [
+            "crm",
+            "crm=relative/path",
+            "crm=/x,format=xml",
+            "crm=/x,mode=0400",
+            "crm=/x,mode=1777",
+            "crm=/x,owner=root",
+        ] {
+            let err = Sink::parse(bad, |_| Ok(0)).err().expect(bad);
+            assert_eq!(err.exit, Exit::Usage, "{bad}");
+        }
+    }
+}
