@@ -48,7 +48,10 @@ pub struct Sink {
 impl Sink {
     /// Parses `NAME=PATH[,format=raw|header|env|json][,mode=0640][,group=G][,hook=COMMAND]`;
     /// `hook=` comes last and takes the rest (a command may hold commas).
-    pub fn parse(spec: &str, group_id: impl Fn(&str) -> Result<u32, Failure>) -> Result<Self, Failure> {
+    pub fn parse(
+        spec: &str,
+        group_id: impl Fn(&str) -> Result<u32, Failure>,
+    ) -> Result<Self, Failure> {
         let usage = |problem: String| {
             Failure::new(Exit::Usage, format!("--sink {spec:?}: {problem}")).hint(
                 "--sink NAME=PATH[,format=raw|header|env|json][,mode=0640][,group=GROUP][,hook=COMMAND]",
@@ -87,14 +90,18 @@ impl Sink {
                     sink.mode = u32::from_str_radix(m, 8)
                         .ok()
                         .filter(|m| *m & !0o777 == 0 && *m & 0o600 == 0o600)
-                        .ok_or_else(|| usage(format!("mode `{m}`: octal, at most 0777, at least 0600")))?;
+                        .ok_or_else(|| {
+                            usage(format!("mode `{m}`: octal, at most 0777, at least 0600"))
+                        })?;
                 }
                 Some(("group", g)) => sink.group = Some(group_id(g)?),
                 _ => return Err(usage(format!("unknown option `{option}`"))),
             }
         }
         if sink.path.is_relative() {
-            return Err(usage("PATH must be absolute (the agent's working directory is /)".into()));
+            return Err(usage(
+                "PATH must be absolute (the agent's working directory is /)".into(),
+            ));
         }
         Ok(sink)
     }
@@ -107,7 +114,7 @@ impl Sink {
             Format::Raw => secret.to_owned(),
             Format::Header => format!("Authorization: {}\n", token.authorization_header()),
             Format::Env => {
-                let var = crate::commands::exec::env_name(&self.name);
+                let var = format!("ZOHO_{}", crate::commands::exec::env_name(&self.name));
                 format!(
                     "{var}_ACCESS_TOKEN={secret}\n{var}_API_DOMAIN={}\n{var}_EXPIRES_AT={expires_at}\n",
                     token.api_domain().unwrap_or_default()
@@ -301,7 +308,10 @@ async fn run_hook(hook: &str, sink: &Sink, token: &AccessToken) {
         .arg(hook)
         .env("CONNECTOR_SINK_CONNECTOR", &sink.name)
         .env("CONNECTOR_SINK_PATH", &sink.path)
-        .env("CONNECTOR_SINK_EXPIRES_AT", unix_secs(token.expires_at()).to_string())
+        .env(
+            "CONNECTOR_SINK_EXPIRES_AT",
+            unix_secs(token.expires_at()).to_string(),
+        )
         .stdin(std::process::Stdio::null())
         .kill_on_drop(true);
     let outcome = tokio::time::timeout(Duration::from_secs(60), command.status()).await;
@@ -310,8 +320,12 @@ async fn run_hook(hook: &str, sink: &Sink, token: &AccessToken) {
         Ok(Ok(status)) => {
             tracing::warn!(connector = %sink.name, %status, "the token file's hook failed")
         }
-        Ok(Err(e)) => tracing::warn!(connector = %sink.name, error = %e, "cannot run the token file's hook"),
-        Err(_) => tracing::warn!(connector = %sink.name, "the token file's hook ran for a minute: stopped"),
+        Ok(Err(e)) => {
+            tracing::warn!(connector = %sink.name, error = %e, "cannot run the token file's hook")
+        }
+        Err(_) => {
+            tracing::warn!(connector = %sink.name, "the token file's hook ran for a minute: stopped")
+        }
     }
 }
 
@@ -425,7 +439,12 @@ mod tests {
         for _ in 0..ROTATIONS {
             // To just past the token's refresh point: the connector serves it (still valid)
             // and replaces it in the background; the keeper writes the replacement.
-            let token = connection.connector("crm").unwrap().access_token().await.unwrap();
+            let token = connection
+                .connector("crm")
+                .unwrap()
+                .access_token()
+                .await
+                .unwrap();
             let refresh_at = catalyst_connectors::system_time_to_millis(token.refresh_at());
             let by = Duration::from_millis(u64::try_from(refresh_at - clock.now_millis()).unwrap())
                 + Duration::from_secs(1);
@@ -441,8 +460,16 @@ mod tests {
         eprintln!("{reads} reads, {distinct} distinct tokens seen, {hook_runs} hook runs");
         assert!(reads >= READS);
         assert_eq!((torn, expired), (0, 0), "torn and expired reads");
-        assert_eq!(hook_runs, ROTATIONS + 1, "the hook runs once per token written");
-        assert_eq!(emulator.stats().token_requests, ROTATIONS as u64 + 1, "one mint per rotation");
+        assert_eq!(
+            hook_runs,
+            ROTATIONS + 1,
+            "the hook runs once per token written"
+        );
+        assert_eq!(
+            emulator.stats().token_requests,
+            ROTATIONS as u64 + 1,
+            "one mint per rotation"
+        );
         // Never in another's reach: 0600, and a revoked connector's file goes.
         use std::os::unix::fs::PermissionsExt as _;
         let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;

@@ -24,12 +24,17 @@ pub fn run(cli: clap::Command, dir: &Path) -> Result<(), Failure> {
     for sub in cli.get_subcommands().filter(|s| !s.is_hide_set()) {
         let name = format!("connector-{}", sub.get_name());
         // The page's title and its synopsis name the full command.
-        let page = sub.clone().name(name.clone()).bin_name(format!("connector {}", sub.get_name()));
+        let page = sub
+            .clone()
+            .name(name.clone())
+            .bin_name(format!("connector {}", sub.get_name()));
         pages.push((name, page));
     }
     for (name, page) in pages {
         let mut out = Vec::new();
-        clap_mangen::Man::new(page).render(&mut out).map_err(failed)?;
+        clap_mangen::Man::new(page)
+            .render(&mut out)
+            .map_err(failed)?;
         std::fs::write(dir.join(format!("{name}.1")), out).map_err(failed)?;
     }
     Ok(())

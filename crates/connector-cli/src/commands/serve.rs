@@ -122,12 +122,8 @@ fn group_id(group: &str, flag: &str) -> Result<u32, Failure> {
     if let Ok(gid) = group.parse::<u32>() {
         return Ok(gid);
     }
-    let name = std::ffi::CString::new(group).map_err(|_| {
-        Failure::new(
-            Exit::Usage,
-            format!("{flag} {group:?}: not a group name"),
-        )
-    })?;
+    let name = std::ffi::CString::new(group)
+        .map_err(|_| Failure::new(Exit::Usage, format!("{flag} {group:?}: not a group name")))?;
     // SAFETY: getgrnam(3) with a NUL-terminated name; the record is read at once, before any
     // other call that could overwrite it (the command is single-threaded at this point).
     let record = unsafe { libc::getgrnam(name.as_ptr()) };
@@ -155,7 +151,10 @@ fn sinks(
         if connection.connector(&sink.name).is_err() {
             return Err(Failure::new(
                 Exit::Usage,
-                format!("--sink {}: no connector of that name in the config", sink.name),
+                format!(
+                    "--sink {}: no connector of that name in the config",
+                    sink.name
+                ),
             ));
         }
         sink.check_path()?;

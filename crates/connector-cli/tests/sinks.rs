@@ -1,0 +1,181 @@
+//! Token files kept by a running agent (`connector serve --sink`): what a PHP app, a shell script
+//! or `curl -H @FILE` reads. (Readers against 1,000 rotations: the agent's unit tests.)
+
+use std::os::unix::fs::PermissionsExt as _;
+use std::time::Duration;
+
+mod agent_support;
+mod common;
+
+use agent_support::{curl_post, output, stop};
+use common::{Env, stderr};
+
+async fn until_file(path: &std::path::Path, what: impl Fn(Option<&str>) -> bool) -> bool {
+    for _ in 0..200 {
+        if what(std::fs::read_to_string(path).ok().as_deref()) {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    false
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_agent_keeps_token_files_and_removes_them_when_the_connector_is_revoked() {
+    let env = Env::new().await;
+    let dir = env.dir.path().join("sinks");
+    std::fs::create_dir(&dir).unwrap();
+    let (raw, header, json, hooks) = (
+        dir.join("crm.token"),
+        dir.join("crm.header"),
+        dir.join("crm.json"),
+        dir.join("hooks.log"),
+    );
+    let agent = env
+        .serve(&[
+            "--sink",
+            &format!("crm={}", raw.display()),
+            "--sink",
+            &format!("crm={},format=header,mode=0640", header.display()),
+            "--sink",
+            &format!(
+                "crm={},format=json,hook=echo \"$CONNECTOR_SINK_CONNECTOR $CONNECTOR_SINK_PATH $CONNECTOR_SINK_EXPIRES_AT $*\" >> {}",
+                json.display(),
+                hooks.display()
+            ),
+        ])
+        .await;
+    assert!(until_file(&hooks, |t| t.is_some()).await, "the hook ran");
+    let token = std::fs::read_to_string(&raw).unwrap();
+    assert!(
+        token.starts_with("1000.") && !token.ends_with('\n'),
+        "{token:?}"
+    );
+    let header_text = std::fs::read_to_string(&header).unwrap();
+    assert_eq!(
+        header_text,
+        format!("Authorization: Zoho-oauthtoken {token}\n")
+    );
+    let v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    assert_eq!(v["access_token"], token.as_str());
+    assert_eq!(v["connector"], "crm");
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(
+        (mode(&raw), mode(&header), mode(&json)),
+        (0o600, 0o640, 0o600)
+    );
+    // The hook got the path and the expiry, never the token.
+    let line = std::fs::read_to_string(&hooks).unwrap();
+    assert!(
+        line.starts_with(&format!("crm {} ", json.display())),
+        "{line}"
+    );
+    assert!(!line.contains(&token), "{line}");
+    // The token is live at Zoho: the file is what to use.
+    assert!(env.emulator.is_live(&token));
+
+    // A client reports the token dead: the agent replaces it, and every file follows.
+    let (_, out, _) = output(curl_post(
+        &env.socket(),
+        "/v1/connectors/crm/invalidate",
+        &format!("{{\"access_token\": \"{token}\"}}"),
+    ))
+    .await;
+    assert!(out.ends_with("200"), "{out}");
+    assert!(
+        until_file(&raw, |t| t.is_some_and(|t| t != token)).await,
+        "a new token in the file"
+    );
+    assert!(until_file(&hooks, |t| t.is_some_and(|t| t.lines().count() == 2)).await);
+
+    // Revoked by another process: the files go (no dead token is left to read).
+    let out = env.run(&["revoke", "crm"]).await;
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    for file in [&raw, &header, &json] {
+        assert!(
+            until_file(file, |t| t.is_none()).await,
+            "{} removed",
+            file.display()
+        );
+    }
+    stop(agent);
+    assert_eq!(std::fs::read_to_string(&hooks).unwrap().lines().count(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sink_files_go_when_the_agent_stops_and_links_are_refused() {
+    let env = Env::new().await;
+    let dir = env.dir.path().join("sinks");
+    std::fs::create_dir(&dir).unwrap();
+    let file = dir.join("crm.env");
+    let agent = env
+        .serve(&["--sink", &format!("crm={},format=env", file.display())])
+        .await;
+    assert!(until_file(&file, |t| t.is_some()).await);
+    let env_text = std::fs::read_to_string(&file).unwrap();
+    assert!(
+        env_text.starts_with("ZOHO_CRM_ACCESS_TOKEN=1000."),
+        "{env_text}"
+    );
+    assert!(env_text.contains("\nZOHO_CRM_EXPIRES_AT="), "{env_text}");
+    stop(agent);
+    assert!(!file.exists(), "removed at exit");
+
+    // A link at the path is not followed (nor replaced): the agent refuses to start.
+    let target = dir.join("elsewhere");
+    std::fs::write(&target, "not ours").unwrap();
+    std::os::unix::fs::symlink(&target, &file).unwrap();
+    let out = env
+        .run(&[
+            "serve",
+            "--socket",
+            "/nonexistent/agent.sock",
+            "--sink",
+            &format!("crm={}", file.display()),
+        ])
+        .await;
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("not a regular file"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(std::fs::read_to_string(&target).unwrap(), "not ours");
+    let out = env.run(&["serve", "--sink", "billing=/tmp/x"]).await;
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "unknown connector: {}",
+        stderr(&out)
+    );
+}
+
+/// Packages carry man pages generated from the command's own definitions.
+#[test]
+fn man_pages_are_generated_for_the_command_and_each_subcommand() {
+    let env_dir = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_connector"))
+        .arg("manpages")
+        .arg(env_dir.path())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let page = |name: &str| std::fs::read_to_string(env_dir.path().join(name)).unwrap();
+    assert!(page("connector.1").contains(".TH connector 1"));
+    let token = page("connector-token.1");
+    assert!(token.contains(".TH connector-token 1"), "{token}");
+    assert!(
+        token.contains("min\\-ttl"),
+        "options are documented: {token}"
+    );
+    assert!(page("connector-serve.1").contains("sink"));
+    assert!(
+        !env_dir.path().join("connector-manpages.1").exists(),
+        "hidden commands have none"
+    );
+}
