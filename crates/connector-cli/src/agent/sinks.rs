@@ -496,7 +496,7 @@ mod tests {
             "crm=/x,mode=1777",
             "crm=/x,owner=root",
         ] {
-            let err = Sink::parse(bad, |_| Ok(0)).err().expect(bad);
+            let err = Sink::parse(bad, |_| Ok(0)).expect_err(bad);
             assert_eq!(err.exit, Exit::Usage, "{bad}");
         }
     }
