@@ -21,18 +21,9 @@ pub(super) fn build(b: ConnectionBuilder) -> Result<Connection> {
     // 1. Read every config source.
     let (mut by_name, settings) = read_sources(b.sources, &mut issues, &mut warnings);
     // A broken connector need not stop the others, when the caller says so.
-    let mut invalid: BTreeMap<String, Vec<ConfigIssue>> = BTreeMap::new();
+    let mut invalid = BTreeMap::new();
     if b.skip_invalid {
-        let (theirs, rest): (Vec<_>, Vec<_>) = issues
-            .into_iter()
-            .partition(|i| i.connector.as_deref().is_some_and(|c| !c.starts_with('$')));
-        issues = rest;
-        for issue in theirs {
-            if let Some(name) = issue.connector.clone() {
-                by_name.remove(&name);
-                invalid.entry(name).or_default().push(issue);
-            }
-        }
+        (issues, invalid) = set_aside_invalid(issues, &mut by_name);
     }
     // 2. Resolve the store's name and the encryption key (code, then environment, then config).
     let env_spec = if b.use_env && b.store.is_none() && b.store_spec.is_none() {
@@ -99,6 +90,24 @@ pub(super) fn build(b: ConnectionBuilder) -> Result<Connection> {
         key_id: key.map(|k| k.current().id()),
         _keep_warm: keep_warm,
     })
+}
+
+/// Takes the connectors with problems out of `by_name`: their issues by name, and the others.
+fn set_aside_invalid(
+    issues: Vec<ConfigIssue>,
+    by_name: &mut ByName,
+) -> (Vec<ConfigIssue>, BTreeMap<String, Vec<ConfigIssue>>) {
+    let (theirs, rest): (Vec<_>, Vec<_>) = issues
+        .into_iter()
+        .partition(|i| i.connector.as_deref().is_some_and(|c| !c.starts_with('$')));
+    let mut invalid: BTreeMap<String, Vec<ConfigIssue>> = BTreeMap::new();
+    for issue in theirs {
+        if let Some(name) = issue.connector.clone() {
+            by_name.remove(&name);
+            invalid.entry(name).or_default().push(issue);
+        }
+    }
+    (rest, invalid)
 }
 
 fn issue(field: Option<&str>, problem: impl Into<String>) -> ConfigIssue {

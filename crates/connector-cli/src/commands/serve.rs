@@ -137,6 +137,46 @@ fn group_id(group: &str, flag: &str) -> Result<u32, Failure> {
     Ok(unsafe { (*record).gr_gid })
 }
 
+/// Serves on the listeners until `stop`: TCP (printing its URL) if asked, and the Unix socket.
+fn spawn_servers(
+    tcp: Option<(tokio::net::TcpListener, PathBuf)>,
+    unix: tokio::net::UnixListener,
+    serving: Serving,
+    stop: &tokio::sync::watch::Receiver<bool>,
+) -> tokio::task::JoinSet<()> {
+    let mut servers = tokio::task::JoinSet::new();
+    if let Some((listener, token_file)) = tcp {
+        let url = listener
+            .local_addr()
+            .map(|a| format!("http://{a}"))
+            .unwrap_or_default();
+        println!("{url}");
+        eprintln!(
+            "connector agent listening on {url} (bearer token in {})",
+            token_file.display()
+        );
+        servers.spawn(listen::serve(listener, serving.clone(), stop.clone()));
+    }
+    servers.spawn(listen::serve(unix, serving, stop.clone()));
+    servers
+}
+
+/// Requests in flight finish; a client that keeps a connection open (or has sent half a request)
+/// does not hold the agent past the grace period.
+async fn drain(mut servers: tokio::task::JoinSet<()>) {
+    let drained = tokio::time::timeout(SHUTDOWN_GRACE, async {
+        while servers.join_next().await.is_some() {}
+    })
+    .await;
+    if drained.is_err() {
+        eprintln!(
+            "connector agent: clients still connected after {} s; closing their connections",
+            SHUTDOWN_GRACE.as_secs()
+        );
+        servers.abort_all();
+    }
+}
+
 /// The `--sink` files, checked: each names a configured connector and a path that is ours to
 /// write.
 fn sinks(
@@ -487,20 +527,7 @@ pub async fn run(ctx: &Context, options: Args) -> Result<(), Failure> {
     println!("{}", socket.display());
     eprintln!("connector agent listening on {}", socket.display());
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let mut servers = tokio::task::JoinSet::new();
-    if let Some((listener, token_file)) = tcp {
-        let url = listener
-            .local_addr()
-            .map(|a| format!("http://{a}"))
-            .unwrap_or_default();
-        println!("{url}");
-        eprintln!(
-            "connector agent listening on {url} (bearer token in {})",
-            token_file.display()
-        );
-        servers.spawn(listen::serve(listener, serving.clone(), stop_rx.clone()));
-    }
-    servers.spawn(listen::serve(unix, serving, stop_rx.clone()));
+    let servers = spawn_servers(tcp, unix, serving, &stop_rx);
     let sink_keeper = tokio::spawn(crate::agent::sinks::keep(
         agent.clone(),
         sinks,
@@ -514,19 +541,7 @@ pub async fn run(ctx: &Context, options: Args) -> Result<(), Failure> {
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
     eprintln!("connector agent stopping: finishing requests in flight");
     let _ = stop_tx.send(true);
-    // Requests in flight finish; a client that keeps a connection open (or has sent half a
-    // request) does not hold the agent past the grace period.
-    let drained = tokio::time::timeout(SHUTDOWN_GRACE, async {
-        while servers.join_next().await.is_some() {}
-    })
-    .await;
-    if drained.is_err() {
-        eprintln!(
-            "connector agent: clients still connected after {} s; closing their connections",
-            SHUTDOWN_GRACE.as_secs()
-        );
-        servers.abort_all();
-    }
+    drain(servers).await;
     follower.abort();
     // The token files go (the keeper removes them on the stop signal).
     let _ = tokio::time::timeout(std::time::Duration::from_secs(2), sink_keeper).await;
