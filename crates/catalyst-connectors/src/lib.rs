@@ -55,6 +55,7 @@ mod key;
 pub mod middleware;
 mod oauth;
 mod record;
+pub mod rejection;
 mod secret;
 pub mod store;
 pub mod urls;

@@ -21,12 +21,12 @@
 //! # let _ = users; Ok(()) }
 //! ```
 
+use crate::rejection::Rejection;
 use crate::{AccessToken, Connector, ExposeSecret};
 use http::Extensions;
 use reqwest::header::{AUTHORIZATION, HeaderValue};
 use reqwest::{Request, Response, ResponseBuilderExt as _, StatusCode};
 use reqwest_middleware::{Middleware, Next};
-use serde_json::Value;
 
 /// The placeholder origin for "relative" URLs: requests to it go to the token's `api_domain`.
 pub const API_BASE: &str = "https://zohoapis.invalid";
@@ -64,47 +64,6 @@ pub struct ScopeMismatch {
     pub code: String,
     /// The API's message.
     pub message: Option<String>,
-}
-
-/// What a 401 body says.
-enum Rejection {
-    /// The token is bad: replace it and retry.
-    BadToken,
-    /// The token lacks a scope: do not retry.
-    Scope {
-        code: String,
-        message: Option<String>,
-    },
-    /// Some other recognised code: pass the 401 through.
-    Other,
-}
-
-fn classify(body: &[u8]) -> Rejection {
-    let Ok(json) = serde_json::from_slice::<Value>(body) else {
-        return Rejection::BadToken; // no recognisable body
-    };
-    let field = |v: &Value, k: &str| v.get(k).and_then(Value::as_str).map(str::to_owned);
-    let code = ["code", "errorCode", "error_code"]
-        .iter()
-        .find_map(|k| field(&json, k))
-        .or_else(|| {
-            json.get("data").and_then(|d| {
-                ["errorCode", "error_code", "code"]
-                    .iter()
-                    .find_map(|k| field(d, k))
-            })
-        });
-    let Some(code) = code else {
-        return Rejection::BadToken;
-    };
-    match code.to_ascii_uppercase().as_str() {
-        "INVALID_TOKEN" | "INVALID_OAUTHTOKEN" | "AUTHENTICATION_FAILURE" => Rejection::BadToken,
-        "OAUTH_SCOPE_MISMATCH" => Rejection::Scope {
-            message: field(&json, "message"),
-            code,
-        },
-        _ => Rejection::Other,
-    }
 }
 
 fn authorize(req: &mut Request, token: &AccessToken) -> reqwest_middleware::Result<()> {
@@ -176,7 +135,7 @@ impl Middleware for ZohoAuth {
                 .map(Response::from)
                 .map_err(reqwest_middleware::Error::middleware)
         };
-        match classify(&body) {
+        match Rejection::of_401_body(&body) {
             Rejection::Scope { code, message } => {
                 Err(reqwest_middleware::Error::middleware(ScopeMismatch {
                     connector: self.connector.name().to_owned(),

@@ -1,5 +1,6 @@
-//! The protected sample API: `GET /crm/v8/users`, which answers 401 `INVALID_TOKEN` for an
-//! unknown, expired or revoked token.
+//! The protected sample API: `GET /crm/v8/users`, and `POST /crm/v8/files` (an upload: the body,
+//! streamed, is counted); both answer 401 `INVALID_TOKEN` for an unknown, expired or revoked
+//! token.
 
 use crate::state::*;
 use axum::extract::State as AxumState;
@@ -7,7 +8,8 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
-pub(crate) async fn users(AxumState(state): AxumState<Shared>, headers: HeaderMap) -> Response {
+/// Checks the request's token (and its CRM scope); counts the answer.
+fn authorize(state: &Shared, headers: &HeaderMap) -> Result<(), Response> {
     let token = headers
         .get("authorization")
         .and_then(|v| v.to_str().ok())
@@ -28,21 +30,28 @@ pub(crate) async fn users(AxumState(state): AxumState<Shared>, headers: HeaderMa
     });
     if entry.is_some() && !scoped {
         inner.stats.api_unauthorized += 1;
-        return (
+        return Err((
             StatusCode::UNAUTHORIZED,
             axum::Json(json!({"code": "OAUTH_SCOPE_MISMATCH", "details": {}, "message": "invalid oauth scope to access this URL", "status": "error"})),
         )
-            .into_response();
+            .into_response());
     }
     if entry.is_none() {
         inner.stats.api_unauthorized += 1;
-        return (
+        return Err((
             StatusCode::UNAUTHORIZED,
             axum::Json(json!({"code": "INVALID_TOKEN", "details": {}, "message": "invalid oauth token", "status": "error"})),
         )
-            .into_response();
+            .into_response());
     }
     inner.stats.api_ok += 1;
+    Ok(())
+}
+
+pub(crate) async fn users(AxumState(state): AxumState<Shared>, headers: HeaderMap) -> Response {
+    if let Err(refused) = authorize(&state, &headers) {
+        return refused;
+    }
     axum::Json(json!({
         "users": [
             {"id": "4150868000000225013", "full_name": "Patricia Boyle", "email": "patricia.b@zylker.com", "status": "active"},
@@ -50,5 +59,29 @@ pub(crate) async fn users(AxumState(state): AxumState<Shared>, headers: HeaderMa
         ],
         "info": {"per_page": 200, "count": 2, "page": 1, "more_records": false}
     }))
+    .into_response()
+}
+
+/// An upload: the body is read as it streams in and its size answered.
+pub(crate) async fn upload(
+    AxumState(state): AxumState<Shared>,
+    headers: HeaderMap,
+    body: axum::body::Body,
+) -> Response {
+    use futures_util::StreamExt as _;
+    if let Err(refused) = authorize(&state, &headers) {
+        return refused;
+    }
+    let mut stream = body.into_data_stream();
+    let mut size: u64 = 0;
+    while let Some(chunk) = stream.next().await {
+        match chunk {
+            Ok(bytes) => size += bytes.len() as u64,
+            Err(_) => return StatusCode::BAD_REQUEST.into_response(),
+        }
+    }
+    axum::Json(
+        json!({"data": [{"code": "SUCCESS", "details": {"size": size}, "status": "success"}]}),
+    )
     .into_response()
 }

@@ -178,6 +178,26 @@ impl Emulator {
         revoke_token(&mut lock(&self.state), token)
     }
 
+    /// Revokes every access token minted so far (as Zoho does when, e.g., a user's tokens are
+    /// revoked); returns how many were live.
+    pub fn revoke_access_tokens(&self) -> usize {
+        let mut inner = lock(&self.state);
+        let now = inner.now();
+        let mut live = 0;
+        for token in inner.access_tokens.values_mut() {
+            if !token.revoked && token.expires_at > now {
+                live += 1;
+            }
+            token.revoked = true;
+        }
+        live
+    }
+
+    /// Every access token minted so far (live or not).
+    pub fn access_tokens(&self) -> Vec<String> {
+        lock(&self.state).access_tokens.keys().cloned().collect()
+    }
+
     /// The refresh token that minted `access_token`, if the emulator minted it.
     pub fn refresh_token_of(&self, access_token: &str) -> Option<String> {
         lock(&self.state)
@@ -278,6 +298,7 @@ fn router(state: Shared) -> Router {
         .route("/oauth/v2/auth", get(consent_page))
         .route("/oauth/v2/auth/approve", post(approve))
         .route("/crm/v8/users", get(users))
+        .route("/crm/v8/files", post(api::upload))
         .route("/__emulator/stats", get(stats))
         .route(
             "/baas/v1/project/{project}/cache",

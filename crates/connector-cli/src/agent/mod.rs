@@ -19,6 +19,7 @@
 
 pub mod client;
 pub mod listen;
+pub mod proxy;
 pub mod security;
 pub mod server;
 pub mod sinks;

@@ -2,7 +2,8 @@
 //!
 //! - the fixed header `X-Connector-Agent: 1`, exactly once (a server-side request forgery through
 //!   some web app on this host, or a browser, cannot set it): else 403;
-//! - no browser or proxy markers (`Origin`, `Referer`, `Sec-Fetch-*`, `X-Forwarded-For`,
+//! - no browser or proxy markers (`Origin`, `Referer`, `Sec-Fetch-*` — but a lone
+//!   `Sec-Fetch-Mode: cors`, which Node's `fetch` sends —, `X-Forwarded-For`,
 //!   `X-Forwarded-Host`, `X-Real-IP`, `Forwarded`, `Via`): else 403;
 //! - a `Host` (and, in an absolute-form request target, an authority) naming the agent: `agent`,
 //!   `localhost`, `127.0.0.1` or `[::1]`, with the listener's port over TCP — so a DNS-rebound
@@ -39,6 +40,16 @@ const BROWSER_OR_PROXY: [&str; 7] = [
     "forwarded",
     "via",
 ];
+
+/// Whether `name` is fetch metadata only a browser sends: every `Sec-Fetch-*` header, except a
+/// lone `Sec-Fetch-Mode: cors` — what Node's `fetch` (undici) sends; a browser always sends
+/// `Sec-Fetch-Site` and `Sec-Fetch-Dest` with it.
+fn browser_fetch_metadata(name: &str, headers: &HeaderMap) -> bool {
+    match name {
+        "sec-fetch-mode" => headers.get(name).is_none_or(|v| v != "cors"),
+        _ => name.starts_with("sec-fetch-"),
+    }
+}
 
 /// Whether `authority` (a `Host` value) names this agent.
 fn names_the_agent(authority: &str, peer: Peer) -> bool {
@@ -108,7 +119,9 @@ impl Policy {
             ));
         }
         let marked = BROWSER_OR_PROXY.iter().any(|m| headers.contains_key(*m))
-            || headers.keys().any(|k| k.as_str().starts_with("sec-fetch-"));
+            || headers
+                .keys()
+                .any(|k| browser_fetch_metadata(k.as_str(), headers));
         if marked {
             return Err((
                 StatusCode::FORBIDDEN,
@@ -220,6 +233,7 @@ mod tests {
             ("origin", "http://evil"),
             ("referer", "http://evil/"),
             ("sec-fetch-mode", "no-cors"),
+            ("sec-fetch-site", "cross-site"),
             ("x-real-ip", "10.0.0.1"),
             ("x-forwarded-host", "evil"),
         ] {

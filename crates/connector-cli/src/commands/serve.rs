@@ -33,6 +33,12 @@ pub struct Args {
     /// bearer token from --token-file.
     #[arg(long, value_name = "ADDR")]
     tcp: Option<SocketAddr>,
+    /// Also run the authorizing proxy on this loopback address: `/<connector>/<path>` is sent
+    /// to the connector's api_domain with its token (a 401 for a bad token replaces it once and
+    /// retries a request whose body is at most 1 MiB); the agent's TCP rules apply (the
+    /// X-Connector-Agent header and the --token-file bearer).
+    #[arg(long, value_name = "ADDR")]
+    proxy: Option<SocketAddr>,
     /// The bearer token for TCP clients (created, 0600, when missing; default: agent.token
     /// beside the socket).
     #[arg(long, value_name = "FILE")]
@@ -159,6 +165,31 @@ fn spawn_servers(
     }
     servers.spawn(listen::serve(unix, serving, stop.clone()));
     servers
+}
+
+/// Runs the authorizing proxy on `listener` (see [`crate::agent::proxy`]).
+fn serve_proxy(
+    servers: &mut tokio::task::JoinSet<()>,
+    listener: tokio::net::TcpListener,
+    agent: &Arc<Agent>,
+    serving: Serving,
+    stop: &tokio::sync::watch::Receiver<bool>,
+) -> Result<(), Failure> {
+    let app = crate::agent::proxy::router(agent.clone()).map_err(|e| {
+        Failure::new(
+            Exit::Unexpected,
+            format!("cannot start the proxy's HTTP client: {e}"),
+        )
+    })?;
+    let url = listener
+        .local_addr()
+        .map(|a| format!("http://{a}"))
+        .unwrap_or_default();
+    println!("{url}");
+    eprintln!("connector agent proxy on {url}: /<connector>/<path> goes to the connector's API");
+    let serving = Serving { app, ..serving };
+    servers.spawn(listen::serve(listener, serving, stop.clone()));
+    Ok(())
 }
 
 /// Requests in flight finish; a client that keeps a connection open (or has sent half a request)
@@ -321,7 +352,7 @@ async fn bind_socket(path: &Path, group: Option<u32>) -> Result<tokio::net::Unix
 
 /// The loopback TCP listener and its bearer token file (read into `policy`).
 async fn bind_tcp(
-    addr: SocketAddr,
+    (flag, addr): (&str, SocketAddr),
     token_file: Option<PathBuf>,
     socket: &Path,
     policy: &mut Policy,
@@ -329,7 +360,7 @@ async fn bind_tcp(
     if !addr.ip().is_loopback() {
         return Err(Failure::new(
             Exit::Usage,
-            format!("--tcp {addr}: the agent listens on loopback addresses only"),
+            format!("{flag} {addr}: the agent listens on loopback addresses only"),
         ));
     }
     let token_file = token_file.unwrap_or_else(|| {
@@ -505,10 +536,16 @@ pub async fn run(ctx: &Context, options: Args) -> Result<(), Failure> {
         .map(|g| group_id(g, "--socket-group"))
         .transpose()?;
     let sinks = sinks(&options.sink, &connection)?;
-    let tcp = match options.tcp {
-        Some(addr) => Some(bind_tcp(addr, options.token_file, &socket, &mut policy).await?),
-        None => None,
-    };
+    let mut tcp = Vec::new();
+    for (flag, addr) in [("--tcp", options.tcp), ("--proxy", options.proxy)] {
+        tcp.push(match addr {
+            Some(a) => {
+                Some(bind_tcp((flag, a), options.token_file.clone(), &socket, &mut policy).await?)
+            }
+            None => None,
+        });
+    }
+    let (proxy, tcp) = (tcp.pop().flatten(), tcp.pop().flatten());
     let unix = bind_socket(&socket, group).await?;
     let agent = Arc::new(Agent {
         connection: arc_swap::ArcSwap::from_pointee(connection),
@@ -527,7 +564,10 @@ pub async fn run(ctx: &Context, options: Args) -> Result<(), Failure> {
     println!("{}", socket.display());
     eprintln!("connector agent listening on {}", socket.display());
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let servers = spawn_servers(tcp, unix, serving, &stop_rx);
+    let mut servers = spawn_servers(tcp, unix, serving.clone(), &stop_rx);
+    if let Some((listener, _)) = proxy {
+        serve_proxy(&mut servers, listener, &agent, serving, &stop_rx)?;
+    }
     let sink_keeper = tokio::spawn(crate::agent::sinks::keep(
         agent.clone(),
         sinks,
