@@ -9,7 +9,7 @@ use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
 /// Checks the request's token (and its CRM scope); counts the answer.
-fn authorize(state: &Shared, headers: &HeaderMap) -> Result<(), Response> {
+fn authorize(state: &Shared, headers: &HeaderMap) -> Result<(), Box<Response>> {
     let token = headers
         .get("authorization")
         .and_then(|v| v.to_str().ok())
@@ -17,7 +17,7 @@ fn authorize(state: &Shared, headers: &HeaderMap) -> Result<(), Response> {
         .map(str::trim)
         .unwrap_or_default()
         .to_owned();
-    let mut inner = lock(&state);
+    let mut inner = lock(state);
     let now = inner.now();
     let entry = inner
         .access_tokens
@@ -30,19 +30,19 @@ fn authorize(state: &Shared, headers: &HeaderMap) -> Result<(), Response> {
     });
     if entry.is_some() && !scoped {
         inner.stats.api_unauthorized += 1;
-        return Err((
+        return Err(Box::new((
             StatusCode::UNAUTHORIZED,
             axum::Json(json!({"code": "OAUTH_SCOPE_MISMATCH", "details": {}, "message": "invalid oauth scope to access this URL", "status": "error"})),
         )
-            .into_response());
+            .into_response()));
     }
     if entry.is_none() {
         inner.stats.api_unauthorized += 1;
-        return Err((
+        return Err(Box::new((
             StatusCode::UNAUTHORIZED,
             axum::Json(json!({"code": "INVALID_TOKEN", "details": {}, "message": "invalid oauth token", "status": "error"})),
         )
-            .into_response());
+            .into_response()));
     }
     inner.stats.api_ok += 1;
     Ok(())
@@ -50,7 +50,7 @@ fn authorize(state: &Shared, headers: &HeaderMap) -> Result<(), Response> {
 
 pub(crate) async fn users(AxumState(state): AxumState<Shared>, headers: HeaderMap) -> Response {
     if let Err(refused) = authorize(&state, &headers) {
-        return refused;
+        return *refused;
     }
     axum::Json(json!({
         "users": [
@@ -70,7 +70,7 @@ pub(crate) async fn upload(
 ) -> Response {
     use futures_util::StreamExt as _;
     if let Err(refused) = authorize(&state, &headers) {
-        return refused;
+        return *refused;
     }
     let mut stream = body.into_data_stream();
     let mut size: u64 = 0;
