@@ -493,3 +493,75 @@ async fn only_the_stores_own_files_are_touched() {
     assert!(SqliteStore::open(&dangling).is_err());
     assert!(!nowhere.exists(), "the dangling link's target was created");
 }
+
+/// A store on which deletes do not land (another process wrote the record back, or this one's
+/// delete is still on its way).
+#[derive(Debug)]
+struct DeletesLost(Arc<dyn TokenStore>);
+
+#[async_trait::async_trait]
+impl TokenStore for DeletesLost {
+    async fn get(
+        &self,
+        key: &str,
+    ) -> Result<Option<catalyst_connectors::StoredValue>, catalyst_connectors::StoreError> {
+        self.0.get(key).await
+    }
+    async fn compare_and_set(
+        &self,
+        write: TokenWrite<'_>,
+    ) -> Result<catalyst_connectors::CasOutcome, catalyst_connectors::StoreError> {
+        self.0.compare_and_set(write).await
+    }
+    async fn delete(
+        &self,
+        _key: &str,
+        _expected: Option<u64>,
+    ) -> Result<bool, catalyst_connectors::StoreError> {
+        Ok(true)
+    }
+    async fn try_acquire_lease(
+        &self,
+        key: &str,
+        owner: &str,
+        ttl: Duration,
+    ) -> Result<bool, catalyst_connectors::StoreError> {
+        self.0.try_acquire_lease(key, owner, ttl).await
+    }
+    async fn release_lease(
+        &self,
+        key: &str,
+        owner: &str,
+    ) -> Result<(), catalyst_connectors::StoreError> {
+        self.0.release_lease(key, owner).await
+    }
+}
+
+/// A token an API rejected is never handed out again, even when the store still holds it: the
+/// proxy's 401 wave saw a caller get the rejected token back from the store between the
+/// connector forgetting it and the store delete landing, and pass its 401 on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rejected_token_still_in_the_store_is_not_served_again() {
+    let s = Setup::new().await;
+    let store = DeletesLost(Arc::new(catalyst_connectors::MemoryStore::new()));
+    let crm = s
+        .bare_builder()
+        .store(store)
+        .json(s.config())
+        .build()
+        .unwrap()
+        .connector("crm")
+        .unwrap();
+    let rejected = crm.access_token().await.unwrap();
+    assert!(crm.invalidate_token(&rejected).await.unwrap());
+    let next = crm.access_token().await.unwrap();
+    assert_ne!(
+        next.secret().expose_secret(),
+        rejected.secret().expose_secret(),
+        "the rejected token was served again"
+    );
+    assert_eq!(s.token_requests(), 2);
+    // The new one, stored, is served as usual.
+    let again = crm.access_token().await.unwrap();
+    assert_eq!(again.secret().expose_secret(), next.secret().expose_secret());
+}

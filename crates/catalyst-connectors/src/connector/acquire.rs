@@ -76,6 +76,8 @@ pub(crate) struct Acquisition {
     creds: ArcSwap<Credentials>,
     /// With `catalyst_sdk = "js"` and a `secret_key`: seals the access token in records.
     sealer: Option<TokenSealer>,
+    /// A digest of the last token an API rejected (see `reject`).
+    pub(super) rejected: arc_swap::ArcSwapOption<String>,
 }
 
 impl Acquisition {
@@ -95,6 +97,7 @@ impl Acquisition {
             runtime,
             metrics,
             creds: ArcSwap::from_pointee(creds),
+            rejected: arc_swap::ArcSwapOption::empty(),
         }
     }
 
@@ -399,6 +402,10 @@ impl Acquisition {
         let now = self.now();
         if now >= record.expires_at {
             tracing::debug!(connector = %self.name, "token in store has expired");
+            return StoreRead::Miss(Some(stored.generation));
+        }
+        if self.was_rejected(record.access_token.expose_secret()) {
+            tracing::debug!(connector = %self.name, "the token in store is one an API rejected");
             return StoreRead::Miss(Some(stored.generation));
         }
         let stale = now >= record.refresh_at;

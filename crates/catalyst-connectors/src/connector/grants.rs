@@ -181,4 +181,24 @@ impl Acquisition {
         // Only replace credentials nobody changed meanwhile.
         Ok(self.swap_creds(&creds, fresh))
     }
+
+    /// Remembers a token an API rejected: until the next one is minted, a store read that finds
+    /// it (still there: this process's delete has not landed yet, or another process wrote it
+    /// back) is a miss — so however many callers saw the 401, none is handed that token again.
+    pub(crate) fn reject(&self, secret: &str) {
+        self.rejected.store(Some(Arc::new(rejected_digest(secret))));
+    }
+
+    pub(super) fn was_rejected(&self, secret: &str) -> bool {
+        self.rejected
+            .load()
+            .as_deref()
+            .is_some_and(|d| *d == rejected_digest(secret))
+    }
+}
+
+/// What is kept of a rejected token: a digest, never the token.
+fn rejected_digest(secret: &str) -> String {
+    use sha2::Digest as _;
+    crate::key::to_hex(&sha2::Sha256::digest(secret.as_bytes()))
 }

@@ -273,6 +273,9 @@ impl Connector {
         if !self.inner.cell.forget_if_current(token) {
             return Ok(false);
         }
+        self.inner
+            .acq
+            .reject(crate::secret::ExposeSecret::expose_secret(token.secret()));
         if let Some(generation) = token.generation() {
             self.inner.acq.delete_stored(Some(generation)).await?;
         }

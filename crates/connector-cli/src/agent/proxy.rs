@@ -86,22 +86,9 @@ async fn forward(
         Ok(c) => c.clone(),
         Err(e) => return error_response(e, None),
     };
-    let length = parts
-        .headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
-    let chunked = parts.headers.contains_key(header::TRANSFER_ENCODING);
-    let mut payload = match (length, chunked) {
-        (Some(n), false) if n <= REPLAYABLE => {
-            match axum::body::to_bytes(body, usize::try_from(n).unwrap_or(0)).await {
-                Ok(b) => Payload::Bytes(b),
-                Err(_) => {
-                    return refusal(StatusCode::BAD_REQUEST, "the request body was cut short");
-                }
-            }
-        }
-        (None, false) => Payload::Bytes(axum::body::Bytes::new()),
-        _ => Payload::Stream(body),
+    let mut payload = match payload(&parts.headers, body).await {
+        Ok(p) => p,
+        Err(response) => return *response,
     };
     let target = Target {
         method: parts.method,
@@ -148,6 +135,30 @@ async fn forward(
         copy_headers(&headers, response.headers_mut());
         return response;
     }
+}
+
+/// The request's body: buffered (replayable) when its `Content-Length` is at most
+/// [`REPLAYABLE`], else streamed.
+async fn payload(headers: &HeaderMap, body: Body) -> Result<Payload, Box<Response>> {
+    let length = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    let chunked = headers.contains_key(header::TRANSFER_ENCODING);
+    Ok(match (length, chunked) {
+        (Some(n), false) if n <= REPLAYABLE => {
+            match axum::body::to_bytes(body, usize::try_from(n).unwrap_or(0)).await {
+                Ok(b) => Payload::Bytes(b),
+                Err(_) => {
+                    return Err(Box::new(refusal(
+                        StatusCode::BAD_REQUEST,
+                        "the request body was cut short",
+                    )));
+                }
+            }
+        }
+        (None, false) => Payload::Bytes(axum::body::Bytes::new()),
+        _ => Payload::Stream(body),
+    })
 }
 
 /// Where a request goes, apart from its body.
