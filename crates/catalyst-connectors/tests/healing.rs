@@ -563,5 +563,8 @@ async fn a_rejected_token_still_in_the_store_is_not_served_again() {
     assert_eq!(s.token_requests(), 2);
     // The new one, stored, is served as usual.
     let again = crm.access_token().await.unwrap();
-    assert_eq!(again.secret().expose_secret(), next.secret().expose_secret());
+    assert_eq!(
+        again.secret().expose_secret(),
+        next.secret().expose_secret()
+    );
 }
