@@ -179,3 +179,36 @@ fn man_pages_are_generated_for_the_command_and_each_subcommand() {
         "hidden commands have none"
     );
 }
+
+/// Token files named in the config (`$connector.sinks`) are kept too, and follow a reload: a
+/// sink the new config drops is removed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sinks_in_the_config_follow_a_reload() {
+    let env = Env::new().await;
+    let dir = env.dir.path().join("sinks");
+    std::fs::create_dir(&dir).unwrap();
+    let file = dir.join("crm.json");
+    let write = |sinks: &[String]| {
+        let mut config = serde_json::json!({"crm": env.connector_json(Some(&env.refresh_token))});
+        config["$connector"] = serde_json::json!({ "sinks": sinks });
+        std::fs::write(env.config_path(), config.to_string()).unwrap();
+    };
+    write(&[format!("crm={},format=json", file.display())]);
+    let agent = env.serve(&[]).await;
+    assert!(until_file(&file, |t| t.is_some_and(|t| t.contains("access_token"))).await);
+    write(&[]);
+    let status = std::process::Command::new("kill")
+        .args(["-HUP", &agent.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    assert!(
+        until_file(&file, |t| t.is_none()).await,
+        "removed after the reload"
+    );
+    stop(agent);
+    // A bad spec in the config stops the agent at start, like a bad --sink.
+    write(&["crm=relative".to_owned()]);
+    let out = env.run(&["serve", "--socket", "/nonexistent/a.sock"]).await;
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+}

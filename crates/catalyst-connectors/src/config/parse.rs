@@ -300,6 +300,8 @@ pub(crate) struct Settings {
     pub encryption_key_file: Option<std::path::PathBuf>,
     /// The connector whose token calls Catalyst's API (for a `catalyst://` store).
     pub catalyst_auth: Option<String>,
+    /// Token files for the agent to keep (`connector serve --sink`'s specs).
+    pub sinks: Vec<String>,
 }
 
 /// Reads `$connector` settings (names starting with `$` are reserved for settings).
@@ -338,6 +340,24 @@ pub(crate) fn parse_settings(
             continue;
         };
         for (field, v) in fields {
+            if field == "sinks" {
+                match v
+                    .as_array()
+                    .map(|a| a.iter().map(Value::as_str).collect::<Option<Vec<_>>>())
+                {
+                    Some(Some(specs)) => {
+                        settings.sinks = specs.into_iter().map(str::to_owned).collect()
+                    }
+                    _ => issue(
+                        Some("sinks"),
+                        format!(
+                            "expected an array of strings (`NAME=PATH[,…]`), found {}",
+                            kind_of(v)
+                        ),
+                    ),
+                }
+                continue;
+            }
             match (field.as_str(), v.as_str()) {
                 ("store", Some(s)) => match s.parse() {
                     Ok(spec) => settings.store = Some(spec),
@@ -351,7 +371,8 @@ pub(crate) fn parse_settings(
                 ),
                 _ => issue(
                     Some(field),
-                    "unknown setting (known: store, encryption_key_file, catalyst_auth)".into(),
+                    "unknown setting (known: store, encryption_key_file, catalyst_auth, sinks)"
+                        .into(),
                 ),
             }
         }

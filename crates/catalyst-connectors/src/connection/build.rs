@@ -88,6 +88,7 @@ pub(super) fn build(b: ConnectionBuilder) -> Result<Connection> {
         invalid: Arc::new(invalid),
         warnings: Arc::new(warnings),
         key_id: key.map(|k| k.current().id()),
+        sinks: Arc::new(settings.sinks),
         _keep_warm: keep_warm,
     })
 }

@@ -45,6 +45,8 @@ pub struct Connection {
     warnings: Arc<Vec<ConfigIssue>>,
     /// The id of the key records are encrypted with, if any.
     key_id: Option<String>,
+    /// `$connector.sinks`: token files for an agent to keep.
+    sinks: Arc<Vec<String>>,
     _keep_warm: Option<Arc<AbortOnDrop>>,
 }
 
@@ -124,6 +126,12 @@ impl Connection {
     /// suggestion when one looks like a typo). `connector config check` treats them as errors.
     pub fn warnings(&self) -> &[ConfigIssue] {
         &self.warnings
+    }
+
+    /// The token files the config asks an agent to keep (`$connector.sinks`, in the syntax of
+    /// `connector serve --sink`); read by the agent, not the library.
+    pub fn sink_specs(&self) -> &[String] {
+        &self.sinks
     }
 
     /// The id of the encryption key records are written with (8 hex digits, nothing secret), or

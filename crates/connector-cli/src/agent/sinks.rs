@@ -329,16 +329,67 @@ async fn run_hook(hook: &str, sink: &Sink, token: &AccessToken) {
     }
 }
 
-/// Keeps every sink of the agent until `stop`, looking every `every`; removes the files at the end.
+/// Where the agent's sinks come from: `--sink` flags, and the config's `$connector.sinks` (read
+/// again on each reload).
+pub struct Sources {
+    /// From the command line.
+    pub flags: Vec<Sink>,
+    /// Resolves a group name (`group=`).
+    pub group_id: fn(&str) -> Result<u32, Failure>,
+}
+
+impl Sources {
+    /// The sinks wanted with `connection`'s config; a config spec that does not parse, or names
+    /// no connector, is logged and skipped (at start, `connector serve` refuses it instead).
+    fn wanted(&self, connection: &Connection, warned: &mut Vec<String>) -> Vec<Sink> {
+        let mut wanted = self.flags.clone();
+        for spec in connection.sink_specs() {
+            match Sink::parse(spec, self.group_id) {
+                Ok(sink) if connection.connector(&sink.name).is_ok() => wanted.push(sink),
+                outcome => {
+                    if !warned.contains(spec) {
+                        let problem = outcome
+                            .err()
+                            .map_or("no such connector".into(), |f| f.message);
+                        tracing::warn!(spec = %spec, problem = %problem, "$connector.sinks: token file skipped");
+                        warned.push(spec.clone());
+                    }
+                }
+            }
+        }
+        // One keeper per file: the first to name it.
+        let mut paths = Vec::new();
+        wanted.retain(|s| {
+            let new = !paths.contains(&s.path);
+            paths.push(s.path.clone());
+            new
+        });
+        wanted
+    }
+}
+
+/// Keeps every sink of the agent until `stop`, looking every `every`; a sink the reloaded config
+/// no longer asks for is removed. The files are removed at the end.
 pub async fn keep(
     agent: Arc<crate::agent::server::Agent>,
-    sinks: Vec<Sink>,
+    sources: Sources,
     every: Duration,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
-    let mut keepers: Vec<Keeper> = sinks.into_iter().map(Keeper::new).collect();
+    let mut keepers: Vec<Keeper> = Vec::new();
+    let mut warned = Vec::new();
     loop {
         let connection = agent.connection();
+        let wanted = sources.wanted(&connection, &mut warned);
+        let (kept, gone): (Vec<_>, Vec<_>) =
+            keepers.into_iter().partition(|k| wanted.contains(&k.sink));
+        gone.into_iter().for_each(Keeper::finish);
+        keepers = kept;
+        for sink in wanted {
+            if !keepers.iter().any(|k| k.sink == sink) {
+                keepers.push(Keeper::new(sink));
+            }
+        }
         for keeper in &mut keepers {
             keeper.check(&connection).await;
         }

@@ -208,17 +208,24 @@ async fn drain(mut servers: tokio::task::JoinSet<()>) {
     }
 }
 
-/// The `--sink` files, checked: each names a configured connector and a path that is ours to
-/// write.
+fn sink_group(group: &str) -> Result<u32, Failure> {
+    group_id(group, "--sink group")
+}
+
+/// The `--sink` files (returned) and the config's `$connector.sinks`, checked: each names a
+/// configured connector and a path that is ours to write.
 fn sinks(
     specs: &[String],
     connection: &Connection,
 ) -> Result<Vec<crate::agent::sinks::Sink>, Failure> {
-    let sinks = specs
+    let parse = |spec: &String| crate::agent::sinks::Sink::parse(spec, sink_group);
+    let flags = specs.iter().map(parse).collect::<Result<Vec<_>, _>>()?;
+    let config = connection
+        .sink_specs()
         .iter()
-        .map(|spec| crate::agent::sinks::Sink::parse(spec, |g| group_id(g, "--sink group")))
+        .map(parse)
         .collect::<Result<Vec<_>, _>>()?;
-    for sink in &sinks {
+    for sink in flags.iter().chain(&config) {
         if connection.connector(&sink.name).is_err() {
             return Err(Failure::new(
                 Exit::Usage,
@@ -230,7 +237,7 @@ fn sinks(
         }
         sink.check_path()?;
     }
-    Ok(sinks)
+    Ok(flags)
 }
 
 /// The bearer token for TCP clients: read from `path`, or created there (0600) when missing.
@@ -568,9 +575,13 @@ pub async fn run(ctx: &Context, options: Args) -> Result<(), Failure> {
     if let Some((listener, _)) = proxy {
         serve_proxy(&mut servers, listener, &agent, serving, &stop_rx)?;
     }
+    let sources = crate::agent::sinks::Sources {
+        flags: sinks,
+        group_id: sink_group,
+    };
     let sink_keeper = tokio::spawn(crate::agent::sinks::keep(
         agent.clone(),
-        sinks,
+        sources,
         options.follow_every,
         stop_rx,
     ));
