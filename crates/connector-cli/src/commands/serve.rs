@@ -575,13 +575,12 @@ pub async fn run(ctx: &Context, options: Args) -> Result<(), Failure> {
     if let Some((listener, _)) = proxy {
         serve_proxy(&mut servers, listener, &agent, serving, &stop_rx)?;
     }
-    let sources = crate::agent::sinks::Sources {
-        flags: sinks,
-        group_id: sink_group,
-    };
     let sink_keeper = tokio::spawn(crate::agent::sinks::keep(
         agent.clone(),
-        sources,
+        crate::agent::sinks::Sources {
+            flags: sinks,
+            group_id: sink_group,
+        },
         options.follow_every,
         stop_rx,
     ));
