@@ -204,33 +204,42 @@ async fn a_revoked_refresh_token_seen_by_one_process_stops_the_others_without_a_
     assert_eq!(s.token_requests(), before, "no process asked Zoho again");
 }
 
-/// A store whose writes of shared health take 300 ms (a slow or remote store).
+/// A store with a fault: writes of shared health that take 300 ms (a slow or remote store), or
+/// deletes that do not land (another process wrote the record back, or the delete is still on
+/// its way).
 #[derive(Debug)]
-struct SlowHealth(Arc<dyn TokenStore>);
+struct Altered {
+    inner: Arc<dyn TokenStore>,
+    slow_health: bool,
+    deletes_lost: bool,
+}
 
 #[async_trait::async_trait]
-impl TokenStore for SlowHealth {
+impl TokenStore for Altered {
     async fn get(
         &self,
         key: &str,
     ) -> Result<Option<catalyst_connectors::StoredValue>, catalyst_connectors::StoreError> {
-        self.0.get(key).await
+        self.inner.get(key).await
     }
     async fn compare_and_set(
         &self,
         write: TokenWrite<'_>,
     ) -> Result<catalyst_connectors::CasOutcome, catalyst_connectors::StoreError> {
-        if write.key.contains("health:") {
+        if self.slow_health && write.key.contains("health:") {
             tokio::time::sleep(Duration::from_millis(300)).await;
         }
-        self.0.compare_and_set(write).await
+        self.inner.compare_and_set(write).await
     }
     async fn delete(
         &self,
         key: &str,
         expected: Option<u64>,
     ) -> Result<bool, catalyst_connectors::StoreError> {
-        self.0.delete(key, expected).await
+        if self.deletes_lost {
+            return Ok(true);
+        }
+        self.inner.delete(key, expected).await
     }
     async fn try_acquire_lease(
         &self,
@@ -238,14 +247,14 @@ impl TokenStore for SlowHealth {
         owner: &str,
         ttl: Duration,
     ) -> Result<bool, catalyst_connectors::StoreError> {
-        self.0.try_acquire_lease(key, owner, ttl).await
+        self.inner.try_acquire_lease(key, owner, ttl).await
     }
     async fn release_lease(
         &self,
         key: &str,
         owner: &str,
     ) -> Result<(), catalyst_connectors::StoreError> {
-        self.0.release_lease(key, owner).await
+        self.inner.release_lease(key, owner).await
     }
 }
 
@@ -262,7 +271,11 @@ async fn processes_asking_at_once_send_a_revoked_refresh_token_once() {
     s.emulator.set_latency(Duration::from_millis(100));
     let callers: Vec<_> = (0..6)
         .map(|_| {
-            let store = SlowHealth(Arc::new(SqliteStore::open(&path).unwrap()));
+            let store = Altered {
+                inner: Arc::new(SqliteStore::open(&path).unwrap()),
+                slow_health: true,
+                deletes_lost: false,
+            };
             let crm = s
                 .bare_builder()
                 .store(store)
@@ -494,56 +507,17 @@ async fn only_the_stores_own_files_are_touched() {
     assert!(!nowhere.exists(), "the dangling link's target was created");
 }
 
-/// A store on which deletes do not land (another process wrote the record back, or this one's
-/// delete is still on its way).
-#[derive(Debug)]
-struct DeletesLost(Arc<dyn TokenStore>);
-
-#[async_trait::async_trait]
-impl TokenStore for DeletesLost {
-    async fn get(
-        &self,
-        key: &str,
-    ) -> Result<Option<catalyst_connectors::StoredValue>, catalyst_connectors::StoreError> {
-        self.0.get(key).await
-    }
-    async fn compare_and_set(
-        &self,
-        write: TokenWrite<'_>,
-    ) -> Result<catalyst_connectors::CasOutcome, catalyst_connectors::StoreError> {
-        self.0.compare_and_set(write).await
-    }
-    async fn delete(
-        &self,
-        _key: &str,
-        _expected: Option<u64>,
-    ) -> Result<bool, catalyst_connectors::StoreError> {
-        Ok(true)
-    }
-    async fn try_acquire_lease(
-        &self,
-        key: &str,
-        owner: &str,
-        ttl: Duration,
-    ) -> Result<bool, catalyst_connectors::StoreError> {
-        self.0.try_acquire_lease(key, owner, ttl).await
-    }
-    async fn release_lease(
-        &self,
-        key: &str,
-        owner: &str,
-    ) -> Result<(), catalyst_connectors::StoreError> {
-        self.0.release_lease(key, owner).await
-    }
-}
-
 /// A token an API rejected is never handed out again, even when the store still holds it: the
 /// proxy's 401 wave saw a caller get the rejected token back from the store between the
 /// connector forgetting it and the store delete landing, and pass its 401 on.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rejected_token_still_in_the_store_is_not_served_again() {
     let s = Setup::new().await;
-    let store = DeletesLost(Arc::new(catalyst_connectors::MemoryStore::new()));
+    let store = Altered {
+        inner: Arc::new(catalyst_connectors::MemoryStore::new()),
+        slow_health: false,
+        deletes_lost: true,
+    };
     let crm = s
         .bare_builder()
         .store(store)
