@@ -3,8 +3,12 @@
 //! token (goal: at most 1.3× it at p50). Requests alternate (direct, proxied, …) on keep-alive
 //! connections, so both see the same machine; p50 and p99 of each.
 //!
-//! The emulator runs on a runtime (and thread) of its own, the agent as its own process.
-//! Run with `cargo bench -p connector-cli --bench proxy`.
+//! A third series is the floor of any proxy: a bare forwarder (this binary run with
+//! `BARE_FORWARDER=<api url> <token>`: axum in, reqwest out, a fixed token, no checks) — one more
+//! loopback HTTP hop than the direct request.
+//!
+//! The emulator runs on a runtime (and thread) of its own, the agent and the forwarder as their
+//! own processes. Run with `cargo bench -p connector-cli --bench proxy`.
 
 use std::io::{BufRead as _, BufReader};
 use std::process::{Command, Stdio};
@@ -45,8 +49,41 @@ async fn get(request: reqwest::RequestBuilder) -> Duration {
     start.elapsed()
 }
 
+/// The bare forwarder: `/{connector}/{*path}` to `upstream` with `token`, the answer relayed.
+async fn bare_forwarder(upstream: String, token: String) {
+    use axum::extract::{Path, State};
+    let client = reqwest::Client::new();
+    let app = axum::Router::new()
+        .route(
+            "/{connector}/{*path}",
+            axum::routing::get(
+                |State((client, upstream, token)): State<(reqwest::Client, String, String)>,
+                 Path((_, path)): Path<(String, String)>| async move {
+                    let r = client
+                        .get(format!("{upstream}/{path}"))
+                        .header("Authorization", format!("Zoho-oauthtoken {token}"))
+                        .send()
+                        .await
+                        .expect("upstream");
+                    let status = r.status();
+                    (status, r.bytes().await.expect("body"))
+                },
+            ),
+        )
+        .with_state((client, upstream, token));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    println!("http://{}", listener.local_addr().expect("addr"));
+    axum::serve(listener, app).await.expect("serve");
+}
+
 fn main() {
     if std::env::args().any(|a| a == "--list") {
+        return;
+    }
+    if let Ok(spec) = std::env::var("BARE_FORWARDER") {
+        let (upstream, token) = spec.split_once(' ').expect("URL TOKEN");
+        let runtime = tokio::runtime::Runtime::new().expect("runtime");
+        runtime.block_on(bare_forwarder(upstream.to_owned(), token.to_owned()));
         return;
     }
     let (url, refresh_token) = emulator();
@@ -111,18 +148,34 @@ fn main() {
                 .get(format!("{url}/crm/v8/users"))
                 .header("Authorization", format!("Zoho-oauthtoken {token}"))
         };
+        let mut forwarder = Command::new(std::env::current_exe().expect("exe"))
+            .env("BARE_FORWARDER", format!("{url} {token}"))
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("forwarder");
+        let forwarder_url = BufReader::new(forwarder.stdout.take().expect("stdout"))
+            .lines()
+            .next()
+            .expect("url")
+            .expect("line");
+        let forwarded = || client.get(format!("{forwarder_url}/crm/crm/v8/users"));
         for _ in 0..500 {
             get(direct()).await;
+            get(forwarded()).await;
             get(proxied()).await;
         }
-        let (mut d, mut p) = (Vec::with_capacity(REQUESTS), Vec::with_capacity(REQUESTS));
+        let (mut d, mut f, mut p) = (Vec::new(), Vec::new(), Vec::new());
         for _ in 0..REQUESTS {
             d.push(get(direct()).await);
+            f.push(get(forwarded()).await);
             p.push(get(proxied()).await);
         }
+        let _ = Command::new("kill").arg(forwarder.id().to_string()).status();
+        let _ = forwarder.wait();
         d.sort();
+        f.sort();
         p.sort();
-        println!("proxy/crm_v8_users  (one run, {REQUESTS} requests each, alternating)");
+        println!("proxy/crm_v8_users  (one run, {REQUESTS} requests each, in turn)");
         println!("{:<28} {:>10} {:>10}", "", "p50", "p99");
         println!(
             "{:<28} {:>10.1?} {:>10.1?}",
@@ -141,6 +194,12 @@ fn main() {
             "ratio proxy / direct",
             percentile(&p, 0.5).as_secs_f64() / percentile(&d, 0.5).as_secs_f64(),
             percentile(&p, 0.99).as_secs_f64() / percentile(&d, 0.99).as_secs_f64()
+        );
+        println!(
+            "{:<28} {:>10.2} {:>10.2}",
+            "ratio proxy / bare forwarder",
+            percentile(&p, 0.5).as_secs_f64() / percentile(&f, 0.5).as_secs_f64(),
+            percentile(&p, 0.99).as_secs_f64() / percentile(&f, 0.99).as_secs_f64()
         );
     });
     let _ = Command::new("kill").arg(agent.id().to_string()).status();
