@@ -71,7 +71,9 @@ async fn bare_forwarder(upstream: String, token: String) {
             ),
         )
         .with_state((client, upstream, token));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
     println!("http://{}", listener.local_addr().expect("addr"));
     axum::serve(listener, app).await.expect("serve");
 }
@@ -170,7 +172,9 @@ fn main() {
             f.push(get(forwarded()).await);
             p.push(get(proxied()).await);
         }
-        let _ = Command::new("kill").arg(forwarder.id().to_string()).status();
+        let _ = Command::new("kill")
+            .arg(forwarder.id().to_string())
+            .status();
         let _ = forwarder.wait();
         d.sort();
         f.sort();
@@ -182,6 +186,12 @@ fn main() {
             "through connector serve --proxy",
             percentile(&p, 0.5),
             percentile(&p, 0.99)
+        );
+        println!(
+            "{:<28} {:>10.1?} {:>10.1?}",
+            "bare forwarder (the floor)",
+            percentile(&f, 0.5),
+            percentile(&f, 0.99)
         );
         println!(
             "{:<28} {:>10.1?} {:>10.1?}",
