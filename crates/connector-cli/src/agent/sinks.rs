@@ -218,6 +218,8 @@ pub struct Keeper {
     sink: Sink,
     written: Option<(String, SystemTime)>,
     now: Arc<dyn Fn() -> SystemTime + Send + Sync>,
+    /// The last problem logged: said once, not at every look.
+    said: Option<String>,
 }
 
 impl Keeper {
@@ -231,27 +233,47 @@ impl Keeper {
             sink,
             written: None,
             now,
+            said: None,
+        }
+    }
+
+    /// Logs `problem` with `what` unless it was the last thing said.
+    fn say(&mut self, problem: String, what: &str) {
+        if self.said.as_deref() != Some(problem.as_str()) {
+            tracing::warn!(connector = %self.sink.name, path = %self.sink.path.display(), error = %problem, "token file: {what}");
+            self.said = Some(problem);
         }
     }
 
     /// One look.
     pub async fn check(&mut self, connection: &Connection) -> Step {
-        let name = &self.sink.name;
-        let connector = match connection.connector(name) {
+        let connector = match connection.connector(&self.sink.name) {
             Ok(c) => c,
             Err(e) => {
-                tracing::warn!(connector = %name, error = %e, "token file: no such connector (removed from the config?)");
+                self.say(
+                    e.to_string(),
+                    "no such connector (removed from the config?)",
+                );
                 return self.remove_expired();
             }
         };
         match connector.access_token().await {
-            Ok(token) => self.write(&token).await,
+            Ok(token) => {
+                self.said = None;
+                self.write(&token).await
+            }
             Err(e) if e.needs_reauthorization() => {
-                tracing::warn!(connector = %name, path = %self.sink.path.display(), error = %e, "token file removed: the connector needs re-authorization");
+                self.say(
+                    e.to_string(),
+                    "removed: the connector needs re-authorization",
+                );
                 self.remove()
             }
             Err(e) => {
-                tracing::warn!(connector = %name, error = %e, "token file: no new token yet; the current one stays while it is valid");
+                self.say(
+                    e.to_string(),
+                    "no new token yet; the current one stays while it is valid",
+                );
                 self.remove_expired()
             }
         }
@@ -265,12 +287,12 @@ impl Keeper {
         let sink = &self.sink;
         let contents = sink.contents(token);
         if let Err(e) = write_atomically(&sink.path, contents.as_bytes(), sink.mode, sink.group) {
-            tracing::warn!(connector = %sink.name, path = %sink.path.display(), error = %e, "cannot write the token file");
+            self.say(e.to_string(), "cannot write it");
             return Step::Waiting;
         }
         self.written = Some((secret.to_owned(), token.expires_at()));
-        if let Some(hook) = &sink.hook {
-            run_hook(hook, sink, token).await;
+        if let Some(hook) = &self.sink.hook {
+            run_hook(hook, &self.sink, token).await;
         }
         Step::Rotated
     }
@@ -527,6 +549,45 @@ mod tests {
         assert_eq!(mode, 0o600);
         keeper.finish();
         assert!(!path.exists());
+    }
+
+    /// A connector that stays broken is logged once, not at every look (4 a second).
+    #[test]
+    fn a_problem_is_logged_once_until_it_changes() {
+        #[derive(Clone, Default)]
+        struct Captured(Arc<std::sync::Mutex<Vec<u8>>>);
+        impl std::io::Write for Captured {
+            fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+                self.0.lock().unwrap().extend_from_slice(b);
+                Ok(b.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let captured = Captured::default();
+        let writer = captured.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(move || writer.clone())
+            .finish();
+        tracing::subscriber::with_default(subscriber, || {
+            let sink = Sink::parse("crm=/run/app/crm.token", |_| Ok(0))
+                .unwrap_or_else(|f| panic!("{}", f.message));
+            let mut keeper = Keeper::new(sink);
+            for problem in [
+                "store down",
+                "store down",
+                "store down",
+                "throttled",
+                "throttled",
+            ] {
+                keeper.say(problem.to_owned(), "no new token yet");
+            }
+            keeper.said = None; // a token was written: the next problem is news again
+            keeper.say("store down".to_owned(), "no new token yet");
+        });
+        let log = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+        assert_eq!(log.lines().count(), 3, "{log}");
     }
 
     #[test]
