@@ -40,6 +40,10 @@ struct Cli {
 }
 
 fn main() -> ExitCode {
+    // `connector token` through a running agent: no more start-up than it needs.
+    if let Some(done) = agent::quick::token() {
+        return finish(done.map(|()| ExitCode::from(Exit::Success.code())));
+    }
     // `COMPLETE=bash connector` (see `connector completions`) answers the shell, then exits.
     clap_complete::CompleteEnv::with_factory(<Cli as clap::CommandFactory>::command).complete();
     let cli = match Cli::try_parse() {
@@ -81,7 +85,12 @@ fn main() -> ExitCode {
             return ExitCode::from(Exit::Unexpected.code());
         }
     };
-    match runtime.block_on(cli.command.run(&ctx)) {
+    finish(runtime.block_on(cli.command.run(&ctx)))
+}
+
+/// The exit code of a command, its failure printed on stderr (with its hint).
+fn finish(result: Result<ExitCode, exit::Failure>) -> ExitCode {
+    match result {
         Ok(code) => code,
         Err(f) => {
             let colour = output::stderr_colour();

@@ -792,3 +792,78 @@ async fn the_agent_follows_an_exchange_made_by_another_process() {
     assert!(took < Duration::from_secs(1), "took {took:?}");
     stop(agent);
 }
+
+/// `connector token` through the agent takes a short path (no full command line, no async
+/// runtime); whatever it does not handle itself must come out exactly as the full command line
+/// says it: errors with their exit code and hint, help, flags before the subcommand, an agent
+/// that is gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn token_through_the_agent_answers_as_the_full_command_line_does() {
+    let env = Env::new().await;
+    let agent = env.serve(&[]).await;
+    let socket = env.socket();
+    let elsewhere = tempfile::tempdir().unwrap();
+    let cli = |socket: &Path, args: &[&str]| {
+        let mut cli = env.command(args);
+        cli.current_dir(elsewhere.path())
+            .env("XDG_CONFIG_HOME", elsewhere.path())
+            .env_remove("CONNECTOR_CONFIG")
+            .env("CONNECTOR_STORE", "sqlite:/dev/null/cannot-open.db")
+            .env("CONNECTOR_AGENT", socket);
+        cli
+    };
+    let (code, token, err) = output(cli(&socket, &["token", "crm"])).await;
+    assert_eq!(code, Some(0), "{err}");
+    // Flags before the subcommand, a config that does not exist (the agent needs none), a
+    // lifetime the token has.
+    let args = [
+        "-q",
+        "--config",
+        "/nonexistent.json",
+        "token",
+        "crm",
+        "--min-ttl",
+        "10m",
+    ];
+    let (code, out, err) = output(cli(&socket, &args)).await;
+    assert_eq!(
+        (code, out.as_str(), err.as_str()),
+        (Some(0), token.as_str(), "")
+    );
+    // The agent's refusals: the message, the hint, the exit code.
+    let (code, out, err) = output(cli(&socket, &["token", "crn"])).await;
+    assert_eq!((code, out.as_str()), (Some(3), ""), "{err}");
+    assert!(err.starts_with("error: no connector named `crn`"), "{err}");
+    assert!(err.contains("\nhint: "), "{err}");
+    // --floor holds the agent's token to the same rule as a store's.
+    let (code, out, err) = output(cli(&socket, &["token", "crm", "--floor", "2h"])).await;
+    assert_eq!(
+        (code, out.as_str(), err.as_str()),
+        (Some(0), token.as_str(), "")
+    );
+    // What the short path leaves to the full command line.
+    let (code, out, _) = output(cli(&socket, &["token", "--help"])).await;
+    assert_eq!(code, Some(0));
+    assert!(out.contains("Usage: connector token"), "{out}");
+    let (code, _, err) = output(cli(&socket, &["token", "crm", "--jsn"])).await;
+    assert_eq!(code, Some(2));
+    assert!(err.contains("unexpected argument '--jsn'"), "{err}");
+    let (code, _, err) = output(cli(&socket, &["token"])).await;
+    assert_eq!(code, Some(2), "{err}");
+    assert_eq!(env.requests(), 1, "one mint for all of it");
+    // A lifetime no token has (a mint is tried: the agent cannot know before).
+    let (code, _, err) = output(cli(&socket, &["token", "crm", "--min-ttl", "2h"])).await;
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("hint: "), "{err}");
+
+    assert!(stop(agent).success());
+    let gone = elsewhere.path().join("gone.sock");
+    drop(std::os::unix::net::UnixListener::bind(&gone).unwrap());
+    let (code, out, err) = output(cli(&gone, &["token", "crm"])).await;
+    assert_eq!((code, out.as_str()), (Some(6), ""), "{err}");
+    assert!(err.contains("does not answer"), "{err}");
+    assert!(
+        err.contains("hint: start it with `connector serve`"),
+        "{err}"
+    );
+}

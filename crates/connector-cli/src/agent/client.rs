@@ -23,6 +23,26 @@ fn connector_path(name: &str, user: Option<&str>) -> String {
     }
 }
 
+/// `/v1/connectors/{name}[/users/{user}]/token?min_ttl=…`.
+pub(crate) fn token_path(name: &str, user: Option<&str>, min_ttl: Duration) -> String {
+    format!(
+        "{}/token?min_ttl={}",
+        connector_path(name, user),
+        min_ttl.as_secs()
+    )
+}
+
+/// The failure of an agent that cannot be reached or does not answer.
+pub(crate) fn unreachable(shown: &str, e: &dyn std::fmt::Display) -> Failure {
+    Failure::new(
+        Exit::Transient,
+        format!("the connector agent at {shown} does not answer ({e})"),
+    )
+    .hint(format!(
+        "start it with `connector serve`, or unset {AGENT_ENV}"
+    ))
+}
+
 /// Tells a running agent — `CONNECTOR_AGENT`'s, else one on the default socket — that this
 /// process changed connector `name` (`user`'s), so that it serves the new state now rather than
 /// at its next look at the store (within a second). Best effort: no agent, or one that does not
@@ -116,18 +136,10 @@ impl AgentClient {
         if let Some(t) = &self.bearer {
             request = request.bearer_auth(t);
         }
-        let response = request.send().await.map_err(|e| {
-            Failure::new(
-                Exit::Transient,
-                format!(
-                    "the connector agent at {} does not answer ({e})",
-                    self.shown
-                ),
-            )
-            .hint(format!(
-                "start it with `connector serve`, or unset {AGENT_ENV}"
-            ))
-        })?;
+        let response = request
+            .send()
+            .await
+            .map_err(|e| unreachable(&self.shown, &e))?;
         let status = response.status().as_u16();
         let body: Value = response.json().await.map_err(|e| {
             Failure::new(
@@ -139,7 +151,7 @@ impl AgentClient {
     }
 
     /// The agent's error body as a failure with the CLI's exit code.
-    fn failure(status: u16, body: &Value) -> Failure {
+    pub(crate) fn failure(status: u16, body: &Value) -> Failure {
         let exit = body["exit_code"]
             .as_u64()
             .and_then(|c| Exit::ALL.into_iter().find(|e| u64::from(e.code()) == c))
@@ -166,12 +178,7 @@ impl AgentClient {
         user: Option<&str>,
         min_ttl: Duration,
     ) -> Result<Value, Failure> {
-        let path = format!(
-            "{}/token?min_ttl={}",
-            connector_path(name, user),
-            min_ttl.as_secs()
-        );
-        match self.get(&path).await? {
+        match self.get(&token_path(name, user, min_ttl)).await? {
             (200, body) => Ok(body),
             (status, body) => Err(Self::failure(status, &body)),
         }

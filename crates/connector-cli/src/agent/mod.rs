@@ -20,6 +20,7 @@
 pub mod client;
 pub mod listen;
 pub mod proxy;
+pub mod quick;
 pub mod security;
 pub mod server;
 pub mod sinks;

@@ -23,7 +23,7 @@ use std::time::{Duration, SystemTime};
 ]))]
 pub struct Args {
     #[arg(help = NAME_HELP, add = name_candidates())]
-    name: String,
+    pub(crate) name: String,
     /// Print JSON: access_token, expires_at and refresh_at (Unix seconds), api_domain.
     #[arg(long, conflicts_with = "header")]
     json: bool,
@@ -33,7 +33,7 @@ pub struct Args {
     /// The token must stay valid at least this long (e.g. 90s, 10m, 1h); refreshes first if
     /// it would not.
     #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration, default_value = "0s")]
-    min_ttl: Duration,
+    pub(crate) min_ttl: Duration,
     /// A token past its refresh point (its refresh failed) is printed only with at least this
     /// much life left; less exits 5 (throttled) or 6 (transient), saying when to retry.
     #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration, default_value = super::DEFAULT_FLOOR)]
@@ -41,7 +41,7 @@ pub struct Args {
     /// A per-user connector: USER's (their own refresh token, kept apart from every other
     /// user's; the agent serves it at /v1/connectors/NAME/users/USER/token).
     #[arg(long, value_name = "USER")]
-    user: Option<String>,
+    pub(crate) user: Option<String>,
     #[command(flatten)]
     pub(super) place: Place,
 }
@@ -50,7 +50,7 @@ pub struct Args {
 const SETTLE: Duration = Duration::from_secs(5);
 
 /// What to print: the token, its JSON or its header.
-struct Printed {
+pub(crate) struct Printed {
     access_token: AccessTokenSecret,
     json: serde_json::Value,
 }
@@ -61,34 +61,43 @@ pub async fn run(ctx: &Context, args: Args) -> Result<(), Failure> {
             let body = agent
                 .token(&args.name, args.user.as_deref(), args.min_ttl)
                 .await?;
-            let at = |k: &str| {
-                SystemTime::UNIX_EPOCH + Duration::from_secs(body[k].as_u64().unwrap_or(0))
-            };
-            super::check_floor(
-                &args.name,
-                at("refresh_at"),
-                at("expires_at"),
-                args.floor,
-                None,
-            )?;
-            let json = serde_json::json!({
-                "access_token": body["access_token"],
-                "expires_at": body["expires_at"],
-                "refresh_at": body["refresh_at"],
-                "api_domain": body["api_domain"],
-            });
-            Printed {
-                access_token: AccessTokenSecret::new(
-                    body["access_token"].as_str().unwrap_or_default().to_owned(),
-                ),
-                json,
-            }
+            from_agent(&args, &body)?
         }
         Tokens::Stores(connection) => {
             let asked = (args.user.as_deref(), args.min_ttl, args.floor);
             from_stores(ctx, &connection, &args.name, asked).await?
         }
     };
+    print(&args, &printed);
+    Ok(())
+}
+
+/// The agent's answer to `GET …/token` (its body), held to `--floor`.
+pub(crate) fn from_agent(args: &Args, body: &serde_json::Value) -> Result<Printed, Failure> {
+    let at = |k: &str| SystemTime::UNIX_EPOCH + Duration::from_secs(body[k].as_u64().unwrap_or(0));
+    super::check_floor(
+        &args.name,
+        at("refresh_at"),
+        at("expires_at"),
+        args.floor,
+        None,
+    )?;
+    let json = serde_json::json!({
+        "access_token": body["access_token"],
+        "expires_at": body["expires_at"],
+        "refresh_at": body["refresh_at"],
+        "api_domain": body["api_domain"],
+    });
+    Ok(Printed {
+        access_token: AccessTokenSecret::new(
+            body["access_token"].as_str().unwrap_or_default().to_owned(),
+        ),
+        json,
+    })
+}
+
+/// Prints the token, its JSON or its header, as asked.
+pub(crate) fn print(args: &Args, printed: &Printed) {
     if args.json {
         print_json(&printed.json);
     } else if args.header {
@@ -97,7 +106,6 @@ pub async fn run(ctx: &Context, args: Args) -> Result<(), Failure> {
     } else {
         println!("{}", printed.access_token.expose_secret());
     }
-    Ok(())
 }
 
 /// The token from this process's own connection.
