@@ -212,3 +212,62 @@ async fn sinks_in_the_config_follow_a_reload() {
     let out = env.run(&["serve", "--socket", "/nonexistent/a.sock"]).await;
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
 }
+
+/// The agent replaces and removes only its own token files: a file of another program at a sink's
+/// path is refused at start and left as it was; the files an agent killed with -9 left behind are
+/// taken back by the next one (in every format); a file put in a sink's place while the agent runs
+/// is neither replaced nor removed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_the_agents_own_token_files_are_replaced_or_removed() {
+    use std::os::unix::fs::MetadataExt as _;
+    let env = Env::new().await;
+    let dir = env.dir.path().join("sinks");
+    std::fs::create_dir(&dir).unwrap();
+    let config = dir.join("app.conf");
+    std::fs::write(&config, "listen 80\n").unwrap();
+    let out = env
+        .run(&["serve", "--sink", &format!("crm={}", config.display())])
+        .await;
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("is not a token file"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(std::fs::read_to_string(&config).unwrap(), "listen 80\n");
+
+    let files: Vec<_> = ["raw", "header", "env", "json"]
+        .iter()
+        .map(|f| (dir.join(format!("crm.{f}")), *f))
+        .collect();
+    let sinks: Vec<String> = files
+        .iter()
+        .map(|(p, f)| format!("crm={},format={f}", p.display()))
+        .collect();
+    let args: Vec<&str> = sinks.iter().flat_map(|s| ["--sink", s.as_str()]).collect();
+    let mut agent = env.serve(&args).await;
+    for (path, _) in &files {
+        assert!(until_file(path, |t| t.is_some()).await, "{path:?}");
+    }
+    let before: Vec<u64> = files
+        .iter()
+        .map(|(p, _)| std::fs::metadata(p).unwrap().ino())
+        .collect();
+    agent.kill().unwrap(); // -9: the files stay
+    agent.wait().unwrap();
+    let agent = env.serve(&args).await;
+    for ((path, _), old) in files.iter().zip(&before) {
+        let taken_back = until_file(path, |_| std::fs::metadata(path).unwrap().ino() != *old);
+        assert!(taken_back.await, "{path:?} rewritten by the new agent");
+    }
+    // Another program's file in the raw sink's place.
+    let raw = &files[0].0;
+    let theirs = dir.join("theirs");
+    std::fs::write(&theirs, "not a token\n").unwrap();
+    std::fs::rename(&theirs, raw).unwrap();
+    assert!(stop(agent).success());
+    assert_eq!(std::fs::read_to_string(raw).unwrap(), "not a token\n");
+    for (path, _) in &files[1..] {
+        assert!(!path.exists(), "{path:?} removed at exit");
+    }
+}

@@ -133,17 +133,24 @@ impl Sink {
         }
     }
 
-    /// Refuses a path that is not ours to replace: a link, a directory, anything but a file.
+    /// Refuses a path that is not ours to replace: a link, a directory, anything but a file, or a
+    /// file that is not a token file (one an earlier run of the agent left, say after a crash, is).
     pub fn check_path(&self) -> Result<(), Failure> {
-        match std::fs::symlink_metadata(&self.path) {
-            Ok(meta) if !meta.file_type().is_file() => Err(Failure::new(
+        let refuse = |what: &str| {
+            Failure::new(
                 Exit::Usage,
                 format!(
-                    "--sink {}: {} exists and is not a regular file (a link is never followed); choose another path",
+                    "--sink {}: {} exists and {what}; the agent replaces and removes only its own token files: move it away or choose another path",
                     self.name,
                     self.path.display()
                 ),
-            )),
+            )
+        };
+        match std::fs::symlink_metadata(&self.path) {
+            Ok(meta) if !meta.file_type().is_file() => {
+                Err(refuse("is not a regular file (a link is never followed)"))
+            }
+            Ok(_) if !holds_a_token_file(&self.path) => Err(refuse("is not a token file")),
             _ => match self.path.parent().map(Path::is_dir) {
                 Some(true) => Ok(()),
                 _ => Err(Failure::new(
@@ -159,19 +166,70 @@ impl Sink {
     }
 }
 
+/// Which file a path names: its device and inode.
+type FileId = (u64, u64);
+
+fn file_id(meta: &std::fs::Metadata) -> FileId {
+    use std::os::unix::fs::MetadataExt as _;
+    (meta.dev(), meta.ino())
+}
+
+/// Whether `path` is a regular file (not followed if a link) holding what a sink writes, in any
+/// format: what an earlier run of the agent may have left.
+fn holds_a_token_file(path: &Path) -> bool {
+    use std::io::Read as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let Ok(file) = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path)
+    else {
+        return false;
+    };
+    let mut text = String::new();
+    let read = file.metadata().is_ok_and(|m| m.is_file())
+        && file.take(64 * 1024).read_to_string(&mut text).is_ok();
+    read && is_token_file(&text)
+}
+
+/// Whether `text` has the shape of one of the formats a sink writes.
+fn is_token_file(text: &str) -> bool {
+    // A token is a b64token (RFC 6750's bearer token syntax); a key a shell variable's name.
+    let token68 = |s: &str| {
+        !s.is_empty()
+            && s.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-._~+/=".contains(&b))
+    };
+    let env_line = |l: &str| {
+        l.split_once('=').is_some_and(|(k, _)| {
+            k.starts_with("ZOHO_") && k.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+        })
+    };
+    token68(text)
+        || text
+            .strip_prefix("Authorization: Zoho-oauthtoken ")
+            .and_then(|t| t.strip_suffix('\n'))
+            .is_some_and(token68)
+        || serde_json::from_str::<serde_json::Value>(text)
+            .is_ok_and(|v| v["token_type"] == "Zoho-oauthtoken" && v["connector"].is_string())
+        || (text.ends_with('\n')
+            && text.lines().all(env_line)
+            && text.lines().any(|l| l.contains("_ACCESS_TOKEN=")))
+}
+
 fn unix_secs(t: SystemTime) -> u64 {
     t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
 /// Writes `contents` to `path` atomically: a temporary file in the same directory with the final
 /// mode and group, synced, then renamed over the old one — a reader sees the old contents or the
-/// new, never a mix.
+/// new, never a mix. Returns which file it is now.
 pub fn write_atomically(
     path: &Path,
     contents: &[u8],
     mode: u32,
     group: Option<u32>,
-) -> std::io::Result<()> {
+) -> std::io::Result<FileId> {
     use std::io::Write as _;
     use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
     let name = path.file_name().unwrap_or_default().to_string_lossy();
@@ -191,7 +249,8 @@ pub fn write_atomically(
         file.set_permissions(std::fs::Permissions::from_mode(mode))?;
         file.write_all(contents)?;
         file.sync_all()?;
-        std::fs::rename(&tmp, path)
+        let id = file_id(&file.metadata()?);
+        std::fs::rename(&tmp, path).map(|()| id)
     })();
     if written.is_err() {
         let _ = std::fs::remove_file(&tmp);
@@ -216,7 +275,8 @@ pub enum Step {
 /// and rewrites the file when it changed.
 pub struct Keeper {
     sink: Sink,
-    written: Option<(String, SystemTime)>,
+    /// The token in the file this agent wrote, its expiry and which file it is.
+    written: Option<(String, SystemTime, FileId)>,
     now: Arc<dyn Fn() -> SystemTime + Send + Sync>,
     /// The last problem logged: said once, not at every look.
     said: Option<String>,
@@ -281,36 +341,71 @@ impl Keeper {
 
     async fn write(&mut self, token: &AccessToken) -> Step {
         let secret = token.secret().expose_secret();
-        if self.written.as_ref().is_some_and(|(w, _)| w == secret) {
+        if self.written.as_ref().is_some_and(|(w, _, _)| w == secret) {
             return Step::Unchanged;
+        }
+        if !self.may_replace() {
+            return Step::Waiting;
         }
         let sink = &self.sink;
         let contents = sink.contents(token);
-        if let Err(e) = write_atomically(&sink.path, contents.as_bytes(), sink.mode, sink.group) {
-            self.say(e.to_string(), "cannot write it");
-            return Step::Waiting;
-        }
-        self.written = Some((secret.to_owned(), token.expires_at()));
+        let id = match write_atomically(&sink.path, contents.as_bytes(), sink.mode, sink.group) {
+            Ok(id) => id,
+            Err(e) => {
+                self.say(e.to_string(), "cannot write it");
+                return Step::Waiting;
+            }
+        };
+        self.written = Some((secret.to_owned(), token.expires_at(), id));
         if let Some(hook) = &self.sink.hook {
             run_hook(hook, &self.sink, token).await;
         }
         Step::Rotated
     }
 
+    /// Whether the file at the path is ours to replace: none, the one this agent wrote last, or
+    /// (before its first write) a token file an earlier run left. Anything else — another
+    /// program's file put there since — is left untouched, and said.
+    fn may_replace(&mut self) -> bool {
+        let ours = match std::fs::symlink_metadata(&self.sink.path) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => true,
+            Ok(meta) => match &self.written {
+                Some((_, _, id)) => *id == file_id(&meta),
+                None => meta.is_file() && holds_a_token_file(&self.sink.path),
+            },
+            Err(_) => false,
+        };
+        if !ours {
+            self.say(
+                "another file is at its path".to_owned(),
+                "left untouched: the agent replaces and removes only its own token files",
+            );
+        }
+        ours
+    }
+
     /// Removes the file when the token in it expired.
     fn remove_expired(&mut self) -> Step {
         match &self.written {
-            Some((_, expires_at)) if *expires_at <= (self.now)() => self.remove(),
+            Some((_, expires_at, _)) if *expires_at <= (self.now)() => self.remove(),
             _ => Step::Waiting,
         }
     }
 
-    /// Removes the file, if this agent wrote it.
+    /// Removes the file, if it is still the one this agent wrote.
     fn remove(&mut self) -> Step {
-        if self.written.take().is_some() {
-            let _ = std::fs::remove_file(&self.sink.path);
+        let Some((_, _, id)) = self.written.take() else {
+            return Step::Waiting;
+        };
+        let path = &self.sink.path;
+        if std::fs::symlink_metadata(path).is_ok_and(|meta| file_id(&meta) == id) {
+            let _ = std::fs::remove_file(path);
             Step::Removed
         } else {
+            self.say(
+                "another file is at its path".to_owned(),
+                "not removed: the agent removes only its own token files",
+            );
             Step::Waiting
         }
     }
@@ -588,6 +683,30 @@ mod tests {
         });
         let log = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
         assert_eq!(log.lines().count(), 3, "{log}");
+    }
+
+    /// What another program may keep at a path is never taken for a token file.
+    #[test]
+    fn only_token_files_look_like_token_files() {
+        for ours in [
+            "1000.abc",
+            "Authorization: Zoho-oauthtoken 1000.abc\n",
+            "ZOHO_CRM_ACCESS_TOKEN=1000.abc\nZOHO_CRM_API_DOMAIN=https://x\nZOHO_CRM_EXPIRES_AT=9\n",
+            "{\"access_token\":\"1000.abc\",\"token_type\":\"Zoho-oauthtoken\",\"connector\":\"crm\"}\n",
+        ] {
+            assert!(is_token_file(ours), "{ours:?}");
+        }
+        for theirs in [
+            "",
+            "listen 80\n",
+            "root:x:0:0:root:/root:/bin/bash\n",
+            "#!/bin/sh\nexit 0\n",
+            "Authorization: Zoho-oauthtoken a b\n",
+            "ZOHO_CRM_ACCESS_TOKEN=1\nPATH=/bin\n",
+            "{\"access_token\":\"x\"}",
+        ] {
+            assert!(!is_token_file(theirs), "{theirs:?}");
+        }
     }
 
     #[test]

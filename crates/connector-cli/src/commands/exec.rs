@@ -232,7 +232,7 @@ fn token_dir() -> Result<PathBuf, Failure> {
 
 /// Writes `token` to `path` atomically (0600): a reader sees the old token or the new, never a mix.
 fn write_token_file(path: &Path, token: &str) -> std::io::Result<()> {
-    crate::agent::sinks::write_atomically(path, token.as_bytes(), 0o600, None)
+    crate::agent::sinks::write_atomically(path, token.as_bytes(), 0o600, None).map(drop)
 }
 
 /// Keeps NAME's token file fresh while the command runs: a new token is fetched at the current
