@@ -225,15 +225,31 @@ async fn only_the_agents_own_token_files_are_replaced_or_removed() {
     std::fs::create_dir(&dir).unwrap();
     let config = dir.join("app.conf");
     std::fs::write(&config, "listen 80\n").unwrap();
-    let out = env
-        .run(&["serve", "--sink", &format!("crm={}", config.display())])
-        .await;
-    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
-    assert!(
-        stderr(&out).contains("is not a token file"),
-        "{}",
-        stderr(&out)
+    let sink = format!("crm={}", config.display());
+    let mut serve = env
+        .command(&["serve", "--sink", &sink])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut code = None;
+    for _ in 0..400 {
+        code = serve.try_wait().unwrap();
+        if code.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    if code.is_none() {
+        let _ = serve.kill();
+    }
+    let out = serve.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        code.and_then(|c| c.code()),
+        Some(2),
+        "refused at start: {err}"
     );
+    assert!(err.contains("is not a token file"), "{err}");
     assert_eq!(std::fs::read_to_string(&config).unwrap(), "listen 80\n");
 
     let files: Vec<_> = ["raw", "header", "env", "json"]
