@@ -3,8 +3,8 @@
 //! A one-shot `connector token` with `CONNECTOR_AGENT` set lives mostly in its own start-up: the
 //! full command line (every subcommand, with its help), logging, an async runtime and an HTTP
 //! client, all to send one request over a local socket. This path parses `token`'s arguments
-//! alone (the same [`token::Args`](crate::commands::token::Args), so the same flags mean the
-//! same) and sends the request with blocking I/O.
+//! alone (the same [`token::Args`], so the same flags mean the same) and sends the request with
+//! blocking I/O.
 //!
 //! It takes only what it is sure of and otherwise steps aside: another command, `--help`, any
 //! argument error, `--no-agent`, shell completion, an agent over TCP, or an agent that cannot be
