@@ -105,6 +105,7 @@ impl Host {
             tokio::time::sleep(Duration::from_millis(25)).await;
         }
         let _ = child.kill();
+        let _ = child.wait();
         panic!("the agent wrote no token file");
     }
 
