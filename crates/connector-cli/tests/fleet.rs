@@ -1,6 +1,7 @@
 //! Two hosts' agents sharing one Redis store (each with its own local tier): one mint for the
-//! fleet, the same token in both hosts' token files, and a revoke made on a third host reaching
-//! both agents — files removed, 409 served — with no notice sent to them.
+//! fleet, the same token in both hosts' token files, and a revoke and a new authorization made on
+//! a third host reaching both agents — files removed, 409 served; then the new token in both
+//! files — with no notice sent to them.
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -120,20 +121,9 @@ impl Host {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn two_hosts_agents_on_one_redis_share_a_token_and_both_follow_a_revoke() {
-    let env = Env::new().await;
-    let Some(redis) = Redis::start(env.dir.path()) else {
-        return;
-    };
-    let (a, b) = (Host::new(&env, "a"), Host::new(&env, "b"));
-    let agent_a = a.serve(&env, &redis).await;
-    let agent_b = b.serve(&env, &redis).await;
-    let token = std::fs::read_to_string(&a.file).unwrap();
-    assert_eq!(std::fs::read_to_string(&b.file).unwrap(), token);
-    assert_eq!(env.requests(), 1, "one mint for the fleet");
-
-    // A third host revokes; the agents hear nothing from it but what is in Redis.
+/// `connector args…` on a third host (its own local tier), on the fleet's Redis, with no agent
+/// to notify.
+async fn on_third_host(env: &Env, redis: &Redis, args: &[&str]) {
     let third = env.dir.path().join("c");
     let out = env
         .run_with(
@@ -142,22 +132,74 @@ async fn two_hosts_agents_on_one_redis_share_a_token_and_both_follow_a_revoke() 
                 ("CONNECTOR_STORE", &redis.url()),
                 ("CONNECTOR_AGENT", "/nonexistent/agent.sock"),
             ],
-            &["revoke", "crm"],
+            args,
         )
         .await;
-    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
-    let revoked = Instant::now();
-    while a.file.exists() || b.file.exists() {
+    assert_eq!(out.status.code(), Some(0), "{args:?}: {}", stderr(&out));
+}
+
+/// Waits until both hosts' token files satisfy `done` (at most 5 s); returns how long it took.
+async fn until_files(
+    a: &Host,
+    b: &Host,
+    what: &str,
+    done: impl Fn(Option<String>, Option<String>) -> bool,
+) -> Duration {
+    let started = Instant::now();
+    let read = |f: &Path| std::fs::read_to_string(f).ok();
+    while !done(read(&a.file), read(&b.file)) {
         assert!(
-            revoked.elapsed() < Duration::from_secs(5),
-            "token files still there 5 s after the revoke"
+            started.elapsed() < Duration::from_secs(5),
+            "{what}: not within 5 s"
         );
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
-    let followed = revoked.elapsed();
+    started.elapsed()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_hosts_agents_on_one_redis_share_a_token_and_follow_a_revoke_and_a_new_authorization() {
+    let env = Env::new().await;
+    let Some(redis) = Redis::start(env.dir.path()) else {
+        return;
+    };
+    // The fleet keeps the refresh token in Redis, not in the config.
+    env.write_config(&[("crm", None)]);
+    let code = || {
+        env.emulator
+            .add_grant_code(common::CLIENT_ID, "ZohoCRM.users.READ", None)
+    };
+    on_third_host(&env, &redis, &["exchange", "crm", "--code", &code()]).await;
+    let (a, b) = (Host::new(&env, "a"), Host::new(&env, "b"));
+    let agent_a = a.serve(&env, &redis).await;
+    let agent_b = b.serve(&env, &redis).await;
+    let token = std::fs::read_to_string(&a.file).unwrap();
+    assert_eq!(std::fs::read_to_string(&b.file).unwrap(), token);
+    assert_eq!(
+        env.requests(),
+        1,
+        "the exchange's token serves the fleet: no mint"
+    );
+
+    // The third host revokes; the agents hear nothing of it but what is in Redis.
+    on_third_host(&env, &redis, &["revoke", "crm"]).await;
+    let gone = until_files(&a, &b, "both token files removed", |x, y| {
+        x.is_none() && y.is_none()
+    });
+    let gone = gone.await;
     assert_eq!(a.status().await, "409");
     assert_eq!(b.status().await, "409");
+
+    // The third host connects again: both hosts serve the new authorization's token.
+    on_third_host(&env, &redis, &["exchange", "crm", "--code", &code()]).await;
+    let back = until_files(&a, &b, "the new token in both files", |x, y| {
+        x.is_some() && x == y
+    });
+    let back = back.await;
+    assert_ne!(std::fs::read_to_string(&a.file).unwrap(), token);
+    assert_eq!(a.status().await, "200");
+    assert_eq!(b.status().await, "200");
     assert!(stop(agent_a).success());
     assert!(stop(agent_b).success());
-    eprintln!("both token files gone {followed:?} after the revoke");
+    eprintln!("token files gone {gone:?} after the revoke, back {back:?} after the exchange");
 }
