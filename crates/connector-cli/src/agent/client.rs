@@ -6,6 +6,9 @@ use crate::exit::{Exit, Failure};
 use serde_json::Value;
 use std::time::Duration;
 
+/// How long a command waits for the agent's answer.
+pub(crate) const TIMEOUT: Duration = Duration::from_secs(60);
+
 /// The agent named by `CONNECTOR_AGENT`, if the variable is set and not blank.
 pub fn agent_from_env() -> Option<String> {
     std::env::var(AGENT_ENV)
@@ -88,7 +91,7 @@ impl AgentClient {
         let build = |b: reqwest::ClientBuilder| {
             // The agent speaks plain HTTP (a socket, or loopback): no TLS roots to load, which
             // would cost a one-shot `connector token` several milliseconds.
-            b.timeout(Duration::from_secs(60))
+            b.timeout(TIMEOUT)
                 .no_proxy()
                 .tls_certs_only(std::iter::empty())
                 .build()

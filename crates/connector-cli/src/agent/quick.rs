@@ -13,14 +13,13 @@
 //! reported here is an agent that accepted the request and gave no answer in time (asking again
 //! would only wait again).
 
-use super::client::{AgentClient, agent_from_env, token_path, unreachable};
+use super::client::{AgentClient, TIMEOUT, agent_from_env, token_path, unreachable};
 use super::{AGENT_HEADER, AGENT_HEADER_VALUE};
 use crate::commands::{Place, token};
 use crate::exit::Failure;
 use serde_json::Value;
 use std::io::{ErrorKind, Read, Write};
 use std::os::unix::net::UnixStream;
-use std::time::Duration;
 
 /// The command line as far as `connector [-q] [--config F] [--store S] token …` goes.
 #[derive(clap::Parser)]
@@ -44,9 +43,6 @@ struct Quick {
 enum QuickCommand {
     Token(token::Args),
 }
-
-/// As long as `connector token` waits for the agent (the full path's HTTP client's timeout).
-const TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Runs `connector token` through the agent if this is such a run and nothing unexpected
 /// happens; `None`: run the full command line instead.
