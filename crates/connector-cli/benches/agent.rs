@@ -6,6 +6,8 @@
 //! this benchmark binary run with `BARE_SERVER=<socket>`. The client is reqwest over the socket.
 //! Run with `cargo bench -p connector-cli --bench agent`.
 
+mod support;
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -128,7 +130,7 @@ fn main() {
         std::fs::write(&config_path, config.to_string()).expect("config");
         let agent_socket = dir.path().join("run").join("agent.sock");
         let bare_socket = dir.path().join("bare.sock");
-        let agent = Command::new(env!("CARGO_BIN_EXE_connector"))
+        let agent = Command::new(support::connector())
             .args(["serve", "--socket"])
             .arg(&agent_socket)
             .env("CONNECTOR_CONFIG", &config_path)

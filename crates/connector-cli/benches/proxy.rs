@@ -10,6 +10,8 @@
 //! The emulator runs on a runtime (and thread) of its own, the agent and the forwarder as their
 //! own processes. Run with `cargo bench -p connector-cli --bench proxy`.
 
+mod support;
+
 use std::io::{BufRead as _, BufReader};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -98,7 +100,7 @@ fn main() {
     let config_path = dir.path().join("connectors.json");
     std::fs::write(&config_path, config.to_string()).expect("config");
     let socket = dir.path().join("run").join("agent.sock");
-    let mut agent = Command::new(env!("CARGO_BIN_EXE_connector"))
+    let mut agent = Command::new(support::connector())
         .args(["serve", "--proxy", "127.0.0.1:0", "--socket"])
         .arg(&socket)
         .env("CONNECTOR_CONFIG", &config_path)

@@ -1,11 +1,18 @@
 //! Side by side in one run, as whole processes: a warm `connector token` (the token already in
 //! the SQLite store; issue 13's goal: at most 3× `/bin/true`), `connector token` asking a running
 //! agent (`CONNECTOR_AGENT`, no config; issue 21's goal: at most 2× `/bin/true`), and `/bin/true`.
+//!
+//! Start-up is most of these runs, and it depends on how the binary is linked: measure the build
+//! that ships with `CONNECTOR_BENCH_BIN=target/<host>/release/connector` (made by
+//! `packaging/build-release`); without it, the dynamically linked one cargo built.
+
+mod support;
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use std::process::{Command, Stdio};
 
 fn startup(c: &mut Criterion) {
+    let connector = support::connector();
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
     let emulator = runtime.block_on(zoho_emulator::start()).expect("emulator");
     emulator.add_client("1000.BENCH", "bench-secret");
@@ -20,7 +27,7 @@ fn startup(c: &mut Criterion) {
     std::fs::write(&config_path, config.to_string()).expect("config");
     let store = format!("sqlite:{}", dir.path().join("tokens.db").display());
     let token = || {
-        let status = Command::new(env!("CARGO_BIN_EXE_connector"))
+        let status = Command::new(&connector)
             .args(["token", "crm"])
             .env("CONNECTOR_CONFIG", &config_path)
             .env("CONNECTOR_STORE", &store)
@@ -32,7 +39,7 @@ fn startup(c: &mut Criterion) {
     };
     token(); // mint once; every measured run reads the store
     let socket = dir.path().join("agent.sock");
-    let mut agent = Command::new(env!("CARGO_BIN_EXE_connector"))
+    let mut agent = Command::new(&connector)
         .args(["serve", "--socket"])
         .arg(&socket)
         .env("CONNECTOR_CONFIG", &config_path)
@@ -47,7 +54,7 @@ fn startup(c: &mut Criterion) {
     }
     let empty = tempfile::tempdir().expect("tempdir");
     let via_agent = || {
-        let status = Command::new(env!("CARGO_BIN_EXE_connector"))
+        let status = Command::new(&connector)
             .args(["token", "crm"])
             .current_dir(empty.path())
             .env("CONNECTOR_AGENT", &socket)
