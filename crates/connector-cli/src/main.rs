@@ -8,6 +8,7 @@ mod commands;
 mod exit;
 mod output;
 
+use agent::quick::{Parsed, Quick};
 use clap::Parser;
 use commands::{Command, Context, Place, with_examples};
 use exit::Exit;
@@ -40,10 +41,48 @@ struct Cli {
 }
 
 fn main() -> ExitCode {
-    // `connector token` through a running agent: no more start-up than it needs.
-    if let Some(done) = agent::quick::token() {
-        return finish(done.map(|()| ExitCode::from(Exit::Success.code())));
-    }
+    // `connector token`, parsed alone (the full command line is a tenth of a warm run): answered
+    // through a running agent with no more start-up than that needs, or run as below.
+    let (quiet, no_agent, place, command) = match agent::quick::token() {
+        Some(Quick::Answered(done)) => {
+            return finish(done.map(|()| ExitCode::from(Exit::Success.code())));
+        }
+        Some(Quick::Run(token)) => {
+            let Parsed {
+                quiet,
+                no_agent,
+                place,
+                args,
+            } = *token;
+            (quiet, no_agent, place, Command::Token(args))
+        }
+        None => match parse() {
+            Ok(cli) => (cli.quiet, cli.no_agent, cli.place, cli.command),
+            Err(code) => return code,
+        },
+    };
+    init_logging(quiet);
+    let ctx = Context::new(quiet, no_agent, place, command.place());
+    // One thread: a command does one thing, and starting worker threads costs more than it
+    // saves; the agent serves many clients at once.
+    let builder = if command.serves() {
+        tokio::runtime::Builder::new_multi_thread()
+    } else {
+        tokio::runtime::Builder::new_current_thread()
+    };
+    let runtime = match { builder }.enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::from(Exit::Unexpected.code());
+        }
+    };
+    finish(runtime.block_on(command.run(&ctx)))
+}
+
+/// The full command line, or the exit code of a run that ended while parsing it: shell
+/// completion, `--help`, `--version`, an argument error, `manpages`.
+fn parse() -> Result<Cli, ExitCode> {
     // `COMPLETE=bash connector` (see `connector completions`) answers the shell, then exits.
     clap_complete::CompleteEnv::with_factory(<Cli as clap::CommandFactory>::command).complete();
     let cli = match Cli::try_parse() {
@@ -56,36 +95,20 @@ fn main() -> ExitCode {
             } else {
                 Exit::Success
             };
-            return ExitCode::from(exit.code());
+            return Err(ExitCode::from(exit.code()));
         }
     };
     if let Command::Manpages(args) = &cli.command {
         let cli = <Cli as clap::CommandFactory>::command();
-        return match commands::manpages::run(cli, &args.dir) {
+        return Err(match commands::manpages::run(cli, &args.dir) {
             Ok(()) => ExitCode::from(Exit::Success.code()),
             Err(f) => {
                 eprintln!("error: {}", f.message);
                 ExitCode::from(f.exit.code())
             }
-        };
+        });
     }
-    init_logging(cli.quiet);
-    let ctx = Context::new(cli.quiet, cli.no_agent, cli.place, cli.command.place());
-    // One thread: a command does one thing, and starting worker threads costs more than it
-    // saves; the agent serves many clients at once.
-    let builder = if cli.command.serves() {
-        tokio::runtime::Builder::new_multi_thread()
-    } else {
-        tokio::runtime::Builder::new_current_thread()
-    };
-    let runtime = match { builder }.enable_all().build() {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("error: cannot start the async runtime: {e}");
-            return ExitCode::from(Exit::Unexpected.code());
-        }
-    };
-    finish(runtime.block_on(cli.command.run(&ctx)))
+    Ok(cli)
 }
 
 /// The exit code of a command, its failure printed on stderr (with its hint).

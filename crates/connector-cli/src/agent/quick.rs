@@ -1,17 +1,20 @@
-//! `connector token` through a running agent, in as few steps as a process can take.
+//! `connector token`, the command run most often, parsed alone: in as few steps as a process can
+//! take.
 //!
-//! A one-shot `connector token` with `CONNECTOR_AGENT` set lives mostly in its own start-up: the
-//! full command line (every subcommand, with its help), logging, an async runtime and an HTTP
-//! client, all to send one request over a local socket. This path parses `token`'s arguments
-//! alone (the same [`token::Args`], so the same flags mean the same) and sends the request with
-//! blocking I/O.
+//! A one-shot `connector token` lives mostly in its own start-up. Building the full command line
+//! (every subcommand, with its help) is a tenth of a warm run; through an agent, logging, an async
+//! runtime and an HTTP client would be most of it, all to send one request over a local socket.
+//! This parses `token`'s arguments alone (the same [`token::Args`], so the same flags mean the
+//! same). With `CONNECTOR_AGENT` naming a socket, it sends the request with blocking I/O and prints
+//! the answer; otherwise it hands the parsed command to `main`, which runs it as it runs every
+//! command.
 //!
 //! It takes only what it is sure of and otherwise steps aside: another command, `--help`, any
-//! argument error, `--no-agent`, shell completion, an agent over TCP, or an agent that cannot be
-//! reached or answers in a way not expected here returns `None`, and the full command line runs
-//! as if this did not exist — its messages and exit codes are the only ones. The one failure
-//! reported here is an agent that accepted the request and gave no answer in time (asking again
-//! would only wait again).
+//! argument error or shell completion returns `None`, and the full command line runs as if this
+//! did not exist. An agent over TCP, or one that cannot be reached or answers in a way not
+//! expected here, is left to the command itself (the same code as after a full parse), so its
+//! messages and exit codes are the only ones. The one failure reported here is an agent that
+//! accepted the request and gave no answer in time (asking again would only wait again).
 
 use super::client::{AgentClient, TIMEOUT, agent_from_env, token_path, unreachable};
 use super::{AGENT_HEADER, AGENT_HEADER_VALUE};
@@ -21,22 +24,39 @@ use serde_json::Value;
 use std::io::{ErrorKind, Read, Write};
 use std::os::unix::net::UnixStream;
 
-/// The command line as far as `connector [-q] [--config F] [--store S] token …` goes.
+/// The command line as far as `connector [-q] [--no-agent] [--config F] [--store S] token …`
+/// goes.
 #[derive(clap::Parser)]
 #[command(name = "connector")]
-struct Quick {
-    /// Accepted as the full command line accepts it; the agent's answer has no warnings.
+struct TokenLine {
     #[arg(short, long, global = true)]
-    #[allow(dead_code)]
     quiet: bool,
     #[arg(long, global = true)]
     no_agent: bool,
-    /// Accepted as the full command line accepts it; the agent needs no config or store.
     #[command(flatten)]
-    #[allow(dead_code)]
     place: Place,
     #[command(subcommand)]
     command: QuickCommand,
+}
+
+/// What the short path made of a run.
+pub enum Quick {
+    /// Answered through the agent's socket (printed, or the failure to print).
+    Answered(Result<(), Failure>),
+    /// `connector token`, to be run as every command runs.
+    Run(Box<Parsed>),
+}
+
+/// A parsed `connector token` run: what `main` takes from any command line.
+pub struct Parsed {
+    /// `-q`.
+    pub quiet: bool,
+    /// `--no-agent`.
+    pub no_agent: bool,
+    /// `--config` and `--store` given before the subcommand.
+    pub place: Place,
+    /// `token`'s own arguments.
+    pub args: token::Args,
 }
 
 #[derive(clap::Subcommand)]
@@ -44,28 +64,39 @@ enum QuickCommand {
     Token(token::Args),
 }
 
-/// Runs `connector token` through the agent if this is such a run and nothing unexpected
-/// happens; `None`: run the full command line instead.
-pub fn token() -> Option<Result<(), Failure>> {
+/// `connector token`, parsed alone: answered through the agent when `CONNECTOR_AGENT` names a
+/// socket that answers, else to be run by `main`; `None`: run the full command line instead.
+pub fn token() -> Option<Quick> {
     if std::env::var_os("COMPLETE").is_some() || !std::env::args_os().any(|a| a == "token") {
         return None;
     }
-    let socket = agent_from_env().filter(|t| !t.starts_with("http://"))?;
-    let Quick {
-        no_agent: false,
+    let TokenLine {
+        quiet,
+        no_agent,
+        place,
         command: QuickCommand::Token(args),
-        ..
-    } = <Quick as clap::Parser>::try_parse().ok()?
-    else {
-        return None;
-    };
-    let path = token_path(&args.name, args.user.as_deref(), args.min_ttl);
-    Some(match ask(&socket, &path) {
-        Ok(Some((200, body))) => token::from_agent(&args, &body).map(|p| token::print(&args, &p)),
-        Ok(Some((status, body))) => Err(AgentClient::failure(status, &body)),
-        Ok(None) => return None,
-        Err(f) => Err(f),
-    })
+    } = <TokenLine as clap::Parser>::try_parse().ok()?;
+    let socket = agent_from_env().filter(|t| !no_agent && !t.starts_with("http://"));
+    if let Some(socket) = socket {
+        let path = token_path(&args.name, args.user.as_deref(), args.min_ttl);
+        match ask(&socket, &path) {
+            Ok(Some((200, body))) => {
+                let printed = token::from_agent(&args, &body).map(|p| token::print(&args, &p));
+                return Some(Quick::Answered(printed));
+            }
+            Ok(Some((status, body))) => {
+                return Some(Quick::Answered(Err(AgentClient::failure(status, &body))));
+            }
+            Err(f) => return Some(Quick::Answered(Err(f))),
+            Ok(None) => {} // the command asks again and explains what it finds
+        }
+    }
+    Some(Quick::Run(Box::new(Parsed {
+        quiet,
+        no_agent,
+        place,
+        args,
+    })))
 }
 
 /// `GET path` on the agent's socket: its status and JSON body; `None` for anything that the full
