@@ -62,7 +62,10 @@ fn main() -> ExitCode {
         },
     };
     init_logging(quiet);
-    let ctx = Context::new(quiet, no_agent, place, command.place());
+    let ctx = match Context::new(quiet, no_agent, place, command.place()) {
+        Ok(ctx) => ctx,
+        Err(f) => return finish(Err(f)),
+    };
     // One thread: a command does one thing, and starting worker threads costs more than it
     // saves; the agent serves many clients at once.
     let builder = if command.serves() {

@@ -551,3 +551,67 @@ async fn a_headless_authorize_takes_the_pasted_redirect_url_and_checks_its_state
     let out = env.run(&["token", "crm"]).await;
     assert_eq!(out.status.code(), Some(0), "{}", common::stderr(&out));
 }
+
+/// `connector token` is parsed on its own (not through the whole command line): the global flags
+/// keep their meaning wherever they stand — `-q` before or after the subcommand, `--config` and
+/// `--store` before it, `--no-agent` past a `CONNECTOR_AGENT` that names no agent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn token_keeps_every_global_flag() {
+    let env = Env::new().await;
+    // A config others can read draws a warning, which -q hides.
+    std::fs::set_permissions(
+        env.config_path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o644),
+    )
+    .unwrap();
+    let warned = env.run(&["token", "crm"]).await;
+    assert_eq!(warned.status.code(), Some(0), "{}", stderr(&warned));
+    assert!(
+        stderr(&warned).contains("readable by other users"),
+        "{}",
+        stderr(&warned)
+    );
+    let token = stdout(&warned);
+    for args in [&["-q", "token", "crm"][..], &["token", "crm", "--quiet"]] {
+        let out = env.run(args).await;
+        assert_eq!(out.status.code(), Some(0), "{args:?}: {}", stderr(&out));
+        assert_eq!(stderr(&out), "", "{args:?}");
+        assert_eq!(stdout(&out), token, "{args:?}");
+    }
+    // --config and --store before the subcommand, from a directory with neither.
+    let elsewhere = tempfile::tempdir().unwrap();
+    let store = format!("sqlite:{}", env.dir.path().join("tokens.db").display());
+    let config = env.config_path();
+    let out = env
+        .command(&[
+            "-q",
+            "--config",
+            config.to_str().unwrap(),
+            "--store",
+            &store,
+            "token",
+            "crm",
+        ])
+        .current_dir(elsewhere.path())
+        .env("CONNECTOR_STORE", "sqlite:/dev/null/unusable.db")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(stdout(&out), token, "the stored token, from --store");
+    // --no-agent: the stores, not the agent CONNECTOR_AGENT names (none is running there).
+    let absent = env.dir.path().join("no-agent.sock");
+    let absent = absent.to_str().unwrap();
+    let asked = env
+        .run_with(&[("CONNECTOR_AGENT", absent)], &["token", "crm"])
+        .await;
+    assert_eq!(asked.status.code(), Some(6), "{}", stderr(&asked));
+    let out = env
+        .run_with(
+            &[("CONNECTOR_AGENT", absent)],
+            &["-q", "--no-agent", "token", "crm"],
+        )
+        .await;
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(stdout(&out), token);
+    assert_eq!(env.requests(), 1, "one mint, then the stored token");
+}

@@ -35,15 +35,17 @@ pub struct Place {
     /// Connector config (.json or .toml, the Catalyst SDKs' shape). Default: $CONNECTOR_CONFIG,
     /// then ./connectors.json, ./connectors.toml, then the same names in the user config
     /// directory (e.g. ~/.config/catalyst-connectors/).
-    #[arg(long, env = "CONNECTOR_CONFIG", value_name = "FILE")]
+    // The variables are read by `Context::new`, after both places for the flag: a flag before the
+    // subcommand wins over the variable (clap's `env` would fill the flag after it first).
+    #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
     /// Where tokens are kept and shared: `sqlite:PATH`, `memory:` (this process only),
     /// `redis://…`, `rediss://…`, `redis+cluster://h1:p1,h2:p2` (with this host's SQLite store as
     /// the fallback while Redis is down) or
     /// `catalyst://PROJECT_ID[/SEGMENT][?environment=Production&key=PROJECT_KEY]` (with
-    /// `$connector.catalyst_auth` in the config). Default: the config's `$connector.store`, else
-    /// SQLite in the user data directory.
-    #[arg(long, env = "CONNECTOR_STORE", value_parser = parse_store, value_name = "STORE")]
+    /// `$connector.catalyst_auth` in the config). Default: $CONNECTOR_STORE, then the config's
+    /// `$connector.store`, else SQLite in the user data directory.
+    #[arg(long, value_parser = parse_store, value_name = "STORE")]
     store: Option<StoreSpec>,
 }
 
@@ -236,19 +238,35 @@ pub fn names_for_completion() -> Vec<String> {
 
 impl Context {
     /// The context of a run: options after the subcommand (`inner`) win over the same options
-    /// before it (`outer`).
-    pub fn new(quiet: bool, no_agent: bool, outer: Place, inner: Option<&Place>) -> Self {
+    /// before it (`outer`), which win over `CONNECTOR_CONFIG` and `CONNECTOR_STORE`.
+    pub fn new(
+        quiet: bool,
+        no_agent: bool,
+        outer: Place,
+        inner: Option<&Place>,
+    ) -> Result<Self, Failure> {
         let inner = inner.cloned().unwrap_or_default();
-        Self {
-            config: inner.config.or(outer.config),
-            store: inner.store.or(outer.store),
+        let variable = |name| std::env::var(name).ok().filter(|v| !v.trim().is_empty());
+        let store = match inner.store.or(outer.store) {
+            Some(store) => Some(store),
+            None => variable("CONNECTOR_STORE")
+                .map(|v| parse_store(&v))
+                .transpose()
+                .map_err(|e| Failure::new(Exit::Usage, format!("CONNECTOR_STORE: {e}")))?,
+        };
+        Ok(Self {
+            config: inner
+                .config
+                .or(outer.config)
+                .or_else(|| variable("CONNECTOR_CONFIG").map(PathBuf::from)),
+            store,
             agent: if no_agent {
                 None
             } else {
                 crate::agent::client::agent_from_env()
             },
             quiet,
-        }
+        })
     }
 
     /// Where tokens come from: the running agent when `CONNECTOR_AGENT` names one (and
