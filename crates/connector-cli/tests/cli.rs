@@ -614,4 +614,19 @@ async fn token_keeps_every_global_flag() {
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     assert_eq!(stdout(&out), token);
     assert_eq!(env.requests(), 1, "one mint, then the stored token");
+    // A CONNECTOR_STORE that does not parse is a usage error that does not repeat the value (a
+    // `catalyst://` one may hold a project key).
+    let out = env
+        .run_with(
+            &[("CONNECTOR_STORE", "catalyst://?key=PROJECT-KEY-123")],
+            &["token", "crm"],
+        )
+        .await;
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(stderr(&out).contains("CONNECTOR_STORE"), "{}", stderr(&out));
+    assert!(
+        !stderr(&out).contains("PROJECT-KEY-123"),
+        "{}",
+        stderr(&out)
+    );
 }
